@@ -1,0 +1,106 @@
+"""The aggregation protocol shared by every rule.
+
+An aggregation rule is built by a factory that captures what fixes shapes
+(``num_byzantine``, trim counts) and returns an :class:`Aggregator`: two pure
+functions that are safe to ``jax.jit``.
+
+* ``init(dim) -> state``: the rule's state for flat updates of length ``dim``
+  (``EmptyState()`` for stateless rules).
+* ``aggregate(updates, state, key, context=None) -> (aggregate, state, info)``
+  with ``updates: float[n, d]``, the result ``float[d]``, and ``info`` a dict of
+  arrays (scalars or ``[n]``) for diagnostics: chosen indices, scores, how many
+  rows were non-finite, ...
+
+An aggregator never sees which clients are malicious. What else a rule may
+use is passed in ``context`` (:class:`AggregationContext`): example-count
+weights, and the current global parameters for rules that evaluate or train
+at them (FLTrust, ERR / LFR).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from fljax.types import Info, PRNGKey, Updates
+
+State = Any
+
+
+class EmptyState(NamedTuple):
+    """State of a stateless rule."""
+
+
+class AggregationContext(NamedTuple):
+    """What the server knows besides the updates (all fields optional).
+
+    Attributes:
+      weights: ``float[n]`` non-negative client weights (example counts); rules
+        that are unweighted by definition ignore them.
+      params: ``float[d]`` the current global parameters, flattened the same way
+        as the updates (FLTrust and ERR / LFR train or evaluate at them).
+    """
+
+    weights: Optional[jax.Array] = None
+    params: Optional[jax.Array] = None
+
+
+class AggregateFn(Protocol):
+
+    def __call__(
+        self,
+        updates: Updates,
+        state: State,
+        key: PRNGKey,
+        context: Optional[AggregationContext] = None,
+    ) -> tuple[jax.Array, State, Info]:
+        ...
+
+
+class Aggregator(NamedTuple):
+    """A rule as a pair of pure functions (see the module docstring)."""
+
+    init: Callable[[int], State]
+    aggregate: AggregateFn
+
+
+def init_empty(dim: int) -> EmptyState:
+    del dim
+    return EmptyState()
+
+
+def finite_rows(updates: Updates) -> jax.Array:
+    """``bool[n]``: True where every entry of the row is finite."""
+    return jnp.all(jnp.isfinite(updates), axis=1)
+
+
+def on_pytree(agg: Aggregator) -> Aggregator:
+    """Adapts a flat rule to stacked pytrees.
+
+    The returned ``aggregate`` takes a stacked pytree (every leaf ``[n, ...]``)
+    and returns one unstacked pytree; the state is the flat rule's state for
+    ``dim`` = the number of scalars per client. ``init`` takes one unstacked
+    pytree (a template) instead of ``dim``.
+    """
+    from jax.flatten_util import ravel_pytree  # local: keeps the module light
+
+    def init(template):
+        flat, _ = ravel_pytree(template)
+        return agg.init(flat.shape[0])
+
+    def aggregate(stacked, state, key, context=None):
+        template = jax.tree_util.tree_map(lambda x: x[0], stacked)
+        _, unravel = ravel_pytree(template)
+        flat = jax.vmap(lambda t: ravel_pytree(t)[0])(stacked)  # float[n, d]
+        out, state, info = agg.aggregate(flat, state, key, context)
+        return unravel(out), state, info
+
+    return Aggregator(init, aggregate)
+
+
+def require(condition: bool, rule: str, message: str) -> None:
+    """Raises a ``ValueError`` naming the rule when a static check fails."""
+    if not condition:
+        raise ValueError(f"{rule}: {message}")

@@ -1,0 +1,18 @@
+"""Array and pytree aliases shared across fljax.
+
+Shapes are written in comments as ``float[n, d]`` where ``n`` is the number of
+clients in a round and ``d`` the flattened parameter dimension.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+
+PRNGKey = jax.Array
+PyTree = Any
+Params = PyTree
+Updates = jax.Array  # float[n_clients, dim]: one row per client.
+ClientMask = jax.Array  # bool[n_clients]: traced, never a static mask.
+Info = Mapping[str, jax.Array]  # diagnostics: scalars or [n_clients] arrays.
