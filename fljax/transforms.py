@@ -65,3 +65,19 @@ def apply_rows(transform: Transform, updates: jax.Array, key: PRNGKey) -> jax.Ar
     """Applies a one-client transform to every row of ``float[n, d]``."""
     keys = jax.random.split(key, updates.shape[0])
     return jax.vmap(transform)(updates, keys)
+
+
+# Names usable in configs (``client_transforms`` / ``server_transforms``):
+# each maps to a factory returning a Transform.
+TRANSFORMS = {
+    "identity": identity,
+    "clip_by_norm": clip_by_norm,
+    "gaussian_noise": gaussian_noise,
+}
+
+
+def get_transform(name: str, **kwargs) -> Transform:
+    """Builds a transform by name; unknown names raise a ``ValueError``."""
+    if name not in TRANSFORMS:
+        raise ValueError(f"unknown transform {name!r}; choose one of {sorted(TRANSFORMS)}")
+    return TRANSFORMS[name](**kwargs)

@@ -1,7 +1,5 @@
+"""Test configuration: CPU only, small shapes, nothing downloads."""
+
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
-
-import jax  # noqa: E402
-
-jax.config.update("jax_numpy_rank_promotion", "raise")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
