@@ -534,7 +534,7 @@ def run(cfg: dict, out_dir: Optional[str] = None, progress: bool = True,
             os.replace(ckpt + ".tmp", ckpt)
 
     if start_round == 0 and not history:
-        evaluate_and_log(state, float("nan"))
+        evaluate_and_log(state, None)
     info = None
     for r in range(start_round, rounds):
         ts = time.perf_counter()
