@@ -37,7 +37,7 @@ def hdbscan_labels(dist: np.ndarray, finite: np.ndarray, min_cluster_size: int) 
         sub = 0.5 * (sub + sub.T)
         np.fill_diagonal(sub, 0.0)
         clusterer = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=1,
-                            metric="precomputed", allow_single_cluster=True)
+                            metric="precomputed", allow_single_cluster=True, copy=False)
         labels[idx] = clusterer.fit(sub).labels_.astype(np.int32)
     return labels
 
