@@ -31,6 +31,16 @@ def _client_weights(updates, context):
     return jnp.ones((n,), updates.dtype)
 
 
+def _subset(context, rows):
+    """The context restricted to ``rows`` (weights and client ids follow the rows)."""
+    ids = getattr(context, "client_ids", None)
+    return AggregationContext(
+        weights=None if context.weights is None else context.weights[rows],
+        params=context.params,
+        client_ids=None if ids is None else ids[rows],
+    )
+
+
 def loo_rejection(rule: str, metric: int, eval_fn: EvalFn, num_reject: int,
                   base: Union[str, Aggregator], server_lr: float) -> Aggregator:
     """Builds ERR (``metric=0``, error rate) or LFR (``metric=1``, loss)."""
@@ -74,8 +84,7 @@ def loo_rejection(rule: str, metric: int, eval_fn: EvalFn, num_reject: int,
             full, _, _ = base_agg.aggregate(updates, state, k_all, context)
 
             def without(rows, key_i):
-                sub = AggregationContext(weights=w[rows], params=params)
-                return base_agg.aggregate(updates[rows], state, key_i, sub)[0]
+                return base_agg.aggregate(updates[rows], state, key_i, _subset(context, rows))[0]
 
             loo = jax.vmap(without)(others, jax.random.split(k_loo, n))  # float[n, d]
 
@@ -95,8 +104,8 @@ def loo_rejection(rule: str, metric: int, eval_fn: EvalFn, num_reject: int,
             out = (wk @ x) / jnp.maximum(jnp.sum(wk), 1e-12)
             new_state = state
         else:
-            sub = AggregationContext(weights=w[kept_idx], params=params)
-            out, new_state, _ = base_agg.aggregate(updates[kept_idx], state, k_final, sub)
+            out, new_state, _ = base_agg.aggregate(
+                updates[kept_idx], state, k_final, _subset(context, kept_idx))
         info = {
             "impact": impact,
             "accepted": accepted,

@@ -91,6 +91,8 @@ def foolsgold(num_clients: int, kappa: float = 1.0, normalize: bool = False) -> 
     """
     require(isinstance(num_clients, int) and num_clients >= 1, "foolsgold",
             f"num_clients={num_clients!r} must be an int >= 1")
+    if isinstance(kappa, (int, float)):
+        require(kappa > 0, "foolsgold", f"kappa={kappa} must be > 0")
 
     def init(dim):
         return FoolsGoldState(jnp.zeros((num_clients, dim), jnp.float32))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from fljax.aggregators.base import Aggregator, finite_rows, init_empty
+from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
 
 
 def robust_lr(threshold: float, server_lr: float = 1.0) -> Aggregator:
@@ -29,7 +29,8 @@ def robust_lr(threshold: float, server_lr: float = 1.0) -> Aggregator:
 
     Args:
       threshold: the agreement count ``θ`` (a value, in clients, not a
-        fraction): Ozdayi et al. use 4 with 10 clients per round and 8 with 40.
+        fraction; a Python number must lie in ``[0, n]``): Ozdayi et al. use 4
+        with 10 clients per round and 8 with 40.
       server_lr: ``η``.
 
     Returns:
@@ -48,9 +49,15 @@ def robust_lr(threshold: float, server_lr: float = 1.0) -> Aggregator:
       [1.0, 0.6667]
     """
 
+    if isinstance(threshold, (int, float)):
+        require(threshold >= 0, "robust_lr", f"threshold={threshold} must be >= 0")
+
     def aggregate(updates, state, key, context=None):
         del key
         n = updates.shape[0]
+        if isinstance(threshold, (int, float)):
+            require(threshold <= n, "robust_lr",
+                    f"threshold={threshold} exceeds n={n}: every coordinate would flip")
         finite = finite_rows(updates)  # bool[n]
         x = jnp.where(finite[:, None], updates, 0.0)  # float[n, d]
         agreement = jnp.abs(jnp.sum(jnp.sign(x), axis=0))  # float[d]

@@ -166,6 +166,8 @@ def test_foolsgold_client_ids_partial_participation():
     assert float(jnp.abs(state.history[0]).sum()) == 0.0
     with pytest.raises(ValueError, match="foolsgold"):
         agg.aggregate(jnp.ones((3, 4)), state, KEY, None)  # no ids, n != num_clients
+    with pytest.raises(ValueError, match="foolsgold"):
+        A.foolsgold(num_clients=0)
 
 
 def test_foolsgold_nonfinite_rows_keep_history_clean():
@@ -265,6 +267,10 @@ def test_robust_lr_flips_low_agreement_coordinates():
     out, _, info = _run(A.robust_lr(threshold=3, server_lr=0.5), xn)
     np.testing.assert_allclose(out, ref.robust_lr(np.delete(xn, [0, 2], 0), 3, 0.5), rtol=1e-5,
                                atol=1e-6)
+    with pytest.raises(ValueError, match="robust_lr: threshold=10 exceeds n=9"):
+        _run(A.robust_lr(threshold=10), x)
+    with pytest.raises(ValueError, match="robust_lr"):
+        A.robust_lr(threshold=-1)
 
 
 # ---------------------------------------------------------------- clipping / weak DP
@@ -347,8 +353,8 @@ def test_compose_applies_per_client_transforms_first():
     k_t, _ = jax.random.split(KEY)
     keys = jax.random.split(k_t, 6)
     # chain() splits each client's key once more, per transform.
-    manual = x + np.stack([np.asarray(jax.random.normal(jax.random.split(k, 1)[0], (5,)))
-                           for k in keys])
+    noise = jax.vmap(lambda k: jax.random.normal(jax.random.split(k, 1)[0], (5,)))(keys)
+    manual = x + np.asarray(noise)
     np.testing.assert_allclose(out1, out2)
     np.testing.assert_allclose(out1, manual.mean(0), rtol=1e-5, atol=1e-6)
     assert A.compose(aggregator=A.mean()) is not None

@@ -6,7 +6,6 @@ entries too; it checks the same properties the harness will.
 
 import functools
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,18 +85,23 @@ def test_nonfinite_rows_screened(case):
 
 @pytest.mark.parametrize("case", TABLE, ids=IDS)
 def test_one_trace_per_build(case):
-    chex.clear_trace_counter()  # err and lfr share one inner function
-    agg = case.build(N, D, F)
-    fn = jax.jit(chex.assert_max_traces(agg.aggregate, n=1))
+    agg, fn = _jitted(case.name)
     state = agg.init(D)
-    for seed in range(3):
+    for seed in range(3):  # new data, keys and state: no retrace
         x, params = _data(seed)
         out, state, _ = fn(jnp.asarray(x, jnp.float32), state, jax.random.PRNGKey(seed),
                            AggregationContext(params=jnp.asarray(params, jnp.float32)))
     assert out.shape == (D,)
+    assert fn._cache_size() == 1
 
 
-@pytest.mark.parametrize("case", TABLE, ids=IDS)
+# The adapter is generic: two representative rules by default (context, state), all with -m slow.
+_PYTREE_FAST = ("fltrust", "foolsgold")
+
+
+@pytest.mark.parametrize("case", [
+    c if c.name in _PYTREE_FAST else pytest.param(c, marks=pytest.mark.slow) for c in TABLE
+], ids=IDS)
 def test_on_pytree(case):
     x, params = _data(4)
     tree = {"a": jnp.asarray(x[:, :2], jnp.float32), "b": jnp.asarray(x[:, 2:], jnp.float32)}
