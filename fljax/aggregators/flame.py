@@ -36,7 +36,9 @@ def hdbscan_labels(dist: np.ndarray, finite: np.ndarray, min_cluster_size: int) 
         sub = dist[np.ix_(idx, idx)]
         sub = 0.5 * (sub + sub.T)
         np.fill_diagonal(sub, 0.0)
-        clusterer = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=1,
+        # FLAME used scikit-learn-contrib/hdbscan with min_samples=1; scikit-learn
+        # counts the point itself in min_samples, so the same setting here is 2.
+        clusterer = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=2,
                             metric="precomputed", allow_single_cluster=True, copy=False)
         labels[idx] = clusterer.fit(sub).labels_.astype(np.int32)
     return labels
@@ -50,6 +52,8 @@ def flame(noise_lambda: float = 0.001, cluster_on: str = "models") -> Aggregator
         1. D_ij = 1 − cos(W_i, W_j)   (W_i = params + Δ_i, the local models)
            labels = HDBSCAN(D, metric='precomputed', min_cluster_size = n//2 + 1,
                             min_samples = 1, allow_single_cluster = True)
+           (min_samples as in the hdbscan package FLAME used; scikit-learn's
+           HDBSCAN counts the point itself, so it is called with 2)
            admitted = rows of the largest cluster (label −1 = outlier)
         2. e_i = ‖Δ_i‖ = ‖W_i − G‖ for every finite row;  S = median_i e_i
         3. Δ_i ← Δ_i · min(1, S / e_i) for the admitted rows

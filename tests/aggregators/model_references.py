@@ -50,7 +50,8 @@ def flame_no_noise(updates, params=None):
         for j in range(n):
             if i != j:
                 dist[i, j] = 1.0 - _cos(vecs[i], vecs[j])
-    labels = HDBSCAN(min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed",
+    # hdbscan-package min_samples=1 == scikit-learn min_samples=2 (sklearn counts the point).
+    labels = HDBSCAN(min_cluster_size=n // 2 + 1, min_samples=2, metric="precomputed",
                      allow_single_cluster=True, copy=False).fit(dist).labels_
     norms = [_norm(u) for u in updates]
     s = float(np.median(norms))

@@ -365,3 +365,23 @@ def test_every_model_rule_is_registered():
                  "weak_dp", "centered_clipping"):
         assert name in A.RULES
     assert "compose" not in A.RULES
+
+
+def test_thresholds_and_noise_levels_are_values():
+    """Sweeping a threshold / noise level is one vmapped program (no Python checks on it)."""
+    x = jnp.asarray(np.random.default_rng(19).standard_normal((6, 4)), jnp.float32)
+    builds = {
+        "robust_lr": lambda v: A.robust_lr(threshold=v),
+        "norm_clipping": lambda v: A.norm_clipping(max_norm=v),
+        "weak_dp": lambda v: A.weak_dp(max_norm=1.0, sigma=v),
+        "centered_clipping": lambda v: A.centered_clipping(tau=v),
+        "flame": lambda v: A.flame(noise_lambda=v, cluster_on="updates"),
+    }
+    values = jnp.array([0.5, 1.0, 2.0])
+    for name, build in builds.items():
+        def run(v):
+            agg = build(v)
+            return agg.aggregate(x, agg.init(4), KEY)[0]
+        out = jax.jit(jax.vmap(run))(values)
+        assert out.shape == (3, 4) and bool(jnp.all(jnp.isfinite(out))), name
+        np.testing.assert_allclose(out[1], run(1.0), rtol=1e-5, atol=1e-6, err_msg=name)
