@@ -13,10 +13,10 @@ def small_cfg(**over):
         "rounds": 2,
         "eval_every": 1,
         "clients_per_round": 4,
-        "data": {"name": "digits", "num_clients": 12, "partition": "dirichlet",
-                 "partition_kwargs": {"alpha": 0.5}},
+        "data": {"name": "digits", "num_clients": 40, "partition": "dirichlet",
+                 "partition_kwargs": {"alpha": 1.0}},
         "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
-        "client": {"learning_rate": 0.1, "batch_size": 16, "epochs": 1},
+        "client": {"learning_rate": 0.1, "batch_size": 32, "epochs": 1},
     }
     cfg = config.resolve(simulate.DEFAULTS, base)
     for k, v in over.items():
@@ -48,7 +48,7 @@ def test_vectorised_round_matches_python_loop_reference():
 
 def test_reference_with_uneven_clients_and_server_lr():
     # Dirichlet clients have different sizes: masked steps must be no-ops.
-    cfg = small_cfg(**{"client.batch_size": 4, "server.learning_rate": 0.5,
+    cfg = small_cfg(**{"client.batch_size": 16, "server.learning_rate": 0.5,
                        "client.epochs": 2})
     state, _ = run_rounds(cfg, 2)
     assert_trees_close(state.params, simulate.simulate_reference(cfg, 2))
@@ -74,7 +74,7 @@ def test_same_seed_is_bit_identical_and_other_seed_differs():
 
 
 def test_attack_mask_changes_only_malicious_rows_and_mean_is_poisoned():
-    cfg = small_cfg(**{"attack.name": "sign_flip", "attack.num_malicious": 12,
+    cfg = small_cfg(**{"attack.name": "sign_flip", "attack.num_malicious": 40,
                        "attack.kwargs": {"scale": 1.0}})
     clean, _ = run_rounds(small_cfg(), 1)
     flipped, _ = run_rounds(cfg, 1)
