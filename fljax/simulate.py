@@ -391,7 +391,8 @@ def _build_aggregator(ac, model, client_opt, unravel, data, root, val, bsz, step
     try:
         return factory(**kwargs)
     except TypeError as e:
-        raise ConfigError(f"aggregator.kwargs for {ac['name']!r}: {e}") from None
+        raise ConfigError(f"aggregator.kwargs for {ac['name']!r}: {e} (to drop the config's "
+                          "kwargs when switching rules: --set aggregator.kwargs={})") from None
     except ValueError as e:
         raise ConfigError(f"aggregator: {e}") from None
 
