@@ -4,7 +4,7 @@ Run:
   fljax run configs/clipping_digits.py
   fljax run configs/clipping_digits.py --set aggregator.name=mean --set 'aggregator.kwargs={}'  # undefended
 
-Expected (2-core CPU, ~10 s): EXPECTED
+Expected (2-core CPU, ~5-10 s): clipping to 0.2 (honest update norms are ~0.15) ~0.83; the plain mean ~0.08.
 """
 
 import os
@@ -16,6 +16,6 @@ from _base import base  # noqa: E402
 
 def get_config():
     cfg = base()
-    cfg["aggregator"] = {"name": "norm_clipping", "kwargs": {"max_norm": 1.0}}
+    cfg["aggregator"] = {"name": "norm_clipping", "kwargs": {"max_norm": 0.2}}
     cfg["attack"] = {"name": "sign_flip", "num_malicious": 10, "kwargs": {"scale": 20.0}}
     return cfg

@@ -4,8 +4,8 @@ Run:
   fljax run configs/fltrust_digits.py
   fljax run configs/fltrust_digits.py --set aggregator.name=mean --set 'aggregator.kwargs={}'  # undefended
 
-Expected: FLTrust keeps training (test accuracy ~0.9 after 60 rounds); the
-plain mean is driven to chance by the flipped, boosted updates.
+Expected (2-core CPU, ~5 s): FLTrust ~0.93 test accuracy after 60 rounds; the
+plain mean is driven to ~0.18 by the flipped, boosted updates.
 """
 
 import os

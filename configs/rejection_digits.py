@@ -4,7 +4,7 @@ Run:
   fljax run configs/rejection_digits.py
   fljax run configs/rejection_digits.py --set aggregator.name=mean --set 'aggregator.kwargs={}'  # undefended
 
-Expected (2-core CPU, ~10 s): EXPECTED
+Expected (2-core CPU, ~5-10 s): ERR ~0.87 after 60 rounds; the plain mean ~0.18.
 """
 
 import os

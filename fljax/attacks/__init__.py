@@ -5,9 +5,14 @@ Update-level poisoning attacks are pure functions
 rows come back bit-identical, and ``malicious`` is a traced array, so changing
 which clients are malicious never recompiles. Select one in a config by name
 (``attack.name``) from :data:`UPDATE_ATTACKS`.
+
+Data-level attacks are pure transforms of a malicious client's batch,
+``poison(x, y, key) -> (x, y)``, applied inside local training where the
+(traced) malicious mask is set; select them by name from :data:`DATA_ATTACKS`.
 """
 
 from fljax.attacks.gaussian import gaussian
+from fljax.attacks.label_flip import label_flip
 from fljax.attacks.sign_flip import sign_flip
 
 UPDATE_ATTACKS = {
@@ -15,4 +20,9 @@ UPDATE_ATTACKS = {
     "gaussian": gaussian,
 }
 
-__all__ = ["UPDATE_ATTACKS", "gaussian", "sign_flip"]
+# Factories that take the number of classes first (the simulator passes it).
+DATA_ATTACKS = {
+    "label_flip": label_flip,
+}
+
+__all__ = ["DATA_ATTACKS", "UPDATE_ATTACKS", "gaussian", "label_flip", "sign_flip"]
