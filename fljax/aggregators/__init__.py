@@ -11,11 +11,26 @@ from fljax.aggregators.base import (
     finite_rows,
     on_pytree,
 )
+from fljax.aggregators.bulyan import bulyan
+from fljax.aggregators.geometric_median import geometric_median
+from fljax.aggregators.invariant import invariant
+from fljax.aggregators.krum import krum, multi_krum
 from fljax.aggregators.mean import mean
+from fljax.aggregators.median import coordinate_median
+from fljax.aggregators.trimmed_mean import trimmed_mean
 
 # Public rules: every name here must appear in the conformance table of
 # tests/aggregators/conformance_test.py (a meta-test checks it).
-RULES = ("mean",)
+RULES = (
+    "mean",
+    "coordinate_median",
+    "trimmed_mean",
+    "krum",
+    "multi_krum",
+    "bulyan",
+    "geometric_median",
+    "invariant",
+)
 
 __all__ = [
     "AggregationContext",
