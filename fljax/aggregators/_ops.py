@@ -76,6 +76,9 @@ def pairwise_sq_dists(
     dist = jnp.maximum(norms[:, None] + norms[None, :] - 2.0 * gram, 0.0)
     pair_valid = valid[:, None] & valid[None, :]
     dist = jnp.where(pair_valid & ~jnp.isnan(dist), dist, big)
+    # Exactly symmetric (the matmul need not be), so mutual neighbours tie exactly.
+    upper = jnp.arange(n)[:, None] < jnp.arange(n)[None, :]
+    dist = jnp.where(upper, dist, dist.T)
     return jnp.where(jnp.eye(n, dtype=bool), 0.0, dist)
 
 
@@ -123,20 +126,24 @@ def blockwise(
       ``[..., d]``: ``fn`` applied to every column.
     """
     n, d = x.shape
-    num_blocks = d // block
-    tail = d - num_blocks * block
-    parts = []
-    if num_blocks > 0:
+    if d <= block:
+        return fn(x)
+    num_full = d // block
+    tail = d - num_full * block
+    num_tiles = num_full + (1 if tail else 0)
 
-        def one(i):
-            return fn(lax.dynamic_slice_in_dim(x, i * block, block, axis=1))
+    def one(i):
+        # The last tile is clamped to end at column d (it overlaps the one before),
+        # so every tile has the same shape and fn is traced once.
+        start = jnp.minimum(i * block, d - block)
+        return fn(lax.dynamic_slice_in_dim(x, start, block, axis=1))
 
-        out = lax.map(one, jnp.arange(num_blocks), batch_size=batch)  # [nb, ..., block]
-        out = jnp.moveaxis(out, 0, -2)  # [..., nb, block]
-        parts.append(out.reshape(out.shape[:-2] + (num_blocks * block,)))
-    if tail:
-        parts.append(fn(x[:, num_blocks * block:]))
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+    out = lax.map(one, jnp.arange(num_tiles), batch_size=batch)  # [tiles, ..., block]
+    out = jnp.moveaxis(out, 0, -2)  # [..., tiles, block]
+    full = out[..., :num_full, :].reshape(out.shape[:-2] + (num_full * block,))
+    if not tail:
+        return full
+    return jnp.concatenate([full, out[..., num_full, block - tail:]], axis=-1)
 
 
 def bitonic_sort_rows(tile: jax.Array) -> jax.Array:
@@ -190,7 +197,7 @@ def key_to_float(u: jax.Array) -> jax.Array:
     return lax.bitcast_convert_type(bits, jnp.float32)
 
 
-def kth_smallest_key(keys: jax.Array, k: jax.Array) -> jax.Array:
+def kth_smallest_key(keys: jax.Array, k: jax.Array, unroll: int = 1) -> jax.Array:
     """The ``k``-th smallest (0-indexed) key of every column, by bitwise bisection.
 
     32 passes over the tile, each one compare and a count per entry; the answer
@@ -200,17 +207,20 @@ def kth_smallest_key(keys: jax.Array, k: jax.Array) -> jax.Array:
     Args:
       keys: ``uint32[n, b]``.
       k: int scalar or ``int[b]``, ``0 <= k < n``.
+      unroll: ``fori_loop`` unroll factor (1 keeps compilation fast).
 
     Returns:
       ``uint32[b]``.
     """
     target = jnp.asarray(k, jnp.float32) + 1.0
-    ans = jnp.zeros(keys.shape[1], jnp.uint32)
-    for bit in range(31, -1, -1):
-        trial = ans | jnp.uint32((1 << bit) - 1)
+
+    def step(i, ans):
+        bit = jnp.uint32(1) << (jnp.uint32(31) - i.astype(jnp.uint32))
+        trial = ans | (bit - jnp.uint32(1))  # ans with this bit 0 and all lower bits 1
         count = jnp.sum((keys <= trial[None, :]).astype(jnp.float32), axis=0)
-        ans = jnp.where(count >= target, ans, ans | jnp.uint32(1 << bit))
-    return ans
+        return jnp.where(count >= target, ans, ans | bit)
+
+    return lax.fori_loop(0, 32, step, jnp.zeros(keys.shape[1], jnp.uint32), unroll=unroll)
 
 
 def next_key(keys: jax.Array, current: jax.Array, k: jax.Array) -> jax.Array:

@@ -1,0 +1,3 @@
+"""Conformance-table rows of the model-based rules (FLTrust, FLAME, ...)."""
+
+TABLE = []
