@@ -17,8 +17,8 @@ from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
 
 def bulyan(
     num_byzantine: int,
-    block: int = _ops.DEFAULT_BLOCK,
-    batch: int = _ops.DEFAULT_BATCH,
+    block: int | None = None,
+    batch: int | None = None,
 ) -> Aggregator:
     """Bulyan: recursive Krum selection, then a per-coordinate trimmed mean around the median.
 
@@ -38,7 +38,7 @@ def bulyan(
     Args:
       num_byzantine: ``f`` (static); needs ``n >= 4f + 3``.
       block: column-tile width of the per-coordinate kernel.
-      batch: tiles per ``lax.map`` step.
+      batch: tiles per ``lax.map`` step (None: the measured default).
 
     Returns:
       An :class:`Aggregator` with ``info = {'selected': int32[theta]`` (in
@@ -95,8 +95,8 @@ def closest_to_median_mean(
     x: jax.Array,
     valid: jax.Array,
     beta: int,
-    block: int = _ops.DEFAULT_BLOCK,
-    batch: int = _ops.DEFAULT_BATCH,
+    block: int | None = None,
+    batch: int | None = None,
 ) -> jax.Array:
     """Per coordinate: mean of the ``beta`` valid values closest to the valid median.
 
@@ -106,7 +106,7 @@ def closest_to_median_mean(
         number of valid rows if needed).
       beta: static count of values averaged.
       block: column-tile width.
-      batch: tiles per ``lax.map`` step.
+      batch: tiles per ``lax.map`` step (None: the measured default).
 
     Returns:
       ``float[d]``. Boundary ties: all values strictly closer than the
@@ -137,5 +137,5 @@ def closest_to_median_mean(
         s_tied = jnp.sum(jnp.where(tied, tile / jnp.maximum(n_tied, 1.0), 0.0), axis=0)
         return s_closer + s_tied * ((bf - n_closer) / bf)
 
-    out = _ops.blockwise(tile_fn, x, block, batch)
+    out = _ops.blockwise(tile_fn, x, *_ops.tiling("bisect", block, batch))
     return jnp.where(m > 0, out, 0.0).astype(x.dtype)

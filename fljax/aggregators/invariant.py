@@ -18,8 +18,8 @@ def invariant(
     tau: float = 0.6,
     beta: float = 0.45,
     method: str = "sort",
-    block: int = _ops.DEFAULT_BLOCK,
-    batch: int = _ops.DEFAULT_BATCH,
+    block: int | None = None,
+    batch: int | None = None,
 ) -> Aggregator:
     """AND-mask on sign consistency, then a coordinate-wise trimmed mean.
 
@@ -41,8 +41,8 @@ def invariant(
       tau: sign-agreement threshold in ``[0, 1]`` (may be traced).
       beta: fraction trimmed from each end, in ``[0, 0.5)`` (static).
       method: ``'sort'`` or ``'bisect'`` for the trimmed mean (both exact).
-      block: column-tile width of the blocked kernel.
-      batch: tiles per ``lax.map`` step.
+      block: column-tile width of the blocked kernel (None: the measured default).
+      batch: tiles per ``lax.map`` step (None: the measured default).
 
     Returns:
       An :class:`Aggregator` with ``info = {'mask_density': float[]`` (fraction of

@@ -15,8 +15,8 @@ from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
 
 def coordinate_median(
     method: str = "bisect",
-    block: int = _ops.DEFAULT_BLOCK,
-    batch: int = _ops.DEFAULT_BATCH,
+    block: int | None = None,
+    batch: int | None = None,
 ) -> Aggregator:
     """The per-coordinate median of the client updates.
 
@@ -34,8 +34,8 @@ def coordinate_median(
         integer keys, then one pass for the upper middle value) or ``'sort'``
         (a bitonic sorting network over the client axis). Both are exact; they
         differ only in speed (see ``benchmarks/aggregators.py``).
-      block: column-tile width of the blocked kernel.
-      batch: tiles per ``lax.map`` step.
+      block: column-tile width of the blocked kernel (None: the measured default).
+      batch: tiles per ``lax.map`` step (None: the measured default).
 
     Returns:
       An :class:`Aggregator`; ``aggregate`` maps ``float[n, d]`` to ``float[d]``
@@ -79,7 +79,7 @@ def coordinate_median(
                 s = _ops.bitonic_sort_rows(jnp.where(valid[:, None], tile, jnp.inf))
                 return 0.5 * s[lo_rank] + 0.5 * s[hi_rank]
 
-        out = _ops.blockwise(tile_median, updates, block, batch)  # float[d]
+        out = _ops.blockwise(tile_median, updates, *_ops.tiling(method, block, batch))  # float[d]
         out = jnp.where(m > 0, out, 0.0).astype(updates.dtype)
         return out, state, {"num_nonfinite": (n - m).astype(jnp.int32)}
 

@@ -19,8 +19,8 @@ def trimmed_mean_of_valid(
     valid: jax.Array,
     num_trim: jax.Array,
     method: str = "sort",
-    block: int = _ops.DEFAULT_BLOCK,
-    batch: int = _ops.DEFAULT_BATCH,
+    block: int | None = None,
+    batch: int | None = None,
 ) -> jax.Array:
     """Per coordinate: mean of the valid values of rank ``[t, m - t)``.
 
@@ -35,7 +35,7 @@ def trimmed_mean_of_valid(
       num_trim: int scalar (may be traced): values trimmed from each end.
       method: ``'sort'`` (bitonic network) or ``'bisect'`` (two bisections).
       block: column-tile width.
-      batch: tiles per ``lax.map`` step.
+      batch: tiles per ``lax.map`` step (None: the measured default).
 
     Returns:
       ``float[d]`` (zero where no row is valid).
@@ -75,15 +75,15 @@ def trimmed_mean_of_valid(
     else:
         raise ValueError(f"trimmed_mean: method must be 'sort' or 'bisect', got {method!r}")
 
-    out = _ops.blockwise(tile_fn, updates, block, batch)
+    out = _ops.blockwise(tile_fn, updates, *_ops.tiling(method, block, batch))
     return jnp.where(m > 0, out, 0.0).astype(updates.dtype)
 
 
 def trimmed_mean(
     num_trim: int,
     method: str = "sort",
-    block: int = _ops.DEFAULT_BLOCK,
-    batch: int = _ops.DEFAULT_BATCH,
+    block: int | None = None,
+    batch: int | None = None,
 ) -> Aggregator:
     """Per coordinate, drop the ``num_trim`` largest and smallest values and average the rest.
 
@@ -97,8 +97,8 @@ def trimmed_mean(
     Args:
       num_trim: values removed from each end per coordinate (static).
       method: ``'sort'`` (bitonic network, default) or ``'bisect'``; both exact.
-      block: column-tile width of the blocked kernel.
-      batch: tiles per ``lax.map`` step.
+      block: column-tile width of the blocked kernel (None: the measured default).
+      batch: tiles per ``lax.map`` step (None: the measured default).
 
     Returns:
       An :class:`Aggregator`; ``aggregate`` maps ``float[n, d]`` to ``float[d]``

@@ -1,0 +1,164 @@
+"""Times every aggregation rule on one random float32 [N, D] matrix.
+
+Run from the repository root::
+
+    python benchmarks/aggregators.py --clients 200 --dim 1000000 --byzantine 40 --peers
+
+Each rule in ``fljax.aggregators.RULES`` is built from (N, F), jitted, warmed up
+once, and timed as the best of ``--repeats`` runs (``block_until_ready``). One
+JSON line per rule: ``rule, seconds, device, clients, dim`` and, with
+``--peers``, ``numpy_seconds`` (the NumPy reference of the conformance tests,
+``tests/aggregators/references.py``, run on the same float32 matrix) and
+``byzfl_seconds`` (ByzFL's class on a torch CPU tensor, where one exists), plus
+the ratios ``peer_seconds / seconds`` (> 1: fljax is faster). Rules that cannot
+be built from (N, F) alone, or need a context, are reported as skipped.
+
+Expected on the 2-core CI-class CPU (200 x 1M, F = 40): see the report in the
+commit history; order statistics ~0.5-1 s, Krum ~0.8 s, NumPy 1-3 s, ByzFL
+2-6 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fljax import aggregators  # noqa: E402
+
+# NumPy references that loop over coordinates in Python: too slow beyond this size.
+_SLOW_REFERENCES = {"bulyan": 2_000_000}
+
+
+def build_rule(name, n, f):
+    """Builds a rule from (n, f) by its factory's argument names, or returns a reason."""
+    factory = getattr(aggregators, name)
+    params = inspect.signature(factory).parameters
+    kwargs = {}
+    for p in params.values():
+        if p.name in ("num_byzantine", "num_trim", "f"):
+            kwargs[p.name] = f
+        elif p.default is inspect.Parameter.empty:
+            return None, f"needs argument {p.name!r}"
+    return factory(**kwargs), None
+
+
+def numpy_peer(name, f):
+    from tests.aggregators import table_model, table_stats
+
+    for entry in list(table_stats.TABLE) + list(table_model.TABLE):
+        if entry.name == name:
+            return lambda x: entry.reference(x, x.shape[0], f)
+    return None
+
+
+def _import_byzfl_aggregators():
+    """``byzfl.aggregators`` without the package ``__init__``, which imports its
+    federated framework and torchvision (whose build may not match torch)."""
+    try:
+        from byzfl import aggregators as bz
+        return bz
+    except Exception:
+        import importlib
+        import importlib.util
+        import types
+
+        for mod in [m for m in sys.modules if m == "byzfl" or m.startswith("byzfl.")]:
+            del sys.modules[mod]
+        spec = importlib.util.find_spec("byzfl")
+        pkg = types.ModuleType("byzfl")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["byzfl"] = pkg
+        return importlib.import_module("byzfl.aggregators")
+
+
+def byzfl_peer(name, f):
+    try:
+        import torch
+        bz = _import_byzfl_aggregators()
+    except Exception:  # pragma: no cover - optional peer
+        return None
+    make = {
+        "mean": lambda: bz.Average(),
+        "coordinate_median": lambda: bz.Median(),
+        "trimmed_mean": lambda: bz.TrMean(f=f),
+        "krum": lambda: bz.Krum(f=f),
+        "multi_krum": lambda: bz.MultiKrum(f=f),
+        # Same iteration count and smoothing as fljax's RFA defaults.
+        "geometric_median": lambda: bz.GeometricMedian(nu=1e-5, T=4),
+        "centered_clipping": lambda: bz.CenteredClipping(),
+    }.get(name)
+    if make is None:
+        return None
+    rule = make()
+    return lambda x: rule(torch.from_numpy(x))
+
+
+def best_of(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--dim", type=int, default=1_000_000)
+    parser.add_argument("--byzantine", type=int, default=40)
+    parser.add_argument("--rules", default="", help="comma-separated subset of RULES")
+    parser.add_argument("--peers", action="store_true", help="also time NumPy and ByzFL")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    n, d, f = args.clients, args.dim, args.byzantine
+    names = [r for r in args.rules.split(",") if r] or list(aggregators.RULES)
+    x_np = np.random.default_rng(args.seed).standard_normal((n, d), dtype=np.float32)
+    x = jax.device_put(x_np)
+    device = str(jax.devices()[0].device_kind if hasattr(jax.devices()[0], "device_kind") else jax.devices()[0])
+    key = jax.random.PRNGKey(args.seed)
+    for name in names:
+        row = {"rule": name, "clients": n, "dim": d, "byzantine": f, "device": device}
+        rule, why = build_rule(name, n, f)
+        if rule is None:
+            row["skipped"] = why
+            print(json.dumps(row), flush=True)
+            continue
+        state = rule.init(d)
+        fn = jax.jit(rule.aggregate)
+        try:
+            jax.block_until_ready(fn(x, state, key))  # compile + warm-up
+        except Exception as e:  # e.g. needs a context, or an impossible (n, f)
+            row["skipped"] = f"{type(e).__name__}: {e}"[:200]
+            print(json.dumps(row), flush=True)
+            continue
+        row["seconds"] = round(best_of(lambda: jax.block_until_ready(fn(x, state, key)), args.repeats), 4)
+        if args.peers:
+            for peer, make in (("numpy", numpy_peer), ("byzfl", byzfl_peer)):
+                if peer == "numpy" and d * n > _SLOW_REFERENCES.get(name, np.inf):
+                    row["numpy_skipped"] = "reference loops over coordinates in Python"
+                    continue
+                peer_fn = make(name, f)
+                if peer_fn is None:
+                    continue
+                peer_fn(x_np)  # warm-up (torch threads, NumPy allocations)
+                secs = best_of(lambda: peer_fn(x_np), max(1, args.repeats - 1))
+                row[f"{peer}_seconds"] = round(secs, 4)
+                row[f"{peer}_ratio"] = round(secs / row["seconds"], 2)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
