@@ -73,18 +73,22 @@ def pairwise_sq_dists(
     n = updates.shape[0]
     if valid is None:
         valid = jnp.ones((n,), bool)
-    x = jnp.where(valid[:, None], updates, 0.0)  # float[n, d]
-    sq = jnp.sum(x * x, axis=1)  # float[n], may overflow to inf for huge rows
-    # Robust centre: mean of the valid rows with norm <= the median valid norm.
-    big = jnp.asarray(jnp.inf, sq.dtype)
-    sq_valid = jnp.where(valid, sq, big)
-    num_valid = jnp.sum(valid)
-    med = jnp.sort(sq_valid)[jnp.maximum((num_valid - 1) // 2, 0)]
-    w = (valid & (sq_valid <= med)).astype(updates.dtype)
-    w = w / jnp.maximum(jnp.sum(w), 1.0)
-    centre = jnp.dot(w, x, precision=lax.Precision.HIGHEST)  # float[d]
-    c = jnp.where(valid[:, None], x - centre[None, :], 0.0)  # float[n, d]
-    gram = jnp.dot(c, c.T, precision=lax.Precision.HIGHEST)  # float[n, n]
+    big = jnp.asarray(jnp.inf, updates.dtype)
+
+    def centred_gram(x):  # float[n, d] with finite (or zeroed) rows -> float[n, n]
+        sq = jnp.sum(x * x, axis=1)  # float[n], may overflow to inf for huge rows
+        # Robust centre: mean of the valid rows with norm <= the median valid norm.
+        sq_valid = jnp.where(valid, sq, big)
+        num_valid = jnp.sum(valid)
+        med = jnp.sort(sq_valid)[jnp.maximum((num_valid - 1) // 2, 0)]
+        w = (valid & (sq_valid <= med)).astype(x.dtype)
+        w = w / jnp.maximum(jnp.sum(w), 1.0)
+        centre = jnp.dot(w, x, precision=lax.Precision.HIGHEST)  # float[d]
+        c = jnp.where(valid[:, None], x - centre[None, :], 0.0)  # float[n, d]
+        return lax.dot_general(c, c, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST)
+
+    # Common case: no screening copy of the [n, d] matrix.
+    gram = map_valid_rows(centred_gram, updates, valid)
     norms = jnp.diagonal(gram)
     dist = jnp.maximum(norms[:, None] + norms[None, :] - 2.0 * gram, 0.0)
     pair_valid = valid[:, None] & valid[None, :]
@@ -93,6 +97,20 @@ def pairwise_sq_dists(
     upper = jnp.arange(n)[:, None] < jnp.arange(n)[None, :]
     dist = jnp.where(upper, dist, dist.T)
     return jnp.where(jnp.eye(n, dtype=bool), 0.0, dist)
+
+
+def map_valid_rows(fn: Callable[[jax.Array], jax.Array], x: jax.Array, valid: jax.Array):
+    """``fn(x with invalid rows zeroed)``, without the zeroing copy when all rows are valid.
+
+    ``fn`` must give invalid rows no weight (zeroing only keeps ``0 * NaN`` out of
+    matmuls). A ``lax.cond`` runs the copy-free branch when every row is valid.
+    """
+    return lax.cond(
+        jnp.all(valid),
+        fn,
+        lambda u: fn(jnp.where(valid[:, None], u, 0.0)),
+        x,
+    )
 
 
 def tie_break_order(scores: jax.Array, valid: jax.Array, key: jax.Array) -> jax.Array:

@@ -85,8 +85,8 @@ def multi_krum(num_byzantine: int, num_selected: int | None = None) -> Aggregato
         w = jnp.zeros((n,), updates.dtype).at[selected].set(1.0)
         w = jnp.where(valid, w, 0.0)
         w = w / jnp.maximum(jnp.sum(w), 1.0)
-        clean = jnp.where(valid[:, None], updates, 0.0)
-        out = jnp.dot(w, clean, precision=lax.Precision.HIGHEST)  # float[d]
+        out = _ops.map_valid_rows(
+            lambda x: jnp.dot(w, x, precision=lax.Precision.HIGHEST), updates, valid)  # float[d]
         info = {
             "selected": selected,
             "scores": scores,

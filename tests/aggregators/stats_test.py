@@ -30,14 +30,12 @@ def _agg(rule, x, key=KEY, context=None):
     (lambda: agg.trimmed_mean(3), 6, r"trimmed_mean: .*num_trim=3, n=6"),
 ])
 def test_impossible_settings_raise(build, n, pattern):
+    rule = build()
     with pytest.raises(ValueError, match=pattern):
-        _agg(build(), np.zeros((n, 4), np.float32))
-
-
-def test_bounds_are_tight():
-    _agg(agg.krum(2), np.zeros((7, 4), np.float32))
-    _agg(agg.bulyan(2), np.zeros((11, 4), np.float32))
-    _agg(agg.trimmed_mean(3), np.zeros((7, 4), np.float32))
+        jax.eval_shape(rule.aggregate, jnp.zeros((n, 4)), rule.init(4), KEY)
+    # One more client is enough (traced only: the check is static).
+    out = jax.eval_shape(rule.aggregate, jnp.zeros((n + 1, 4)), rule.init(4), KEY)[0]
+    assert out.shape == (4,)
 
 
 def test_pairwise_sq_dists_matches_loop():
@@ -96,7 +94,7 @@ def test_bulyan_info():
     assert sel.shape == (7,) and len(set(sel.tolist())) == 7
 
 
-@pytest.mark.parametrize("n", [2, 5, 6, 9, 10])
+@pytest.mark.parametrize("n", [2, 5, 10])
 def test_order_statistic_methods_agree(n):
     rng = np.random.default_rng(n)
     x = np.round(rng.standard_normal((n, 40)), 1).astype(np.float32)  # many ties
