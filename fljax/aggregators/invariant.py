@@ -59,13 +59,9 @@ def invariant(
         n = updates.shape[0]
         valid = finite_rows(updates)  # bool[n]
         m = jnp.sum(valid.astype(jnp.int32))
-        w = valid.astype(updates.dtype) / jnp.maximum(m, 1).astype(updates.dtype)
-        signs = jnp.where(valid[:, None], jnp.sign(updates), 0.0)
-        agree = jnp.abs(jnp.dot(w, signs))  # float[d]
-        mask = agree >= tau
         lo = jnp.floor(beta * m.astype(jnp.float32)).astype(jnp.int32)
-        tm = trimmed_mean_of_valid(updates, valid, lo, method, block, batch)
-        out = jnp.where(mask, tm, 0.0)
+        # Sign mask and trimmed mean in one pass over each column tile.
+        out, mask = trimmed_mean_of_valid(updates, valid, lo, method, block, batch, sign_tau=tau)
         info = {
             "mask_density": jnp.mean(mask.astype(jnp.float32)),
             "num_nonfinite": n - m,

@@ -21,6 +21,7 @@ def trimmed_mean_of_valid(
     method: str = "sort",
     block: int | None = None,
     batch: int | None = None,
+    sign_tau: jax.Array | None = None,
 ) -> jax.Array:
     """Per coordinate: mean of the valid values of rank ``[t, m - t)``.
 
@@ -36,9 +37,12 @@ def trimmed_mean_of_valid(
       method: ``'sort'`` (bitonic network) or ``'bisect'`` (two bisections).
       block: column-tile width.
       batch: tiles per ``lax.map`` step (None: the measured default).
+      sign_tau: if given, also compute the invariant aggregator's sign mask in
+        the same pass over each tile: ``|mean of valid signs| >= sign_tau``.
 
     Returns:
-      ``float[d]`` (zero where no row is valid).
+      ``float[d]`` (zero where no row is valid); with ``sign_tau``, a pair
+      ``(float[d] masked by the sign mask, bool[d] mask)``.
     """
     n = updates.shape[0]
     m = jnp.sum(valid.astype(jnp.int32))
@@ -75,8 +79,20 @@ def trimmed_mean_of_valid(
     else:
         raise ValueError(f"trimmed_mean: method must be 'sort' or 'bisect', got {method!r}")
 
-    out = _ops.blockwise(tile_fn, updates, *_ops.tiling(method, block, batch))
-    return jnp.where(m > 0, out, 0.0).astype(updates.dtype)
+    tiles = _ops.tiling(method, block, batch)
+    if sign_tau is None:
+        out = _ops.blockwise(tile_fn, updates, *tiles)
+        return jnp.where(m > 0, out, 0.0).astype(updates.dtype)
+
+    inv_m = 1.0 / jnp.maximum(m, 1).astype(jnp.float32)
+
+    def masked_fn(tile):  # float[n, b] -> float[2, b]: (masked value, mask)
+        signs = jnp.where(valid[:, None], jnp.sign(tile), 0.0)
+        mask = jnp.abs(jnp.sum(signs, axis=0) * inv_m) >= sign_tau
+        return jnp.stack([jnp.where(mask, tile_fn(tile), 0.0), mask.astype(tile.dtype)])
+
+    out = _ops.blockwise(masked_fn, updates, *tiles)
+    return jnp.where(m > 0, out[0], 0.0).astype(updates.dtype), out[1] > 0
 
 
 def trimmed_mean(
