@@ -13,9 +13,30 @@ JSON line per rule: ``rule, seconds, device, clients, dim`` and, with
 the ratios ``peer_seconds / seconds`` (> 1: fljax is faster). Rules that cannot
 be built from (N, F) alone, or need a context, are reported as skipped.
 
-Expected on the 2-core CI-class CPU (200 x 1M, F = 40): see the report in the
-commit history; order statistics ~0.5-1 s, Krum ~0.8 s, NumPy 1-3 s, ByzFL
-2-6 s.
+Measured on the 2-core CPU (200 x 1M, F = 40), seconds, while other jobs
+shared the machine (load average 2.3-4.8 on 2 cores, so XLA often had one core
+and single-threaded NumPy lost little; treat the numbers as +-2x):
+
+    rule               fljax          NumPy ref    ByzFL (torch CPU)
+    coordinate_median  2.4 - 2.7      3.7          12.0 - 12.3
+    trimmed_mean       1.1 - 3.1      1.3 - 1.6    5.7 - 5.9
+    krum               1.9 - 2.4      1.5 - 2.0    2.9 - 4.2
+    multi_krum         2.0 - 2.5      1.2 (*)      2.9 - 5.1
+    bulyan             3.5 - 6.9      (Python loop over coordinates: skipped)
+    geometric_median   1.1 - 1.7      1.4          4.1 - 8.1
+    invariant          1.6 - 3.8      1.5 - 1.6    -
+    (*) one run took 24 s under contention.
+
+Order-statistic kernels tried (200 x 262,144 unless noted; contended machine):
+``jnp.sort`` of transposed [block, n] tiles 6.3-7.8 s; ``lax.top_k`` on
+transposed tiles 2.9-3.1 s; bisection on order-preserving uint32 keys, [n, b]
+tiles, rolled ``fori_loop`` 0.84-0.86 s (4.4 s on 1M), unrolled 0.52-0.77 s
+with float counts, 0.34 s for two bisections at block 256 x 8 on a quiet
+machine; the same on transposed tiles 0.35-0.74 s (int32 counts 9.9 s); a
+full-matrix bisection (no tiles) 2.9 s; a two-stage 16-bit bisection 0.64-0.82
+s (no gain); a bitonic min/max network on [n, b] tiles 0.27-1.5 s depending on
+the tiling and the load. Defaults: median by bisection (256 x 8), trimmed mean
+and invariant by the bitonic network (64 x 8), see ``fljax/aggregators/_ops.py``.
 """
 
 from __future__ import annotations
