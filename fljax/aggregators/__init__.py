@@ -22,6 +22,12 @@ from fljax.aggregators.mean import mean
 from fljax.aggregators.norm_clipping import norm_clipping
 from fljax.aggregators.robust_lr import robust_lr
 from fljax.aggregators.weak_dp import weak_dp
+from fljax.aggregators.bulyan import bulyan
+from fljax.aggregators.geometric_median import geometric_median
+from fljax.aggregators.invariant import invariant
+from fljax.aggregators.krum import krum, multi_krum
+from fljax.aggregators.median import coordinate_median
+from fljax.aggregators.trimmed_mean import trimmed_mean
 
 # Public rules: every name here must appear in the conformance table of
 # tests/aggregators/conformance_test.py (a meta-test checks it).
@@ -38,6 +44,13 @@ RULES = (
     "norm_clipping",
     "robust_lr",
     "weak_dp",
+    "coordinate_median",
+    "trimmed_mean",
+    "krum",
+    "multi_krum",
+    "bulyan",
+    "geometric_median",
+    "invariant",
 )
 
 __all__ = [

@@ -1,0 +1,141 @@
+"""Bulyan (El Mhamdi, Guerraoui, Rouault, ICML 2018).
+
+References:
+  El Mhamdi, Guerraoui, Rouault, "The Hidden Vulnerability of Distributed
+  Learning in Byzantium", ICML 2018.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fljax.aggregators import _ops
+from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
+
+
+def bulyan(
+    num_byzantine: int,
+    block: int | None = None,
+    batch: int | None = None,
+) -> Aggregator:
+    """Bulyan: recursive Krum selection, then a per-coordinate trimmed mean around the median.
+
+    With ``theta = n - 2f`` and ``beta = theta - 2f`` (byzantine.md section 2.3):
+
+    1. Select ``theta`` updates by Krum applied ``theta`` times to the shrinking
+       set ``R`` (``f`` fixed, ``|R| - f - 2`` neighbours), removing the chosen
+       update each time. The pairwise distances are computed once.
+    2. For every coordinate, average the ``beta`` selected values closest to
+       the median of the selected values. Values tied at the boundary distance
+       share the remaining slots equally (their mean fills them).
+
+    Non-finite rows get Krum score +inf and are never selected while enough
+    finite rows remain (at most ``f`` non-finite rows). Krum ties are broken by
+    a random permutation drawn from ``key``.
+
+    Args:
+      num_byzantine: ``f`` (static); needs ``n >= 4f + 3``.
+      block: column-tile width of the per-coordinate kernel.
+      batch: tiles per ``lax.map`` step (None: the measured default).
+
+    Returns:
+      An :class:`Aggregator` with ``info = {'selected': int32[theta]`` (in
+      selection order), ``'num_nonfinite': int32[]}``. ``aggregate`` raises a
+      ``ValueError`` when ``n < 4f + 3``.
+
+    References:
+      El Mhamdi, Guerraoui, Rouault, "The Hidden Vulnerability of Distributed
+      Learning in Byzantium", ICML 2018.
+    """
+    f = num_byzantine
+    require(f >= 0, "bulyan", f"num_byzantine must be >= 0, got {f}")
+
+    def aggregate(updates, state, key, context=None):
+        del context
+        n = updates.shape[0]
+        require(n >= 4 * f + 3, "bulyan",
+                f"needs n >= 4 * num_byzantine + 3, got n={n}, num_byzantine={f} "
+                f"(n must be at least {4 * f + 3})")
+        theta = n - 2 * f
+        beta = theta - 2 * f
+        valid = finite_rows(updates)
+        dists = _ops.pairwise_sq_dists(updates, valid)  # float[n, n]
+        rank = jax.random.permutation(key, n)  # tie-break rank per client
+        ids = jnp.arange(n)
+
+        def select_one(t, carry):
+            removed, selected = carry  # bool[n], int32[theta]
+            live = ~removed
+            # Krum on R = live rows: |R| = n - t, neighbours |R| - f - 2.
+            d = jnp.where(live[None, :] & ~jnp.eye(n, dtype=bool), dists, jnp.inf)
+            d = jnp.sort(d, axis=1)  # float[n, n]
+            k = n - t - f - 2
+            s = jnp.sum(jnp.where(ids[None, :] < k, d, 0.0), axis=1)
+            s = jnp.where(live & valid, s, jnp.inf)
+            s = jnp.where(jnp.isnan(s), jnp.inf, s)
+            # Order: score, then valid before invalid, then live before removed, then rank.
+            order = jnp.lexsort((rank, removed, ~valid, s))
+            chosen = order[0].astype(jnp.int32)
+            return removed.at[chosen].set(True), selected.at[t].set(chosen)
+
+        init = (jnp.zeros((n,), bool), jnp.zeros((theta,), jnp.int32))
+        _, selected = lax.fori_loop(0, theta, select_one, init)
+        chosen = updates[selected]  # float[theta, d]
+        chosen_valid = valid[selected]  # all True unless > f rows are non-finite
+        out = closest_to_median_mean(chosen, chosen_valid, beta, block, batch)
+        info = {"selected": selected, "num_nonfinite": n - jnp.sum(valid.astype(jnp.int32))}
+        return out, state, info
+
+    return Aggregator(init_empty, aggregate)
+
+
+def closest_to_median_mean(
+    x: jax.Array,
+    valid: jax.Array,
+    beta: int,
+    block: int | None = None,
+    batch: int | None = None,
+) -> jax.Array:
+    """Per coordinate: mean of the ``beta`` valid values closest to the valid median.
+
+    Args:
+      x: ``float[k, d]``.
+      valid: ``bool[k]``; invalid rows are ignored (``beta`` shrinks to the
+        number of valid rows if needed).
+      beta: static count of values averaged.
+      block: column-tile width.
+      batch: tiles per ``lax.map`` step (None: the measured default).
+
+    Returns:
+      ``float[d]``. Boundary ties: all values strictly closer than the
+      ``beta``-th distance count fully, the tied ones share the remaining slots.
+    """
+    m = jnp.sum(valid.astype(jnp.int32))
+    lo_rank = jnp.maximum(m - 1, 0) // 2
+    hi_rank = jnp.maximum(m, 1) // 2
+    b = jnp.clip(jnp.minimum(beta, m), 1, None)
+    bf = b.astype(jnp.float32)
+    none = jnp.uint32(0xFFFFFFFF)
+
+    def tile_fn(tile):  # float[k, w] -> float[w]
+        keys = jnp.where(valid[:, None], _ops.float_to_key(tile), none)
+        lo = _ops.kth_smallest_key(keys, lo_rank)
+        hi = jnp.where(hi_rank > lo_rank, _ops.next_key(keys, lo, lo_rank), lo)
+        med = 0.5 * _ops.key_to_float(lo) + 0.5 * _ops.key_to_float(hi)  # float[w]
+        # |x - med| >= 0, so its float bits order like its values.
+        dist = jnp.abs(tile - med[None, :])
+        dkeys = jnp.where(valid[:, None], lax.bitcast_convert_type(dist, jnp.uint32), none)
+        r = _ops.kth_smallest_key(dkeys, b - 1)  # the beta-th smallest distance
+        closer = dkeys < r[None, :]
+        tied = dkeys == r[None, :]
+        n_closer = jnp.sum(closer.astype(jnp.float32), axis=0)
+        n_tied = jnp.sum(tied.astype(jnp.float32), axis=0)
+        # Scale before summing: no overflow even for values near the float32 max.
+        s_closer = jnp.sum(jnp.where(closer, tile / bf, 0.0), axis=0)
+        s_tied = jnp.sum(jnp.where(tied, tile / jnp.maximum(n_tied, 1.0), 0.0), axis=0)
+        return s_closer + s_tied * ((bf - n_closer) / bf)
+
+    out = _ops.blockwise(tile_fn, x, *_ops.tiling("bisect", block, batch))
+    return jnp.where(m > 0, out, 0.0).astype(x.dtype)

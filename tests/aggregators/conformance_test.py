@@ -1,0 +1,166 @@
+"""One conformance table for every aggregation rule.
+
+``table_stats.TABLE`` (order-statistic and distance-based rules) runs here;
+``table_model.TABLE`` (model-aware rules, which need a context) runs the same
+checks in ``model_table_test.py``; the meta-test covers both. Every row gets: agreement with its NumPy reference, client-order
+invariance, fixed point, bounded output under huge rows, screening of
+non-finite rows, one trace per build, output shape under ``jit``, and the
+pytree adapter.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fljax import aggregators
+from fljax.aggregators import on_pytree
+from tests.aggregators import table_model, table_stats
+
+# The statistics rules run here; the model-aware rules (which need a context
+# and callables) run the same list of checks in model_table_test.py over
+# table_model.TABLE. The meta-test below covers both.
+TABLE = list(table_stats.TABLE)
+BY_NAME = {e.name: e for e in TABLE}
+D = 300  # > one column tile (256), so the blocked path and its tail both run
+KEY = jax.random.PRNGKey(0)
+
+
+def _data(n, d=D, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+_COMPILED = {}
+
+
+def _run(entry, n, f, x):
+    """Runs the rule built for (n, f) under jit; builds are cached so that the
+    checks share compiled programs (compilation dominates this file's time)."""
+    if (entry.name, n, f) not in _COMPILED:
+        rule = entry.build(n, f)
+        _COMPILED[entry.name, n, f] = (rule, jax.jit(rule.aggregate))
+    rule, fn = _COMPILED[entry.name, n, f]
+    ctx = entry.make_context(n, x.shape[1], np.random.default_rng(1)) if entry.make_context else None
+    out, _, info = fn(jnp.asarray(x), rule.init(x.shape[1]), KEY, ctx)
+    return np.asarray(out), info
+
+
+def _cases(entry):
+    for n in entry.ns:
+        for f in sorted({0, entry.f_max(n)}):
+            yield n, f
+
+
+@pytest.mark.parametrize("entry", TABLE, ids=lambda e: e.name)
+def test_matches_reference(entry):
+    for n, f in _cases(entry):
+        x = _data(n, seed=n + 10 * f)
+        out, _ = _run(entry, n, f, x)
+        want = entry.reference(x.astype(np.float64), n, f)
+        np.testing.assert_allclose(out, want, rtol=entry.rtol, atol=entry.atol,
+                                   err_msg=f"{entry.name} n={n} f={f}")
+
+
+@pytest.mark.parametrize("entry", TABLE, ids=lambda e: e.name)
+def test_client_order_invariance(entry):
+    n = entry.ns[-1]
+    f = entry.f_max(n)
+    x = _data(n, seed=3)
+    perm = np.random.default_rng(4).permutation(n)
+    b, _ = _run(entry, n, f, x[perm])
+    if entry.order_invariant:
+        a, _ = _run(entry, n, f, x)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=entry.name)
+    else:  # order matters only through the documented tie rule: follow the reference
+        want = entry.reference(x[perm].astype(np.float64), n, f)
+        np.testing.assert_allclose(b, want, rtol=entry.rtol, atol=entry.atol, err_msg=entry.name)
+
+
+@pytest.mark.parametrize("entry", TABLE, ids=lambda e: e.name)
+def test_fixed_point(entry):
+    n = entry.ns[0]
+    f = entry.f_max(n)
+    v = _data(1, seed=5)[0] + 0.5  # mostly same-signed coordinates for sign-based rules
+    v = np.where(np.abs(v) < 0.1, 0.5, v).astype(np.float32)
+    out, _ = _run(entry, n, f, np.tile(v, (n, 1)))
+    np.testing.assert_allclose(out, v, rtol=1e-5, atol=1e-6, err_msg=entry.name)
+
+
+@pytest.mark.parametrize("entry", TABLE, ids=lambda e: e.name)
+def test_bounded_with_huge_rows(entry):
+    if not entry.robust:
+        pytest.skip("not a robust rule")
+    for n in entry.ns:
+        f = entry.f_max(n)
+        x = _data(n, seed=6)
+        x[:f] = 1e6 * np.sign(_data(f, seed=7))
+        out, _ = _run(entry, n, f, x)
+        assert np.all(np.isfinite(out)), entry.name
+        assert np.max(np.abs(out)) < entry.huge_bound, (entry.name, n, f, np.max(np.abs(out)))
+
+
+@pytest.mark.parametrize("entry", TABLE, ids=lambda e: e.name)
+def test_nonfinite_rows_are_screened(entry):
+    if not entry.robust:
+        pytest.skip("not robust: one NaN row poisons it (documented)")
+    for n in entry.ns:
+        f = entry.f_max(n)
+        x = _data(n, seed=8)
+        bad = np.random.default_rng(9).choice(n, size=f, replace=False)
+        fills = [np.nan, np.inf, -np.inf]
+        for i, row in enumerate(bad):
+            x[row, i % D] = fills[i % 3]
+            if i % 2:
+                x[row] = fills[i % 3]
+        out, info = _run(entry, n, f, x)
+        assert np.all(np.isfinite(out)), (entry.name, n, f)
+        if "num_nonfinite" in info:
+            assert int(info["num_nonfinite"]) == f
+        if entry.remaining is None:
+            want = entry.reference(x.astype(np.float64), n, f)
+        else:
+            keep = np.setdiff1d(np.arange(n), bad)
+            n2, f2 = entry.remaining(n, f, f)
+            want = entry.reference(x[keep].astype(np.float64), n2, f2)
+        np.testing.assert_allclose(out, want, rtol=entry.rtol, atol=entry.atol,
+                                   err_msg=f"{entry.name} n={n} f={f}")
+
+
+@pytest.mark.parametrize("entry", TABLE, ids=lambda e: e.name)
+def test_one_trace_per_build_and_shape(entry):
+    n = entry.ns[0]
+    f = entry.f_max(n)
+    rule = entry.build(n, f)
+    ctx = entry.make_context(n, D, np.random.default_rng(1)) if entry.make_context else None
+    counted = jax.jit(chex.assert_max_traces(rule.aggregate, n=1))
+    state = rule.init(D)
+    for seed in range(3):
+        out, state, info = counted(jnp.asarray(_data(n, seed=seed)), state,
+                                   jax.random.PRNGKey(seed), ctx)
+        assert out.shape == (D,) and out.dtype == jnp.float32, entry.name
+        for value in jax.tree_util.tree_leaves(info):
+            assert isinstance(value, jax.Array), entry.name
+
+
+@pytest.mark.parametrize("entry", TABLE, ids=lambda e: e.name)
+def test_on_pytree_matches_flat(entry):
+    n = entry.ns[0]
+    f = entry.f_max(n)
+    x = _data(n, d=3 * 4 + 5, seed=11)
+    tree = {"a": jnp.asarray(x[:, :12].reshape(n, 3, 4)), "b": jnp.asarray(x[:, 12:])}
+    flat, _ = _run(entry, n, f, x)
+    rule = on_pytree(entry.build(n, f))
+    template = jax.tree_util.tree_map(lambda t: t[0], tree)
+    ctx = entry.make_context(n, 17, np.random.default_rng(1)) if entry.make_context else None
+    out, _, _ = jax.jit(rule.aggregate)(tree, rule.init(template), KEY, ctx)
+    np.testing.assert_allclose(out["a"].reshape(-1), flat[:12], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out["b"], flat[12:], rtol=1e-6, atol=1e-7)
+
+
+def test_every_rule_is_in_the_table():
+    covered = set(BY_NAME) | {c.name for c in table_model.TABLE}
+    missing = [name for name in aggregators.RULES if name not in covered]
+    assert not missing, f"rules without a conformance entry: {missing}"

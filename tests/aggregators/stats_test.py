@@ -1,0 +1,169 @@
+"""Rule-specific checks of the order-statistic and distance-based rules.
+
+The shared checks (references, order, fixed point, huge and non-finite rows,
+traces, pytrees) live in ``conformance_test.py``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fljax import aggregators as agg
+from fljax.aggregators import _ops
+from tests.aggregators import references as ref
+
+KEY = jax.random.PRNGKey(0)
+
+
+def _agg(rule, x, key=KEY, context=None):
+    x = jnp.asarray(x)
+    return rule.aggregate(x, rule.init(x.shape[1]), key, context)
+
+
+@pytest.mark.parametrize("build, n, pattern", [
+    (lambda: agg.krum(2), 6, r"krum: .*n=6, num_byzantine=2.*at least 7"),
+    (lambda: agg.multi_krum(3), 8, r"multi_krum: .*n=8, num_byzantine=3.*at least 9"),
+    (lambda: agg.bulyan(2), 10, r"bulyan: .*n >= 4 \* num_byzantine \+ 3.*n=10, num_byzantine=2.*at least 11"),
+    (lambda: agg.trimmed_mean(3), 6, r"trimmed_mean: .*num_trim=3, n=6"),
+])
+def test_impossible_settings_raise(build, n, pattern):
+    rule = build()
+    with pytest.raises(ValueError, match=pattern):
+        jax.eval_shape(rule.aggregate, jnp.zeros((n, 4)), rule.init(4), KEY)
+    # One more client is enough (traced only: the check is static).
+    out = jax.eval_shape(rule.aggregate, jnp.zeros((n + 1, 4)), rule.init(4), KEY)[0]
+    assert out.shape == (4,)
+
+
+def test_pairwise_sq_dists_matches_loop():
+    x = np.random.default_rng(0).standard_normal((9, 50)).astype(np.float32)
+    d = np.asarray(_ops.pairwise_sq_dists(jnp.asarray(x)))
+    want = ref.sq_dists_loop(x.astype(np.float64))
+    np.testing.assert_allclose(d, want, rtol=1e-5, atol=1e-4)
+    assert np.all(np.diag(d) == 0) and np.all(d >= 0) and np.array_equal(d, d.T)
+
+
+def test_pairwise_sq_dists_invalid_rows_are_infinite():
+    x = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    x[1, 3] = np.nan
+    valid = jnp.asarray(np.isfinite(x).all(1))
+    d = np.asarray(_ops.pairwise_sq_dists(jnp.asarray(x), valid))
+    assert np.all(np.isinf(np.delete(d[1], 1))) and d[1, 1] == 0
+    assert np.all(np.isfinite(np.delete(np.delete(d, 1, 0), 1, 1)))
+
+
+def test_krum_float32_shared_offset_picks_the_right_client():
+    # Models instead of deltas: a +1000 offset on every row. The uncentred Gram
+    # loses all the digits that separate the clients in float32.
+    rng = np.random.default_rng(1)
+    n, f, d = 12, 2, 2000
+    x = 1000.0 + 1e-3 * rng.standard_normal((n, d))
+    x[3] = 1000.0 + 1e-4 * rng.standard_normal(d)  # the most central client
+    want = int(np.argmin(ref.krum_scores_ref(x, f)))
+    assert want == 3
+    _, _, info = _agg(agg.krum(f), x.astype(np.float32))
+    assert int(info["index"]) == want
+    d32 = np.asarray(_ops.pairwise_sq_dists(jnp.asarray(x, jnp.float32)))
+    np.testing.assert_allclose(d32, ref.sq_dists_loop(x), rtol=2e-2)
+
+
+def test_krum_ties_do_not_favour_low_indices():
+    x = np.ones((9, 4), np.float32)  # every score ties
+    chosen = {int(_agg(agg.krum(2), x, jax.random.PRNGKey(s))[2]["index"]) for s in range(12)}
+    assert len(chosen) > 3
+
+
+def test_krum_never_selects_nonfinite_rows():
+    x = np.random.default_rng(2).standard_normal((9, 6)).astype(np.float32)
+    x[0], x[1, 2] = np.nan, -np.inf  # NaN would win a naive argmin
+    _, _, info = _agg(agg.krum(2), x)
+    assert int(info["index"]) not in (0, 1)
+    assert np.isinf(np.asarray(info["scores"])[:2]).all()
+    out, _, info = _agg(agg.multi_krum(2, 5), x)
+    assert not set(np.asarray(info["selected"]).tolist()) & {0, 1}
+    assert np.isfinite(np.asarray(out)).all()
+
+
+def test_bulyan_info():
+    x = np.random.default_rng(3).standard_normal((11, 7)).astype(np.float32)
+    _, _, info = _agg(agg.bulyan(2), x)
+    sel = np.asarray(info["selected"])
+    assert sel.shape == (7,) and len(set(sel.tolist())) == 7
+
+
+@pytest.mark.parametrize("n", [2, 5, 10])
+def test_order_statistic_methods_agree(n):
+    rng = np.random.default_rng(n)
+    x = np.round(rng.standard_normal((n, 40)), 1).astype(np.float32)  # many ties
+    x[:, 0] = 0.0
+    x[: n // 2, 1] = -0.0
+    b = (n - 1) // 2
+    for make in (lambda m: agg.coordinate_median(m, block=16),
+                 lambda m: agg.trimmed_mean(b, m, block=16),
+                 lambda m: agg.invariant(method=m, block=16)):
+        a, s = _agg(make("bisect"), x)[0], _agg(make("sort"), x)[0]
+        np.testing.assert_allclose(a, s, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(_agg(agg.coordinate_median("bisect", 16), x)[0],
+                               np.median(x, 0), atol=1e-7)
+    np.testing.assert_allclose(_agg(agg.trimmed_mean(b, "bisect", 16), x)[0],
+                               ref.trimmed_mean_ref(x.astype(np.float64), b), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["sort", "bisect"])
+def test_trimmed_mean_does_not_overflow(method):
+    # "sum minus top-k" gives -3 here (byzantine.md section 7.3).
+    x = np.array([[1e38], [1e38], [1.0], [2.0], [3.0]], np.float32)
+    assert _agg(agg.trimmed_mean(2, method), x)[0].tolist() == [3.0]
+    x = np.array([[3e38], [3e38], [3e38], [1.0], [2.0]], np.float32)
+    assert np.isfinite(_agg(agg.trimmed_mean(1, method), x)[0]).all()
+
+
+@pytest.mark.parametrize("n", [1, 3, 5, 7, 9])
+def test_invariant_is_finite_for_small_odd_n(n):
+    # The official code keeps ranks [0.45 n, 0.55 n), empty for odd n < 10 (NaN).
+    x = np.abs(np.random.default_rng(n).standard_normal((n, 5))).astype(np.float32)
+    out = np.asarray(_agg(agg.invariant(), x)[0])
+    np.testing.assert_allclose(out, np.median(x, 0), rtol=1e-6)
+
+
+def test_invariant_masks_low_agreement():
+    x = np.array([[1.0, 1.0], [2.0, -1.0], [3.0, 1.0], [4.0, -1.0], [5.0, 2.0]], np.float32)
+    out, _, info = _agg(agg.invariant(tau=0.6), x)
+    assert out.tolist() == [3.0, 0.0]  # coordinate 1: |mean sign| = 0.2 < 0.6
+    assert float(info["mask_density"]) == 0.5
+
+
+def test_geometric_median_weights_and_robustness():
+    x = np.random.default_rng(4).standard_normal((9, 6)).astype(np.float32)
+    w = np.arange(1, 10, dtype=np.float32)
+    ctx = agg.AggregationContext(weights=jnp.asarray(w))
+    out = _agg(agg.geometric_median(weighted=True), x, context=ctx)[0]
+    z = (w[:, None] * x).sum(0) / w.sum()
+    for _ in range(4):
+        beta = w / np.maximum(1e-5, np.linalg.norm(z - x, axis=1))
+        z = (beta[:, None] * x).sum(0) / beta.sum()
+    np.testing.assert_allclose(out, z, rtol=1e-4, atol=1e-5)
+    unweighted = _agg(agg.geometric_median(), x, context=ctx)[0]
+    np.testing.assert_allclose(unweighted, ref.geometric_median_ref(x.astype(np.float64)),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_median_even_n_is_mean_of_middle_pair():
+    x = np.array([[1.0], [10.0], [3.0], [4.0]], np.float32)
+    assert _agg(agg.coordinate_median(), x)[0].tolist() == [3.5]
+
+
+def test_all_rows_nonfinite_gives_zeros():
+    x = np.full((5, 3), np.nan, np.float32)
+    for rule in (agg.coordinate_median(), agg.trimmed_mean(1), agg.invariant(),
+                 agg.geometric_median(), agg.krum(1), agg.multi_krum(1)):
+        assert np.asarray(_agg(rule, x)[0]).tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.unrolled
+def test_default_unrolled_bisection_matches_numpy():
+    x = np.random.default_rng(5).standard_normal((6, 300)).astype(np.float32)
+    np.testing.assert_allclose(_agg(agg.coordinate_median(), x)[0], np.median(x, 0), atol=1e-7)

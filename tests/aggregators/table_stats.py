@@ -1,0 +1,46 @@
+"""Conformance-table rows of the order-statistic and distance-based rules."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from fljax import aggregators as agg
+from tests.aggregators import references as ref
+from tests.aggregators.entry import Entry
+
+
+
+def _rank(n):
+    """The tie-break rank fljax draws from the conformance tests' key (PRNGKey(0))."""
+    return np.asarray(jax.random.permutation(jax.random.PRNGKey(0), n))
+
+
+TABLE = [
+    Entry("mean", lambda n, f: agg.mean(), lambda x, n, f: ref.mean_ref(x),
+          f_max=lambda n: (n - 1) // 2, robust=False),
+    Entry("coordinate_median", lambda n, f: agg.coordinate_median(),
+          lambda x, n, f: ref.median_ref(x), f_max=lambda n: (n - 1) // 2),
+    Entry("trimmed_mean", lambda n, f: agg.trimmed_mean(f),
+          lambda x, n, f: ref.trimmed_mean_ref(x, f), f_max=lambda n: (n - 1) // 2),
+    # Screened rows count towards f for the distance-based rules.
+    Entry("krum", lambda n, f: agg.krum(f), lambda x, n, f: ref.krum_ref(x, f, rank=_rank(len(x))),
+          f_max=lambda n: (n - 3) // 2, remaining=lambda n, f, k: (n - k, f - k)),
+    Entry("multi_krum", lambda n, f: agg.multi_krum(f),
+          lambda x, n, f: ref.multi_krum_ref(x, f, rank=_rank(len(x))),
+          f_max=lambda n: (n - 3) // 2, remaining=lambda n, f, k: (n - k, f - k)),
+    Entry("bulyan", lambda n, f: agg.bulyan(f), lambda x, n, f: ref.bulyan_ref(x, f, rank=_rank(len(x))),
+          f_max=lambda n: (n - 3) // 4, remaining=None,
+          # Its last Krum rounds use f - 1 neighbours: exact ties are the rule,
+          # so the output follows the key's tie-break order, not client order.
+          order_invariant=False),
+    Entry("geometric_median", lambda n, f: agg.geometric_median(),
+          lambda x, n, f: ref.geometric_median_ref(x), f_max=lambda n: (n - 1) // 2,
+          rtol=1e-3, atol=1e-4,
+          # 4 Weiszfeld steps from the mean shrink a 1e6 pull only ~10-1000x (f near n/2):
+          # RFA's defaults converge linearly (more steps shrink it further).
+          huge_bound=1e5),
+    Entry("invariant", lambda n, f: agg.invariant(), lambda x, n, f: ref.invariant_ref(x),
+          # It trims floor(0.45 n) per side: that many outliers on one side are tolerated.
+          f_max=lambda n: int(0.45 * n)),
+]
