@@ -1,0 +1,79 @@
+"""Federated data: containers, partitioners, and data sets.
+
+:func:`build` turns the ``data`` section of a config into a
+:class:`FederatedData`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fljax.data import partition
+from fljax.data.datasets import breast_cancer, digits, random_images, synthetic_fedprox
+from fljax.data.federated import (
+    FederatedData,
+    client_batch_indices,
+    from_partition,
+    num_local_steps,
+)
+
+# Data sets selectable by name (``data.name``) and their loaders.
+DATASETS = ("digits", "breast_cancer", "synthetic", "random_emnist", "random_cifar", "tfds")
+PARTITIONS = tuple(partition.PARTITIONERS) + ("natural",)
+
+__all__ = [
+    "FederatedData", "build", "client_batch_indices", "from_partition", "num_local_steps",
+    "partition", "digits", "breast_cancer", "random_images", "synthetic_fedprox",
+    "DATASETS", "PARTITIONS",
+]
+
+
+def build(name: str, num_clients: int, partition_name: str = "iid", seed: int = 0,
+          partition_kwargs: dict | None = None, dataset_kwargs: dict | None = None
+          ) -> FederatedData:
+    """Loads a data set by name and partitions it among ``num_clients`` clients.
+
+    Args:
+      name: one of :data:`DATASETS`. ``synthetic`` is FedProx's generator and is
+        naturally partitioned (one client per generated client);
+        ``random_emnist`` / ``random_cifar`` give ``examples_per_client`` random
+        examples to every client (benchmarks); ``tfds`` loads a TFDS data set
+        (``dataset_kwargs={'tfds_name': 'mnist'}``; needs the ``tfds`` extra).
+      num_clients: number of clients.
+      partition_name: one of :data:`PARTITIONS`.
+      seed: seed of the split and the partition.
+      partition_kwargs: extra arguments of the partitioner (``alpha``,
+        ``classes_per_client``, ``bias``).
+      dataset_kwargs: extra arguments of the loader.
+    """
+    pk = dict(partition_kwargs or {})
+    dk = dict(dataset_kwargs or {})
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
+    if partition_name not in PARTITIONS:
+        raise ValueError(f"unknown partition {partition_name!r}; choose one of "
+                         f"{sorted(PARTITIONS)}")
+    if name == "synthetic":
+        x, y, parts, xt, yt, c = synthetic_fedprox(num_clients, seed=seed, **dk)
+        return from_partition(x, y, parts, xt, yt, c, name=f"synthetic({num_clients})")
+    if name in ("random_emnist", "random_cifar"):
+        per = int(dk.pop("examples_per_client", 64))
+        shape = (28, 28, 1) if name == "random_emnist" else (32, 32, 3)
+        x, y, xt, yt, c = random_images(per * num_clients, shape, seed=seed, **dk)
+        parts = [np.arange(i * per, (i + 1) * per) for i in range(num_clients)]
+        return from_partition(x, y, parts, xt, yt, c, name=name)
+    if name == "tfds":
+        from fljax.data.tfds import load as load_tfds
+        x, y, xt, yt, c, ids = load_tfds(**dk)
+    else:
+        loader = {"digits": digits, "breast_cancer": breast_cancer}[name]
+        x, y, xt, yt, c = loader(seed=seed, **dk)
+        ids = None
+    if partition_name == "natural":
+        if ids is None:
+            raise ValueError(f"partition 'natural' needs a client-id column, which {name!r} "
+                             "does not have; use iid, dirichlet, shards or fang")
+        parts = partition.natural(ids, num_clients, seed=seed)
+    else:
+        parts = partition.PARTITIONERS[partition_name](y, num_clients, seed=seed, **pk)
+    return from_partition(x, y, parts, xt, yt, c, name=f"{name}/{partition_name}")

@@ -1,0 +1,643 @@
+"""The federated round and the loop that runs it.
+
+One round (DESIGN.md):
+
+  sample K clients -> gather their batches [K, S, B, ...] -> local training of
+  all K at once -> flat updates float[K, d] -> client transforms (clip / noise /
+  leakage defences) -> update-level attack -> aggregator -> server optimizer.
+
+The pieces are pure functions and the execution strategy only decides how
+they are composed:
+
+* ``vmap``: the whole round is ONE jitted function; all K clients train in one
+  batched computation (the accelerator default).
+* ``map``: one jitted round; clients train ``client_chunk`` at a time with
+  ``lax.map`` (bounded memory).
+* ``chunked``: a Python loop over chunks of ``client_chunk`` clients, each chunk
+  one jitted vmapped call; the server step is jitted.
+* ``sequential``: a Python loop over clients, one jitted local training each
+  (the fastest on XLA:CPU, which runs batched convolutions and loop bodies
+  slowly).
+
+All strategies compute the same thing with the same keys (tested).
+:func:`simulate_reference` is the readable Python-loop version of FedAvg the
+tests compare against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import json
+import os
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from fljax import aggregators as aggregators_lib
+from fljax import data as data_lib
+from fljax import models as models_lib
+from fljax import transforms as transforms_lib
+from fljax.aggregators.base import AggregationContext
+from fljax.client import make_client_update
+from fljax.config import ConfigError, choice
+from fljax.types import Params, PRNGKey
+
+OPEN = {"*": True}
+
+DEFAULTS: dict = {
+    "seed": 0,
+    "rounds": 50,
+    "eval_every": 5,
+    "clients_per_round": 10,
+    "data": {
+        "name": "digits",
+        "num_clients": 100,
+        "partition": "dirichlet",
+        "partition_kwargs": dict(OPEN),
+        "dataset_kwargs": dict(OPEN),
+        "seed": 0,
+    },
+    "model": {"name": "mlp", "kwargs": dict(OPEN)},
+    "client": {
+        "optimizer": "sgd",
+        "learning_rate": 0.1,
+        "optimizer_kwargs": dict(OPEN),
+        "batch_size": 32,
+        "epochs": 1,
+        "steps": 0,  # > 0: fixed number of local steps instead of epochs
+    },
+    "server": {
+        "optimizer": "sgd",  # sgd with learning_rate 1 is plain FedAvg
+        "learning_rate": 1.0,
+        "optimizer_kwargs": dict(OPEN),
+    },
+    "aggregator": {"name": "mean", "kwargs": dict(OPEN)},
+    # Per-client transforms of the update, applied by the client before it
+    # sends it (clipping, noise, leakage defences): [{'name': ..., 'kwargs': {...}}]
+    "client_transforms": [],
+    # Server-side transforms applied to every received update before the rule.
+    "server_transforms": [],
+    "attack": {
+        "name": "none",  # an update-level attack from fljax.attacks.UPDATE_ATTACKS
+        "num_malicious": 0,  # clients 0..num_malicious-1 of the population are malicious
+        "kwargs": dict(OPEN),
+    },
+    # Server-side clean data for rules that need it (FLTrust's root set,
+    # ERR / LFR validation), carved from the training examples.
+    "server_data": {"root_size": 100, "validation_size": 200},
+    "execution": {
+        "strategy": "auto",  # auto | vmap | map | chunked | sequential
+        "client_chunk": 0,  # clients per chunk for map / chunked (0: all)
+        "eval_batch": 1024,
+    },
+}
+
+STRATEGIES = ("auto", "vmap", "map", "chunked", "sequential")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "yogi", "rmsprop", "adamw")
+
+
+class ServerState(NamedTuple):
+    """Everything that changes between rounds."""
+
+    params: Params
+    opt_state: Any
+    agg_state: Any
+    round: jax.Array  # int32 scalar: rounds done
+
+
+class RoundInfo(NamedTuple):
+    client_ids: jax.Array  # int32[K]
+    train_loss: jax.Array  # mean over clients
+    agg_info: dict
+
+
+def default_strategy() -> str:
+    """``sequential`` on CPU (measured fastest there), ``vmap`` on accelerators."""
+    return "sequential" if jax.default_backend() == "cpu" else "vmap"
+
+
+def make_optimizer(name: str, learning_rate: float, kwargs: dict | None = None,
+                   path: str = "client.optimizer") -> optax.GradientTransformation:
+    """An optax optimizer by name (``momentum`` is SGD with momentum 0.9 by default)."""
+    kwargs = dict(kwargs or {})
+    choice(path, name, OPTIMIZERS)
+    if name == "momentum":
+        kwargs.setdefault("momentum", 0.9)
+        name = "sgd"
+    try:
+        return getattr(optax, name)(learning_rate, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{path}: bad optimizer_kwargs for {name!r}: {e}") from None
+
+
+def _build_transforms(specs, path: str):
+    out = []
+    for i, spec in enumerate(specs or []):
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(f"{path}[{i}] must be a dict with 'name' and optional 'kwargs'")
+        extra = set(spec) - {"name", "kwargs"}
+        if extra:
+            raise ConfigError(f"{path}[{i}] has unknown fields {sorted(extra)}; use 'name' and "
+                              "'kwargs'")
+        choice(f"{path}[{i}].name", spec["name"], transforms_lib.TRANSFORMS)
+        try:
+            out.append(transforms_lib.get_transform(spec["name"], **spec.get("kwargs", {})))
+        except TypeError as e:
+            raise ConfigError(f"{path}[{i}]: bad kwargs for {spec['name']!r}: {e}") from None
+    return transforms_lib.chain(*out) if out else None
+
+
+@dataclasses.dataclass
+class Experiment:
+    """A built experiment: data on the device, the pure pieces, and the round."""
+
+    cfg: dict
+    data: data_lib.FederatedData
+    model: models_lib.Model
+    steps: int
+    strategy: str
+    init_state: Callable[[PRNGKey], ServerState]
+    round_fn: Callable[[ServerState, PRNGKey], tuple[ServerState, RoundInfo]]
+    evaluate: Callable[[Params], dict]
+    malicious: np.ndarray  # bool[num_clients]
+
+    @property
+    def num_params(self) -> int:
+        return int(sum(x.size for x in jax.tree_util.tree_leaves(
+            jax.eval_shape(self.model.init, jax.random.PRNGKey(0)))))
+
+
+def build(cfg: dict) -> Experiment:
+    """Builds an experiment from a resolved config (see :data:`DEFAULTS`).
+
+    Every check that can fail runs here, before any training.
+    """
+    dc = cfg["data"]
+    k = int(cfg["clients_per_round"])
+    if dc["num_clients"] < 1:
+        raise ConfigError("data.num_clients must be >= 1")
+    if k < 1 or k > dc["num_clients"]:
+        raise ConfigError(f"clients_per_round = {k} must be between 1 and data.num_clients = "
+                          f"{dc['num_clients']}; lower clients_per_round or add clients")
+    if cfg["rounds"] < 0 or cfg["eval_every"] < 1:
+        raise ConfigError("rounds must be >= 0 and eval_every >= 1")
+    choice("data.name", dc["name"], data_lib.DATASETS)
+    choice("data.partition", dc["partition"], data_lib.PARTITIONS)
+    choice("model.name", cfg["model"]["name"], models_lib.MODELS)
+    choice("aggregator.name", cfg["aggregator"]["name"], aggregators_lib.RULES)
+    strategy = choice("execution.strategy", cfg["execution"]["strategy"], STRATEGIES)
+    if strategy == "auto":
+        strategy = default_strategy()
+    client_tf = _build_transforms(cfg["client_transforms"], "client_transforms")
+    server_tf = _build_transforms(cfg["server_transforms"], "server_transforms")
+    cc = cfg["client"]
+    if cc["batch_size"] < 1 or (cc["epochs"] < 1 and cc["steps"] < 1):
+        raise ConfigError("client.batch_size must be >= 1, and client.epochs or client.steps "
+                          "must be >= 1")
+    client_opt = make_optimizer(cc["optimizer"], cc["learning_rate"], cc["optimizer_kwargs"])
+    sc = cfg["server"]
+    server_opt = make_optimizer(sc["optimizer"], sc["learning_rate"], sc["optimizer_kwargs"],
+                                "server.optimizer")
+    from fljax import attacks as attacks_lib
+    ac = cfg["attack"]
+    choice("attack.name", ac["name"], ("none",) + tuple(attacks_lib.UPDATE_ATTACKS))
+    if not 0 <= ac["num_malicious"] <= dc["num_clients"]:
+        raise ConfigError(f"attack.num_malicious = {ac['num_malicious']} must be between 0 and "
+                          f"data.num_clients = {dc['num_clients']}")
+
+    try:
+        data = data_lib.build(dc["name"], dc["num_clients"], dc["partition"], dc["seed"],
+                              dc["partition_kwargs"], dc["dataset_kwargs"])
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"data: {e}") from None
+    try:
+        model = models_lib.get_model(cfg["model"]["name"], data.input_shape, data.num_classes,
+                                     **cfg["model"]["kwargs"])
+    except TypeError as e:
+        raise ConfigError(f"model.kwargs: {e}") from None
+
+    steps = data_lib.num_local_steps(data.max_client_size, cc["batch_size"], cc["epochs"],
+                                     cc["steps"])
+    epochs = 0 if cc["steps"] else cc["epochs"]
+    malicious = np.zeros(data.num_clients, bool)
+    malicious[:ac["num_malicious"]] = True
+
+    # Server-side clean data (FLTrust root set, ERR/LFR validation set).
+    rng = np.random.default_rng(cfg["seed"] + 7)
+    sd = cfg["server_data"]
+    pick = rng.permutation(len(data.y))
+    root = pick[:sd["root_size"]]
+    val = pick[sd["root_size"]:sd["root_size"] + sd["validation_size"]]
+
+    template = model.init(jax.random.PRNGKey(0))
+    flat0, unravel = ravel_pytree(template)
+    dim = flat0.shape[0]
+    client_update = make_client_update(model.apply, client_opt)
+
+    agg = _build_aggregator(cfg["aggregator"], model, client_opt, unravel, data, root, val,
+                            cc["batch_size"], steps)
+    attack = None
+    if ac["name"] != "none":
+        try:
+            attack = attacks_lib.UPDATE_ATTACKS[ac["name"]](**ac["kwargs"])
+        except TypeError as e:
+            raise ConfigError(f"attack.kwargs: {e}") from None
+
+    x_dev = jnp.asarray(data.x)
+    y_dev = jnp.asarray(data.y)
+    offsets = jnp.asarray(data.offsets)
+    counts = jnp.asarray(data.counts)
+    malicious_dev = jnp.asarray(malicious)
+    max_count = data.max_client_size
+    bsz = cc["batch_size"]
+    n_clients = data.num_clients
+
+    def init_state(key):
+        params = model.init(key)
+        return ServerState(params, server_opt.init(params), agg.init(dim),
+                           jnp.zeros((), jnp.int32))
+
+    def sample(state, key):
+        """Round keys, sampled client ids and per-client keys."""
+        rkey = jax.random.fold_in(key, state.round)
+        k_sample, k_clients, k_server = jax.random.split(rkey, 3)
+        ids = jax.random.choice(k_sample, n_clients, (k,), replace=False).astype(jnp.int32)
+        ckeys = jax.random.split(k_clients, k)
+        return ids, ckeys, k_server
+
+    def train_one(params, cid, ckey):
+        """Local training of client ``cid``; returns its flat update and stats."""
+        k_batch, k_train, k_tf = jax.random.split(ckey, 3)
+        idx, mask = data_lib.client_batch_indices(
+            k_batch, offsets[cid], counts[cid], max_count=max_count, steps=steps,
+            batch_size=bsz, epochs=epochs)
+        out = client_update(params, x_dev[idx], y_dev[idx], mask, k_train)
+        delta = ravel_pytree(out.params)[0] - ravel_pytree(params)[0]  # float[d]
+        if client_tf is not None:
+            delta = client_tf(delta, k_tf)
+        return delta, out.loss, counts[cid].astype(jnp.float32)
+
+    train_many = jax.vmap(train_one, in_axes=(None, 0, 0))
+
+    def server_step(state, ids, deltas, losses, weights, k_server):
+        """Attack, server transforms, aggregation, server optimizer."""
+        k_attack, k_tf, k_agg = jax.random.split(k_server, 3)
+        if attack is not None:
+            deltas = attack(deltas, malicious_dev[ids], k_attack)
+        if server_tf is not None:
+            deltas = transforms_lib.apply_rows(server_tf, deltas, k_tf)
+        flat_params = ravel_pytree(state.params)[0]
+        ctx = AggregationContext(weights=weights, params=flat_params)
+        agg_delta, agg_state, info = agg.aggregate(deltas, state.agg_state, k_agg, ctx)
+        grads = jax.tree_util.tree_map(jnp.negative, unravel(agg_delta))
+        updates, opt_state = server_opt.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = ServerState(params, opt_state, agg_state, state.round + 1)
+        return new_state, RoundInfo(ids, jnp.mean(losses), dict(info))
+
+    chunk = int(cfg["execution"]["client_chunk"]) or k
+    chunk = min(chunk, k)
+
+    if strategy in ("vmap", "map"):
+        def round_fn(state, key):
+            ids, ckeys, k_server = sample(state, key)
+            if strategy == "vmap" or chunk >= k:
+                deltas, losses, weights = train_many(state.params, ids, ckeys)
+            else:
+                deltas, losses, weights = jax.lax.map(
+                    lambda a: train_one(state.params, *a), (ids, ckeys), batch_size=chunk)
+            return server_step(state, ids, deltas, losses, weights, k_server)
+        round_fn = jax.jit(round_fn)
+    else:
+        sample_j = jax.jit(sample)
+        server_j = jax.jit(server_step)
+        if strategy == "sequential":
+            train_j = jax.jit(train_one)
+        else:
+            train_j = jax.jit(train_many)
+
+        def round_fn(state, key):
+            ids, ckeys, k_server = sample_j(state, key)
+            if strategy == "sequential":
+                outs = [train_j(state.params, ids[i], ckeys[i]) for i in range(k)]
+                deltas, losses, weights = (jnp.stack(z) for z in zip(*outs))
+            else:
+                parts = []
+                for s in range(0, k, chunk):
+                    i, c = ids[s:s + chunk], ckeys[s:s + chunk]
+                    pad = chunk - i.shape[0]
+                    if pad:  # keep one compiled shape: pad the last chunk
+                        i = jnp.concatenate([i, jnp.broadcast_to(i[:1], (pad,))])
+                        c = jnp.concatenate([c, jnp.broadcast_to(c[:1], (pad,) + c.shape[1:])])
+                    parts.append(jax.tree_util.tree_map(
+                        lambda z: z[:chunk - pad], train_j(state.params, i, c)))
+                deltas, losses, weights = (jnp.concatenate(z) for z in zip(*parts))
+            return server_j(state, ids, deltas, losses, weights, k_server)
+
+    evaluate = make_evaluate(model.apply, data.x_test, data.y_test,
+                             cfg["execution"]["eval_batch"])
+    return Experiment(cfg, data, model, steps, strategy, init_state, round_fn, evaluate,
+                      malicious)
+
+
+def _build_aggregator(ac, model, client_opt, unravel, data, root, val, bsz, steps):
+    """Builds the rule, handing it the server-side callables its factory asks for."""
+    factory = getattr(aggregators_lib, ac["name"])
+    kwargs = dict(ac["kwargs"])
+    params_of = set(inspect.signature(factory).parameters)
+    if "server_update_fn" in params_of and "server_update_fn" not in kwargs:
+        xr, yr = jnp.asarray(data.x[root]), jnp.asarray(data.y[root])
+        root_update = make_client_update(model.apply, client_opt)
+        n_root = xr.shape[0]
+        rsteps = max(1, -(-n_root // bsz))
+
+        def server_update_fn(flat_params, key):
+            params = unravel(flat_params)
+            k_perm, k_train = jax.random.split(key)
+            perm = jax.random.permutation(k_perm, rsteps * bsz) % n_root
+            m = jnp.ones((rsteps, bsz), bool)
+            out = root_update(params, xr[perm].reshape((rsteps, bsz) + xr.shape[1:]),
+                              yr[perm].reshape(rsteps, bsz), m, k_train)
+            return ravel_pytree(out.params)[0] - flat_params
+
+        kwargs["server_update_fn"] = server_update_fn
+    if "eval_fn" in params_of and "eval_fn" not in kwargs:
+        xv, yv = jnp.asarray(data.x[val]), jnp.asarray(data.y[val])
+
+        def eval_fn(flat_params):
+            logits = model.apply(unravel(flat_params), xv)
+            err = 1.0 - jnp.mean((jnp.argmax(logits, -1) == yv).astype(jnp.float32))
+            loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, yv))
+            return err, loss
+
+        kwargs["eval_fn"] = eval_fn
+    try:
+        return factory(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"aggregator.kwargs for {ac['name']!r}: {e}") from None
+    except ValueError as e:
+        raise ConfigError(f"aggregator: {e}") from None
+
+
+def make_evaluate(apply_fn, x, y, batch: int = 1024) -> Callable[[Params], dict]:
+    """Accuracy and mean cross-entropy on ``(x, y)`` in fixed-size padded batches."""
+    n = len(y)
+    batch = max(1, min(batch, n))
+    nb = -(-n // batch)
+    pad = nb * batch - n
+    xp = jnp.asarray(np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]))
+    yp = jnp.asarray(np.concatenate([y, np.zeros((pad,), y.dtype)]))
+    mp = jnp.asarray(np.arange(nb * batch) < n)
+
+    @jax.jit
+    def totals(params, xb, yb, mb):
+        logits = apply_fn(params, xb)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+        correct = (jnp.argmax(logits, -1) == yb)
+        m = mb.astype(jnp.float32)
+        return jnp.sum(correct * m), jnp.sum(ce * m)
+
+    def evaluate(params):
+        c = l = 0.0
+        for b in range(nb):
+            s = slice(b * batch, (b + 1) * batch)
+            cb, lb = totals(params, xp[s], yp[s], mp[s])
+            c += float(cb)
+            l += float(lb)
+        return {"accuracy": c / n, "loss": l / n}
+
+    return evaluate
+
+
+# ----------------------------------------------------------------------------
+# Running rounds
+
+
+class RunResult(NamedTuple):
+    history: list  # one dict per evaluation
+    state: ServerState
+    summary: dict
+
+
+def _write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=_jsonable)
+    os.replace(tmp, path)
+
+
+def _jsonable(x):
+    if isinstance(x, (np.generic, jax.Array)):
+        return np.asarray(x).tolist()
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def prepare_out_dir(out_dir: str) -> str:
+    """Creates ``out_dir`` and checks it is writable, with a clear error."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"output folder {out_dir!r} is not writable ({e.strerror}); pass "
+                          "--out with a folder you can write to") from None
+    return out_dir
+
+
+def run(cfg: dict, out_dir: Optional[str] = None, progress: bool = True,
+        resume: bool = False, log: Callable[[str], None] | None = print) -> RunResult:
+    """Runs a resolved config: the Python entry point behind ``fljax run``.
+
+    Args:
+      cfg: a resolved config (``fljax.config.resolve(DEFAULTS, get_config())``).
+      out_dir: where to write ``config.json``, ``metrics.jsonl`` (a line per
+        evaluation, flushed as it is produced), ``summary.json``,
+        ``accuracy.png``, ``params.msgpack`` and ``checkpoint.msgpack``. None
+        writes nothing.
+      progress: draw a progress bar over rounds.
+      resume: continue from ``out_dir/checkpoint.msgpack`` if it exists (the
+        same keys are used, so the result equals an uninterrupted run).
+      log: called with one line per evaluation (None: silent).
+
+    Returns:
+      ``RunResult(history, state, summary)``.
+    """
+    from flax import serialization
+    from tqdm.auto import tqdm
+
+    if out_dir is not None:
+        prepare_out_dir(out_dir)
+    exp = build(cfg)
+    key = jax.random.PRNGKey(cfg["seed"])
+    k_init, k_rounds = jax.random.split(key)
+    state = exp.init_state(k_init)
+    history: list = []
+    elapsed_before = 0.0
+    ckpt = os.path.join(out_dir, "checkpoint.msgpack") if out_dir else None
+    metrics_path = os.path.join(out_dir, "metrics.jsonl") if out_dir else None
+    if resume and ckpt and os.path.exists(ckpt):
+        with open(ckpt, "rb") as f:
+            blob = serialization.msgpack_restore(f.read())
+        state = serialization.from_state_dict(state, blob["state"])
+        elapsed_before = float(blob["elapsed"])
+        if os.path.exists(metrics_path):
+            with open(metrics_path) as f:
+                history = [json.loads(line) for line in f if line.strip()]
+            history = [h for h in history if h["round"] <= int(state.round)]
+            with open(metrics_path, "w") as f:  # drop lines past the checkpoint
+                f.writelines(json.dumps(h) + "\n" for h in history)
+        if log:
+            log(f"resuming from round {int(state.round)}")
+    elif out_dir:
+        open(metrics_path, "w").close()
+    if out_dir:
+        _write_json(os.path.join(out_dir, "config.json"), cfg)
+
+    start_round = int(state.round)
+    rounds = int(cfg["rounds"])
+    t0 = time.perf_counter()
+    train_time = 0.0
+    client_updates = 0
+    bar = tqdm(total=rounds, initial=start_round, desc="rounds", disable=not progress,
+               dynamic_ncols=True, leave=False)
+
+    def evaluate_and_log(state, train_loss):
+        ev = exp.evaluate(state.params)
+        rec = {"round": int(state.round), "main_accuracy": ev["accuracy"],
+               "main_loss": ev["loss"], "train_loss": train_loss,
+               "elapsed": elapsed_before + time.perf_counter() - t0}
+        history.append(rec)
+        if metrics_path:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+        if log:
+            tqdm.write(f"round {rec['round']:5d}  accuracy {rec['main_accuracy']:.4f}  "
+                       f"loss {rec['main_loss']:.4f}  ({rec['elapsed']:.1f}s)") \
+                if progress else log(f"round {rec['round']:5d}  accuracy "
+                                     f"{rec['main_accuracy']:.4f}  loss {rec['main_loss']:.4f}  "
+                                     f"({rec['elapsed']:.1f}s)")
+        if ckpt:
+            blob = {"state": serialization.to_state_dict(jax.device_get(state)),
+                    "elapsed": rec["elapsed"]}
+            with open(ckpt + ".tmp", "wb") as f:
+                f.write(serialization.msgpack_serialize(blob))
+            os.replace(ckpt + ".tmp", ckpt)
+
+    if start_round == 0 and not history:
+        evaluate_and_log(state, float("nan"))
+    info = None
+    for r in range(start_round, rounds):
+        ts = time.perf_counter()
+        state, info = exp.round_fn(state, k_rounds)
+        loss = float(info.train_loss)  # blocks: the round is done
+        if r > start_round:  # the first round includes compilation
+            train_time += time.perf_counter() - ts
+            client_updates += cfg["clients_per_round"]
+        bar.update(1)
+        if (r + 1) % cfg["eval_every"] == 0 or r + 1 == rounds:
+            evaluate_and_log(state, loss)
+    bar.close()
+
+    wall = elapsed_before + time.perf_counter() - t0
+    final = history[-1] if history else {}
+    summary = {
+        "final_round": int(state.round),
+        "final_main_accuracy": final.get("main_accuracy"),
+        "final_main_loss": final.get("main_loss"),
+        "wall_time_s": wall,
+        "client_updates_per_s": client_updates / train_time if train_time > 0 else None,
+        "strategy": exp.strategy,
+        "device": jax.devices()[0].device_kind,
+        "num_params": exp.num_params,
+        "local_steps": exp.steps,
+    }
+    if out_dir:
+        _write_json(os.path.join(out_dir, "summary.json"), summary)
+        with open(os.path.join(out_dir, "params.msgpack"), "wb") as f:
+            f.write(serialization.to_bytes(jax.device_get(state.params)))
+        plot_history(history, os.path.join(out_dir, "accuracy.png"),
+                     title=f"{cfg['data']['name']} / {cfg['model']['name']} / "
+                           f"{cfg['aggregator']['name']}")
+    return RunResult(history, state, summary)
+
+
+def plot_history(history: list, path: str, title: str = "") -> None:
+    """Saves test accuracy against rounds as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    rounds = [h["round"] for h in history]
+    ax.plot(rounds, [h["main_accuracy"] for h in history], marker="o", ms=3)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def simulate_reference(cfg: dict, rounds: int) -> Params:
+    """Plain FedAvg as readable Python loops, for tests.
+
+    Uses the same keys and batches as :func:`build`'s round (so it can be
+    compared to every strategy) but trains clients one by one with an explicit
+    loop over local steps, averages their new parameters weighted by example
+    count, and applies the server learning rate by hand. Supports
+    ``aggregator = mean``, server ``sgd``, no attack or transforms.
+    """
+    exp = build(cfg)
+    data = exp.data
+    cc = cfg["client"]
+    epochs = 0 if cc["steps"] else cc["epochs"]
+    key = jax.random.PRNGKey(cfg["seed"])
+    k_init, k_rounds = jax.random.split(key)
+    params = exp.model.init(k_init)
+    opt = make_optimizer(cc["optimizer"], cc["learning_rate"], cc["optimizer_kwargs"])
+    from fljax.client import cross_entropy
+
+    grad_fn = jax.jit(jax.grad(
+        lambda p, x, y, m, k: cross_entropy(exp.model.apply(p, x, k), y, m)))
+    k = cfg["clients_per_round"]
+    for r in range(rounds):
+        rkey = jax.random.fold_in(k_rounds, r)
+        k_sample, k_clients, _ = jax.random.split(rkey, 3)
+        ids = jax.random.choice(k_sample, data.num_clients, (k,), replace=False)
+        ckeys = jax.random.split(k_clients, k)
+        new_params, weights = [], []
+        for i in range(k):
+            cid = int(ids[i])
+            k_batch, k_train, _ = jax.random.split(ckeys[i], 3)
+            idx, mask = data_lib.client_batch_indices(
+                k_batch, data.offsets[cid], data.counts[cid], max_count=data.max_client_size,
+                steps=exp.steps, batch_size=cc["batch_size"], epochs=epochs)
+            idx, mask = np.asarray(idx), np.asarray(mask)
+            p, s = params, opt.init(params)
+            step_keys = jax.random.split(k_train, exp.steps)
+            for t in range(exp.steps):
+                if not mask[t].any():
+                    continue
+                g = grad_fn(p, data.x[idx[t]], data.y[idx[t]], mask[t], step_keys[t])
+                u, s = opt.update(g, s, p)
+                p = optax.apply_updates(p, u)
+            new_params.append(p)
+            weights.append(float(data.counts[cid]))
+        w = np.array(weights) / sum(weights)
+        avg = jax.tree_util.tree_map(lambda *xs: sum(wi * x for wi, x in zip(w, xs)), *new_params)
+        lr = cfg["server"]["learning_rate"]
+        params = jax.tree_util.tree_map(lambda p0, a: p0 + lr * (a - p0), params, avg)
+    return params
