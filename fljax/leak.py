@@ -148,6 +148,7 @@ def _default_name(run: dict) -> str:
 
 
 def _slug(name: str) -> str:
+    name = name.replace("+", "plus")
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:80]
 
 
