@@ -67,7 +67,7 @@ def make_client_update(apply_fn: Callable, optimizer: optax.GradientTransformati
         keys = jax.random.split(key, steps)
         (params, _), (losses, active) = jax.lax.scan(
             step, (params, optimizer.init(params)), (x, y, mask, keys),
-            unroll=steps if unroll is True else max(1, int(unroll)))
+            unroll=steps if unroll is True else max(1, min(steps, int(unroll))))
         a = active.astype(losses.dtype)
         loss = jnp.sum(losses * a) / jnp.maximum(jnp.sum(a), 1.0)
         return ClientOutput(params, loss, jnp.sum(mask).astype(jnp.float32))

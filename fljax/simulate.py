@@ -96,6 +96,9 @@ DEFAULTS: dict = {
         "strategy": "auto",  # auto | vmap | map | chunked | sequential
         "client_chunk": 0,  # clients per chunk for map / chunked (0: all)
         "eval_batch": 1024,
+        # lax.scan unrolling of the local steps (0: all when <= 16 steps, else 8);
+        # XLA:CPU runs convolutions inside loops much slower than unrolled.
+        "unroll": 0,
     },
 }
 
@@ -236,10 +239,12 @@ def build(cfg: dict) -> Experiment:
     root = pick[:sd["root_size"]]
     val = pick[sd["root_size"]:sd["root_size"] + sd["validation_size"]]
 
-    template = model.init(jax.random.PRNGKey(0))
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    template = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
     flat0, unravel = ravel_pytree(template)
     dim = flat0.shape[0]
-    client_update = make_client_update(model.apply, client_opt)
+    unroll = cfg["execution"]["unroll"] or (steps if steps <= 16 else 8)
+    client_update = make_client_update(model.apply, client_opt, unroll=unroll)
 
     agg = _build_aggregator(cfg["aggregator"], model, client_opt, unravel, data, root, val,
                             cc["batch_size"], steps)
@@ -259,6 +264,7 @@ def build(cfg: dict) -> Experiment:
     bsz = cc["batch_size"]
     n_clients = data.num_clients
 
+    @jax.jit
     def init_state(key):
         params = model.init(key)
         return ServerState(params, server_opt.init(params), agg.init(dim),
@@ -294,7 +300,7 @@ def build(cfg: dict) -> Experiment:
         if server_tf is not None:
             deltas = transforms_lib.apply_rows(server_tf, deltas, k_tf)
         flat_params = ravel_pytree(state.params)[0]
-        ctx = AggregationContext(weights=weights, params=flat_params)
+        ctx = AggregationContext(weights=weights, params=flat_params, client_ids=ids)
         agg_delta, agg_state, info = agg.aggregate(deltas, state.agg_state, k_agg, ctx)
         grads = jax.tree_util.tree_map(jnp.negative, unravel(agg_delta))
         updates, opt_state = server_opt.update(grads, state.opt_state, state.params)
@@ -319,14 +325,16 @@ def build(cfg: dict) -> Experiment:
         sample_j = jax.jit(sample)
         server_j = jax.jit(server_step)
         if strategy == "sequential":
-            train_j = jax.jit(train_one)
+            # Index inside the jitted call: slicing ids / keys from Python
+            # would cost two extra dispatches per client.
+            train_j = jax.jit(lambda params, ids, ckeys, i: train_one(params, ids[i], ckeys[i]))
         else:
             train_j = jax.jit(train_many)
 
         def round_fn(state, key):
             ids, ckeys, k_server = sample_j(state, key)
             if strategy == "sequential":
-                outs = [train_j(state.params, ids[i], ckeys[i]) for i in range(k)]
+                outs = [train_j(state.params, ids, ckeys, np.int32(i)) for i in range(k)]
                 deltas, losses, weights = (jnp.stack(z) for z in zip(*outs))
             else:
                 parts = []
@@ -354,7 +362,7 @@ def _build_aggregator(ac, model, client_opt, unravel, data, root, val, bsz, step
     params_of = set(inspect.signature(factory).parameters)
     if "server_update_fn" in params_of and "server_update_fn" not in kwargs:
         xr, yr = jnp.asarray(data.x[root]), jnp.asarray(data.y[root])
-        root_update = make_client_update(model.apply, client_opt)
+        root_update = make_client_update(model.apply, client_opt, unroll=False)
         n_root = xr.shape[0]
         rsteps = max(1, -(-n_root // bsz))
 
@@ -368,6 +376,8 @@ def _build_aggregator(ac, model, client_opt, unravel, data, root, val, bsz, step
             return ravel_pytree(out.params)[0] - flat_params
 
         kwargs["server_update_fn"] = server_update_fn
+    if "num_clients" in params_of and "num_clients" not in kwargs:
+        kwargs["num_clients"] = data.num_clients  # FoolsGold's per-client history
     if "eval_fn" in params_of and "eval_fn" not in kwargs:
         xv, yv = jnp.asarray(data.x[val]), jnp.asarray(data.y[val])
 
@@ -534,7 +544,7 @@ def run(cfg: dict, out_dir: Optional[str] = None, progress: bool = True,
             os.replace(ckpt + ".tmp", ckpt)
 
     if start_round == 0 and not history:
-        evaluate_and_log(state, float("nan"))
+        evaluate_and_log(state, None)
     info = None
     for r in range(start_round, rounds):
         ts = time.perf_counter()

@@ -11,11 +11,34 @@ from fljax.aggregators.base import (
     finite_rows,
     on_pytree,
 )
+from fljax.aggregators.centered_clipping import centered_clipping
+from fljax.aggregators.compose import compose
+from fljax.aggregators.err import err
+from fljax.aggregators.flame import flame
+from fljax.aggregators.fltrust import fltrust
+from fljax.aggregators.foolsgold import foolsgold
+from fljax.aggregators.lfr import lfr
 from fljax.aggregators.mean import mean
+from fljax.aggregators.norm_clipping import norm_clipping
+from fljax.aggregators.robust_lr import robust_lr
+from fljax.aggregators.weak_dp import weak_dp
 
 # Public rules: every name here must appear in the conformance table of
 # tests/aggregators/conformance_test.py (a meta-test checks it).
-RULES = ("mean",)
+RULES = (
+    "mean",
+    # Model-aware and stateful rules (fltrust, err, lfr need model callables
+    # from the simulator: server_update_fn / eval_fn).
+    "centered_clipping",
+    "err",
+    "flame",
+    "fltrust",
+    "foolsgold",
+    "lfr",
+    "norm_clipping",
+    "robust_lr",
+    "weak_dp",
+)
 
 __all__ = [
     "AggregationContext",
@@ -23,6 +46,7 @@ __all__ = [
     "EmptyState",
     "finite_rows",
     "on_pytree",
+    "compose",
     "get_aggregator",
     "RULES",
 ] + list(RULES)

@@ -41,10 +41,14 @@ class AggregationContext(NamedTuple):
         that are unweighted by definition ignore them.
       params: ``float[d]`` the current global parameters, flattened the same way
         as the updates (FLTrust and ERR / LFR train or evaluate at them).
+      client_ids: ``int[n]`` which client (in ``[0, num_clients)``) sent each
+        row; stateful per-client rules (FoolsGold's history) index their state
+        with it. ``None`` means row ``i`` is client ``i`` (full participation).
     """
 
     weights: Optional[jax.Array] = None
     params: Optional[jax.Array] = None
+    client_ids: Optional[jax.Array] = None
 
 
 class AggregateFn(Protocol):

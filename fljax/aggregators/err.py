@@ -1,0 +1,55 @@
+"""ERR: reject the clients whose update most raises the validation error rate.
+
+References:
+  Fang, Cao, Jia, Gong, "Local Model Poisoning Attacks to Byzantine-Robust
+  Federated Learning", USENIX Security 2020 (the ERR defense, after RONI).
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+from fljax.aggregators._rejection import EvalFn, loo_rejection
+from fljax.aggregators.base import Aggregator
+
+
+def err(eval_fn: EvalFn, num_reject: int, base: Union[str, Aggregator] = "mean",
+        server_lr: float = 1.0) -> Aggregator:
+    """Error-rate-based rejection around a base rule.
+
+    ::
+
+        A   = base(all n updates);  B_i = base(all but update i)
+        impact_i = error(params + lr·A) − error(params + lr·B_i)
+        reject the num_reject rows with the largest impact; return base(the rest)
+
+    The ``n`` leave-one-out aggregates and the ``n + 1`` evaluations each run
+    as one ``vmap`` (for ``base='mean'`` the leave-one-out means are closed
+    form, ``(S − w_i x_i) / (W − w_i)``). Non-finite rows get impact ``+inf``
+    (rejected first); a NaN impact of a finite row counts as ``-inf``. Ties
+    keep the lower row index. ``context.weights`` weight the mean when given
+    and are passed (as a subset) to a wrapped rule.
+
+    Args:
+      eval_fn: ``(params float[d]) -> (error_rate, loss)`` on the server's
+        validation set; must be a jax function (it is vmapped). The simulator
+        passes it by this name.
+      num_reject: how many rows to reject (static; ``0 <= num_reject <= n-1``,
+        checked at the first call). Fang et al. reject ``c``, the assumed
+        number of attackers.
+      base: ``'mean'`` (default; the mean of the finite rows) or any
+        :class:`Aggregator`. A stateful base keeps its state through the final
+        aggregate; the leave-one-out calls see the same input state and their
+        new states are dropped. Memory for a wrapped rule is ``n·(n−1)·d``.
+      server_lr: the server learning rate the simulator will apply, so the
+        candidate models are the ones the server would actually get.
+
+    Returns:
+      An :class:`Aggregator` that needs ``context.params``. ``info`` holds
+      ``impact`` (``float[n]``), ``accepted`` (``bool[n]``), ``metric_full``
+      (the error rate with everyone) and ``num_nonfinite``.
+
+    References:
+      Fang et al., USENIX Security 2020, Section 5.
+    """
+    return loo_rejection("err", 0, eval_fn, num_reject, base, server_lr)

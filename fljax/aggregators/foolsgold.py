@@ -1,0 +1,124 @@
+"""FoolsGold: down-weight clients whose update histories look alike (sybils).
+
+References:
+  Fung, Yoon, Beschastnikh, "The Limitations of Federated Learning in Sybil
+  Settings", RAID 2020 (code ``DistributedML/FoolsGold``,
+  ``ML/code/model_aggregator.py``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from fljax.aggregators._linalg import cosine_similarity, unit_rows
+from fljax.aggregators.base import Aggregator, finite_rows, require
+
+
+class FoolsGoldState(NamedTuple):
+    """``history``: ``float[num_clients, d]``, each client's summed updates."""
+
+    history: jax.Array
+
+
+def foolsgold_weights(history: jax.Array, kappa: float = 1.0) -> jax.Array:
+    """FoolsGold's weights ``float[n]`` in ``[0, 1]`` from histories ``float[n, d]``.
+
+    The reference code, vectorised::
+
+        cs    = cos_sim(H) − I            # zero rows: cos 0
+        v_i   = max_j cs_ij
+        cs_ij *= v_i / v_j   where v_i < v_j            (pardoning)
+        α_i   = clip(1 − max_j cs_ij, 0, 1);  α ← α / max α;  α[α == 1] = 0.99
+        w_i   = clip(κ·(ln(α_i / (1 − α_i)) + 0.5), 0, 1)   (α_i = 0 → w_i = 0)
+
+    The reference divides by ``max α`` unguarded and returns NaN weights when
+    every client looks like a sybil; here all weights are then 0. A pardon
+    ratio with ``v_j = 0`` (so ``v_i < 0``) is skipped instead of dividing by
+    zero.
+    """
+    n = history.shape[0]
+    unit, _ = unit_rows(history)
+    cs = cosine_similarity(unit) - jnp.eye(n, dtype=history.dtype)  # float[n, n]
+    v = jnp.max(cs, axis=1)  # float[n]
+    pardon = (v[:, None] < v[None, :]) & (v[None, :] != 0)
+    ratio = v[:, None] / jnp.where(v[None, :] != 0, v[None, :], 1.0)
+    cs = jnp.where(pardon, cs * ratio, cs)
+    alpha = jnp.clip(1.0 - jnp.max(cs, axis=1), 0.0, 1.0)
+    top = jnp.max(alpha)
+    alpha = jnp.where(top > 0, alpha / jnp.where(top > 0, top, 1.0), 0.0)
+    alpha = jnp.where(alpha == 1.0, 0.99, alpha)
+    safe = jnp.where(alpha > 0, alpha, 0.5)
+    logit = kappa * (jnp.log(safe / (1.0 - safe)) + 0.5)
+    return jnp.where(alpha > 0, jnp.clip(logit, 0.0, 1.0), 0.0)
+
+
+def foolsgold(num_clients: int, kappa: float = 1.0, normalize: bool = False) -> Aggregator:
+    """FoolsGold over per-client histories of summed updates (stateful).
+
+    Each round the finite rows are added to their senders' histories; the
+    weights :func:`foolsgold_weights` are computed on the histories of the
+    clients present in the round; the result is ``Σ_i w_i Δ_i`` over the
+    current updates. As in the reference code this is a weighted *sum*, not a
+    mean (its size grows with the number of clients that look honest), unless
+    ``normalize=True``, which divides by ``Σ_i w_i`` (zero if all weights are
+    zero). Non-finite rows get weight 0 and leave the history untouched.
+    The reference's optional "important features" mask is not implemented:
+    the whole update is compared.
+
+    Client identity: the state holds one history row per client in
+    ``[0, num_clients)``. If ``context.client_ids`` (``int[n]``) is given, row
+    ``i`` of the updates belongs to client ``client_ids[i]`` (partial
+    participation; weights compare only the clients sampled this round).
+    Otherwise row ``i`` is client ``i``, which requires ``n == num_clients``
+    (full participation with a fixed client order).
+
+    Args:
+      num_clients: size of the client population (static: fixes the state).
+      kappa: confidence ``κ`` of the logit (reference: 1).
+      normalize: divide by the sum of the weights (a weighted mean) instead
+        of the reference's weighted sum.
+
+    Returns:
+      An :class:`Aggregator` whose state is :class:`FoolsGoldState`; ``info``
+      holds ``weights`` (``float[n]``), ``accepted`` (weights > 0) and
+      ``num_nonfinite``.
+
+    References:
+      Fung et al., RAID 2020, Algorithm 1 and their reference code.
+    """
+    require(isinstance(num_clients, int) and num_clients >= 1, "foolsgold",
+            f"num_clients={num_clients!r} must be an int >= 1")
+    if isinstance(kappa, (int, float)):
+        require(kappa > 0, "foolsgold", f"kappa={kappa} must be > 0")
+
+    def init(dim):
+        return FoolsGoldState(jnp.zeros((num_clients, dim), jnp.float32))
+
+    def aggregate(updates, state, key, context=None):
+        del key
+        n = updates.shape[0]
+        ids: Optional[jax.Array] = getattr(context, "client_ids", None)
+        if ids is None:
+            require(n == num_clients, "foolsgold",
+                    f"got n={n} rows but num_clients={num_clients}; without "
+                    "context.client_ids row i must be client i (full participation)")
+            ids = jnp.arange(n)
+        else:
+            require(n <= num_clients, "foolsgold",
+                    f"got n={n} rows but num_clients={num_clients}")
+        finite = finite_rows(updates)  # bool[n]
+        x = jnp.where(finite[:, None], updates, 0.0)  # float[n, d]
+        history = state.history.at[ids].add(x.astype(state.history.dtype))
+        w = foolsgold_weights(history[ids].astype(updates.dtype), kappa)  # float[n]
+        w = jnp.where(finite, w, 0.0)
+        out = w @ x
+        if normalize:
+            total = jnp.sum(w)
+            out = jnp.where(total > 0, out / jnp.where(total > 0, total, 1.0), 0.0)
+        info = {"weights": w, "accepted": w > 0, "num_nonfinite": n - jnp.sum(finite)}
+        return out, FoolsGoldState(history), info
+
+    return Aggregator(init, aggregate)

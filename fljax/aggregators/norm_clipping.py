@@ -1,0 +1,71 @@
+"""Norm clipping (norm bounding) of each update, then the average.
+
+References:
+  Sun, Kairouz, Suresh, McMahan, "Can You Really Backdoor Federated
+  Learning?", NeurIPS FL workshop 2019 (arXiv 1911.07963).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from fljax.aggregators._linalg import clip_rows, unit_rows
+from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
+
+
+def norm_clipping(max_norm: float) -> Aggregator:
+    """Clips every update into the L2 ball of radius ``max_norm`` and averages.
+
+    ``Δ_i ← Δ_i · min(1, M / ‖Δ_i‖)``, then the unweighted mean over the
+    finite rows. Non-finite rows are screened out (they do not count in the
+    mean); if every row is non-finite the result is zero.
+
+    Args:
+      max_norm: the norm bound ``M`` (a value: it may be a traced array; a
+        Python number must be positive). Sun et al. use ``M = 3``; the
+        edge-case repo 2 (CIFAR-10) / 1.5 (EMNIST).
+
+    Returns:
+      An :class:`Aggregator`; ``info`` holds ``norms`` (``float[n]``, before
+      clipping, 0 for non-finite rows), ``clipped`` (``bool[n]``) and
+      ``num_nonfinite``.
+
+    References:
+      Sun et al., "Can You Really Backdoor Federated Learning?", 2019.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> agg = norm_clipping(1.0)
+      >>> out, _, _ = agg.aggregate(jnp.array([[3., 4.], [0., 0.5]]), agg.init(2),
+      ...                           jax.random.PRNGKey(0))
+      >>> [round(v, 4) for v in out.tolist()]
+      [0.3, 0.65]
+    """
+    if isinstance(max_norm, (int, float)):
+        require(max_norm > 0, "norm_clipping", f"max_norm={max_norm} must be > 0")
+
+    def aggregate(updates, state, key, context=None):
+        del key, context
+        clipped, finite, norms = clip_finite(updates, max_norm)  # float[n, d]
+        m = jnp.sum(finite)
+        out = jnp.sum(clipped, axis=0) / jnp.maximum(m, 1).astype(updates.dtype)
+        info = {
+            "norms": norms,
+            "clipped": finite & (norms > max_norm),
+            "num_nonfinite": updates.shape[0] - m,
+        }
+        return out, state, info
+
+    return Aggregator(init_empty, aggregate)
+
+
+def clip_finite(updates, max_norm):
+    """Clips finite rows to ``max_norm``; non-finite rows become zero.
+
+    Returns:
+      ``(clipped float[n, d], finite bool[n], norms float[n])``.
+    """
+    finite = finite_rows(updates)  # bool[n]
+    safe = jnp.where(finite[:, None], updates, 0.0)
+    unit, norms = unit_rows(safe)
+    return clip_rows(unit, norms, max_norm), finite, norms

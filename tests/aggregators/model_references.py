@@ -1,0 +1,160 @@
+"""Float64 NumPy loop references for the model-aware and stateful rules.
+
+Written from the papers / reference code (see each rule's module), one client
+at a time, without the JAX implementation's tricks (no unit-row scaling, no
+closed forms, no vectorised pardoning). Inputs are finite here: the screening
+of non-finite rows is tested separately.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.cluster import HDBSCAN
+
+
+def _norm(v):
+    return float(np.sqrt(np.sum(np.asarray(v, np.float64) ** 2)))
+
+
+def _cos(a, b):
+    na, nb = _norm(a), _norm(b)
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def fltrust(updates, g0):
+    """Cao et al.: ReLU-cosine trust, rescale to ||g0||, trust-weighted mean."""
+    updates = np.asarray(updates, np.float64)
+    g0 = np.asarray(g0, np.float64)
+    total_trust, acc = 0.0, np.zeros(updates.shape[1])
+    for g in updates:
+        ts = max(0.0, _cos(g, g0))
+        if ts > 0:
+            acc += ts * g * _norm(g0) / _norm(g)
+        total_trust += ts
+    return acc / total_trust if total_trust > 0 else np.zeros(updates.shape[1])
+
+
+def flame_no_noise(updates, params=None):
+    """Nguyen et al. steps 1-4 without the noise (λ = 0).
+
+    Clusters the local models ``params + Δ_i`` (or the updates when ``params``
+    is None).
+    """
+    updates = np.asarray(updates, np.float64)
+    n = updates.shape[0]
+    vecs = updates if params is None else updates + np.asarray(params, np.float64)
+    dist = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            if i != j:
+                dist[i, j] = 1.0 - _cos(vecs[i], vecs[j])
+    # hdbscan-package min_samples=1 == scikit-learn min_samples=2 (sklearn counts the point).
+    labels = HDBSCAN(min_cluster_size=n // 2 + 1, min_samples=2, metric="precomputed",
+                     allow_single_cluster=True, copy=False).fit(dist).labels_
+    norms = [_norm(u) for u in updates]
+    s = float(np.median(norms))
+    good = [i for i in range(n) if labels[i] >= 0
+            and labels[i] == np.bincount(labels[labels >= 0]).argmax()]
+    if not good:
+        return np.zeros(updates.shape[1]), labels
+    out = np.zeros(updates.shape[1])
+    for i in good:
+        out += updates[i] * min(1.0, s / norms[i]) if norms[i] > 0 else 0.0
+    return out / len(good), labels
+
+
+def foolsgold_weights(histories):
+    """The reference code ``DistributedML/FoolsGold`` ``foolsgold()``, loop form."""
+    h = np.asarray(histories, np.float64)
+    n = h.shape[0]
+    cs = np.array([[_cos(h[i], h[j]) for j in range(n)] for i in range(n)]) - np.eye(n)
+    maxcs = np.max(cs, axis=1)
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            if maxcs[i] < maxcs[j]:
+                cs[i][j] = cs[i][j] * maxcs[i] / maxcs[j]
+    wv = 1 - np.max(cs, axis=1)
+    wv[wv > 1] = 1
+    wv[wv < 0] = 0
+    wv = wv / np.max(wv)
+    wv[wv == 1] = 0.99
+    with np.errstate(divide="ignore"):
+        wv = np.log(wv / (1 - wv)) + 0.5
+    wv[(np.isinf(wv) + wv > 1)] = 1
+    wv[wv < 0] = 0
+    return wv
+
+
+def foolsgold_rounds(rounds, normalize=False):
+    """FoolsGold over several full-participation rounds; returns the outputs."""
+    history = None
+    outs = []
+    for updates in rounds:
+        updates = np.asarray(updates, np.float64)
+        history = updates.copy() if history is None else history + updates
+        wv = foolsgold_weights(history)
+        out = wv @ updates
+        if normalize:
+            out = out / np.sum(wv) if np.sum(wv) > 0 else np.zeros_like(out)
+        outs.append(out)
+    return outs
+
+
+def loo_rejection(updates, params, eval_fn, num_reject, metric, server_lr=1.0):
+    """Fang et al. ERR (metric 0) / LFR (metric 1) around the plain mean."""
+    updates = np.asarray(updates, np.float64)
+    n = updates.shape[0]
+    full = updates.mean(0)
+    base_value = eval_fn(params + server_lr * full)[metric]
+    impact = []
+    for i in range(n):
+        rest = np.delete(updates, i, axis=0).mean(0)
+        impact.append(base_value - eval_fn(params + server_lr * rest)[metric])
+    order = sorted(range(n), key=lambda i: (impact[i], i))
+    kept = sorted(order[: n - num_reject])
+    return updates[kept].mean(0), np.array(impact), kept
+
+
+def robust_lr(updates, threshold, server_lr=1.0):
+    """Ozdayi et al.: per-coordinate ±η by sign agreement, times the mean."""
+    updates = np.asarray(updates, np.float64)
+    n, d = updates.shape
+    out = np.zeros(d)
+    for j in range(d):
+        s = abs(sum(np.sign(updates[i, j]) for i in range(n)))
+        lr = server_lr if s >= threshold else -server_lr
+        out[j] = lr * updates[:, j].mean()
+    return out
+
+
+def norm_clipping(updates, max_norm):
+    """Sun et al.: clip every update to the ball, then average."""
+    updates = np.asarray(updates, np.float64)
+    acc = np.zeros(updates.shape[1])
+    for u in updates:
+        nu = _norm(u)
+        acc += u * (min(1.0, max_norm / nu) if nu > 0 else 1.0)
+    return acc / updates.shape[0]
+
+
+def centered_clipping_rounds(rounds, tau, iters):
+    """Karimireddy et al.: the center carries over between rounds."""
+    v = None
+    outs = []
+    for updates in rounds:
+        updates = np.asarray(updates, np.float64)
+        if v is None:
+            v = np.zeros(updates.shape[1])
+        for _ in range(iters):
+            step = np.zeros_like(v)
+            for u in updates:
+                diff = u - v
+                nd = _norm(diff)
+                step += diff * (min(1.0, tau / nd) if nd > 0 else 1.0)
+            v = v + step / updates.shape[0]
+        outs.append(v.copy())
+    return outs

@@ -1,0 +1,387 @@
+"""Focused tests of the model-aware and stateful rules against float64 references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fljax import aggregators as A
+from fljax import transforms as T
+from fljax.aggregators import AggregationContext
+from tests.aggregators import model_references as ref
+
+KEY = jax.random.PRNGKey(0)
+
+
+def _run(agg, updates, context=None, key=KEY, state=None):
+    updates = jnp.asarray(updates, jnp.float32)
+    if state is None:
+        state = agg.init(updates.shape[1])
+    return jax.jit(agg.aggregate)(updates, state, key, context)
+
+
+def _honest(rng, n, d, center=1.0, spread=0.1):
+    direction = np.ones(d) * center
+    return direction + spread * rng.standard_normal((n, d))
+
+
+def _with_nonfinite(x, rows=(0, 2)):
+    x = np.array(x, np.float32)
+    x[rows[0], 1] = np.nan
+    x[rows[1], 0] = np.inf
+    return x
+
+
+# ---------------------------------------------------------------- FLTrust
+
+def _server_fn(target):
+    target = jnp.asarray(target, jnp.float32)
+    return lambda params, key: target - params  # pulls towards `target`
+
+
+def test_fltrust_matches_reference():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 5))
+    params = rng.standard_normal(5)
+    target = params + rng.standard_normal(5)
+    agg = A.fltrust(server_update_fn=_server_fn(target))
+    out, _, info = _run(agg, x, AggregationContext(params=jnp.asarray(params, jnp.float32)))
+    expected = ref.fltrust(x, target - params)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    assert int(info["num_nonfinite"]) == 0
+
+
+def test_fltrust_rejects_flipped_update():
+    rng = np.random.default_rng(1)
+    params = np.zeros(6)
+    x = _honest(rng, 5, 6)
+    x[3] = -10 * x[3]  # sign-flipped and scaled
+    agg = A.fltrust(server_update_fn=_server_fn(np.ones(6)))
+    out, _, info = _run(agg, x, AggregationContext(params=jnp.zeros(6)))
+    assert not bool(info["accepted"][3])
+    assert float(info["trust"][3]) == 0.0
+    # Every accepted update is rescaled to ||g0|| = sqrt(6).
+    assert np.linalg.norm(out) <= np.sqrt(6) + 1e-5
+    np.testing.assert_allclose(out, ref.fltrust(np.delete(x, 3, 0), np.ones(6)), rtol=1e-5)
+
+
+def test_fltrust_all_zero_trust_gives_zero_update():
+    agg = A.fltrust(server_update_fn=_server_fn(np.ones(3)))
+    out, _, info = _run(agg, -np.ones((4, 3)), AggregationContext(params=jnp.zeros(3)))
+    np.testing.assert_array_equal(out, np.zeros(3))
+    assert not bool(jnp.any(info["accepted"]))
+
+
+def test_fltrust_screens_nonfinite_and_needs_params():
+    rng = np.random.default_rng(2)
+    x = _with_nonfinite(_honest(rng, 5, 4))
+    agg = A.fltrust(server_update_fn=_server_fn(np.ones(4)))
+    out, _, info = _run(agg, x, AggregationContext(params=jnp.zeros(4)))
+    assert np.all(np.isfinite(out)) and int(info["num_nonfinite"]) == 2
+    np.testing.assert_allclose(out, ref.fltrust(np.delete(x, [0, 2], 0), np.ones(4)), rtol=1e-5)
+    with pytest.raises(ValueError, match="fltrust"):
+        agg.aggregate(jnp.ones((3, 4)), agg.init(4), KEY, None)
+
+
+# ---------------------------------------------------------------- FLAME
+
+def test_flame_rejects_outlier_cluster_and_matches_reference():
+    rng = np.random.default_rng(3)
+    params = rng.standard_normal(8)
+    x = _honest(rng, 7, 8, spread=0.2)
+    x[:3] = -2.0 + 0.05 * rng.standard_normal((3, 8))  # a minority cluster
+    for cluster_on, p in (("models", params), ("updates", None)):
+        agg = A.flame(noise_lambda=0.0, cluster_on=cluster_on)
+        ctx = AggregationContext(params=jnp.asarray(params, jnp.float32))
+        out, _, info = _run(agg, x, ctx)
+        expected, labels = ref.flame_no_noise(x, p)
+        np.testing.assert_array_equal(np.asarray(info["labels"]) >= 0, labels >= 0)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    assert not np.any(np.asarray(info["admitted"])[:3])
+    assert np.all(np.asarray(info["admitted"])[3:])
+
+
+def test_flame_noise_scale_and_nonfinite():
+    rng = np.random.default_rng(4)
+    x = _with_nonfinite(_honest(rng, 6, 2000, spread=0.05))
+    agg = A.flame(noise_lambda=0.01, cluster_on="updates")
+    out, _, info = _run(agg, x)
+    quiet, _, _ = _run(A.flame(noise_lambda=0.0, cluster_on="updates"), x)
+    assert np.all(np.isfinite(out)) and int(info["num_nonfinite"]) == 2
+    assert not bool(info["admitted"][0]) and not bool(info["admitted"][2])
+    s = float(info["median_norm"])
+    np.testing.assert_allclose(s, np.median(np.linalg.norm(np.delete(x, [0, 2], 0), axis=1)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(np.std(np.asarray(out - quiet)), 0.01 * s, rtol=0.1)
+
+
+def test_flame_vmaps_and_validates():
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((2, 5, 3)), jnp.float32)
+    agg = A.flame(cluster_on="updates")
+    keys = jax.random.split(KEY, 2)
+    out, _, _ = jax.jit(jax.vmap(lambda u, k: agg.aggregate(u, agg.init(3), k)))(x, keys)
+    assert out.shape == (2, 3)
+    with pytest.raises(ValueError, match="flame"):
+        A.flame(cluster_on="gradients")
+    with pytest.raises(ValueError, match="flame"):
+        A.flame().aggregate(jnp.ones((4, 3)), (), KEY, None)  # models need params
+
+
+# ---------------------------------------------------------------- FoolsGold
+
+def test_foolsgold_matches_reference_over_rounds():
+    rng = np.random.default_rng(6)
+    rounds = [rng.standard_normal((6, 5)) for _ in range(3)]
+    for normalize in (False, True):
+        agg = A.foolsgold(num_clients=6, normalize=normalize)
+        state = agg.init(5)
+        expected = ref.foolsgold_rounds(rounds, normalize=normalize)
+        for x, e in zip(rounds, expected):
+            out, state, _ = _run(agg, x, state=state)
+            np.testing.assert_allclose(out, e, rtol=1e-4, atol=1e-5)
+
+
+def test_foolsgold_downweights_sybils():
+    rng = np.random.default_rng(7)
+    agg = A.foolsgold(num_clients=8)
+    state = agg.init(10)
+    sybil = rng.standard_normal(10)
+    for _ in range(3):
+        x = rng.standard_normal((8, 10))
+        x[5:] = sybil  # three identical sybils
+        _, state, info = _run(agg, x, state=state)
+    w = np.asarray(info["weights"])
+    np.testing.assert_array_equal(w[5:], 0.0)
+    assert np.all(w[:5] > 0.5)
+
+
+def test_foolsgold_client_ids_partial_participation():
+    rng = np.random.default_rng(8)
+    agg = A.foolsgold(num_clients=10)
+    state = agg.init(4)
+    x = rng.standard_normal((3, 4))
+    ids = jnp.array([7, 2, 9])
+    _, state, _ = _run(agg, x, AggregationContext(client_ids=ids), state=state)
+    np.testing.assert_allclose(state.history[jnp.array([7, 2, 9])], x, rtol=1e-6)
+    assert float(jnp.abs(state.history[0]).sum()) == 0.0
+    with pytest.raises(ValueError, match="foolsgold"):
+        agg.aggregate(jnp.ones((3, 4)), state, KEY, None)  # no ids, n != num_clients
+    with pytest.raises(ValueError, match="foolsgold"):
+        A.foolsgold(num_clients=0)
+
+
+def test_foolsgold_nonfinite_rows_keep_history_clean():
+    rng = np.random.default_rng(9)
+    agg = A.foolsgold(num_clients=5)
+    x = _with_nonfinite(rng.standard_normal((5, 3)))
+    out, state, info = _run(agg, x)
+    assert np.all(np.isfinite(out)) and np.all(np.isfinite(state.history))
+    assert float(info["weights"][0]) == 0.0 and int(info["num_nonfinite"]) == 2
+
+
+# ---------------------------------------------------------------- ERR / LFR
+
+def _linear_task(seed=10, m=64, d=5):
+    """Logistic regression validation set; returns (eval_fn, numpy eval_fn, w_true)."""
+    rng = np.random.default_rng(seed)
+    w_true = rng.standard_normal(d)
+    xv = rng.standard_normal((m, d))
+    yv = (xv @ w_true > 0).astype(np.float64)
+
+    def eval_np(w):
+        z = xv @ w
+        err = np.mean((z > 0) != (yv > 0))
+        loss = np.mean(np.logaddexp(0, z) - yv * z)
+        return err, loss
+
+    xj, yj = jnp.asarray(xv, jnp.float32), jnp.asarray(yv, jnp.float32)
+
+    def eval_fn(w):
+        z = xj @ w
+        err = jnp.mean((z > 0) != (yj > 0))
+        loss = jnp.mean(jnp.logaddexp(0.0, z) - yj * z)
+        return err, loss
+
+    return eval_fn, eval_np, w_true
+
+
+@pytest.mark.parametrize("rule,metric", [("err", 0), ("lfr", 1)])
+def test_err_lfr_reject_the_most_harmful(rule, metric):
+    eval_fn, eval_np, w_true = _linear_task()
+    rng = np.random.default_rng(11)
+    params = np.zeros(5)
+    x = w_true + 0.3 * rng.standard_normal((6, 5))
+    x[4] = -3.0 * w_true  # the harmful client
+    agg = getattr(A, rule)(eval_fn=eval_fn, num_reject=1)
+    ctx = AggregationContext(params=jnp.zeros(5))
+    out, _, info = _run(agg, x, ctx)
+    assert not bool(info["accepted"][4]) and int(jnp.sum(info["accepted"])) == 5
+    expected, impact, _ = ref.loo_rejection(x, params, eval_np, 1, metric)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    if metric == 1:  # the loss is smooth: impacts agree to float32 accuracy
+        np.testing.assert_allclose(info["impact"], impact, rtol=1e-3, atol=1e-5)
+
+
+def test_lfr_with_wrapped_rule_and_nonfinite():
+    eval_fn, eval_np, w_true = _linear_task()
+    rng = np.random.default_rng(12)
+    x = (w_true + 0.3 * rng.standard_normal((7, 5))).astype(np.float32)
+    x[5] = -3.0 * w_true
+    x = _with_nonfinite(x, rows=(0, 2))
+    ctx = AggregationContext(params=jnp.zeros(5))
+    agg = A.lfr(eval_fn=eval_fn, num_reject=3, base=A.norm_clipping(10.0))
+    out, _, info = _run(agg, x, ctx)
+    accepted = np.asarray(info["accepted"])
+    assert not accepted[[0, 2, 5]].any() and accepted.sum() == 4
+    np.testing.assert_allclose(out, ref.norm_clipping(x[accepted], 10.0), rtol=1e-5)
+    # The mean base screens non-finite rows the same way.
+    out, _, info = _run(A.lfr(eval_fn=eval_fn, num_reject=1), x, ctx)
+    assert np.all(np.isfinite(out))
+
+
+def test_err_validates():
+    eval_fn, _, _ = _linear_task()
+    with pytest.raises(ValueError, match="err"):
+        A.err(eval_fn=eval_fn, num_reject=-1)
+    with pytest.raises(ValueError, match="lfr"):
+        A.lfr(eval_fn=eval_fn, num_reject=1, base="median")
+    agg = A.err(eval_fn=eval_fn, num_reject=4)
+    with pytest.raises(ValueError, match="num_reject=4"):
+        agg.aggregate(jnp.ones((4, 5)), agg.init(5), KEY, AggregationContext(params=jnp.zeros(5)))
+    with pytest.raises(ValueError, match="context.params"):
+        A.err(eval_fn=eval_fn, num_reject=1).aggregate(jnp.ones((4, 5)), (), KEY)
+
+
+# ---------------------------------------------------------------- robust LR
+
+def test_robust_lr_flips_low_agreement_coordinates():
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((9, 12))
+    x[:, :4] = np.abs(x[:, :4])  # unanimous coordinates keep their sign
+    out, _, info = _run(A.robust_lr(threshold=4), x)
+    np.testing.assert_allclose(out, ref.robust_lr(x, 4), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[:4], x[:, :4].mean(0), rtol=1e-5)
+    agree = np.abs(np.sign(x).sum(0))
+    assert float(info["flipped_fraction"]) == pytest.approx(np.mean(agree < 4))
+    xn = _with_nonfinite(x)
+    out, _, info = _run(A.robust_lr(threshold=3, server_lr=0.5), xn)
+    np.testing.assert_allclose(out, ref.robust_lr(np.delete(xn, [0, 2], 0), 3, 0.5), rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="robust_lr: threshold=10 exceeds n=9"):
+        _run(A.robust_lr(threshold=10), x)
+    with pytest.raises(ValueError, match="robust_lr"):
+        A.robust_lr(threshold=-1)
+
+
+# ---------------------------------------------------------------- clipping / weak DP
+
+def test_norm_clipping_matches_reference_and_screens():
+    rng = np.random.default_rng(14)
+    x = 3 * rng.standard_normal((6, 4))
+    x[1] *= 1e30  # huge but finite: clipped, not overflowing
+    out, _, info = _run(A.norm_clipping(2.0), x)
+    np.testing.assert_allclose(out, ref.norm_clipping(x, 2.0), rtol=1e-5, atol=1e-6)
+    xn = _with_nonfinite(x)
+    out, _, info = _run(A.norm_clipping(2.0), xn)
+    np.testing.assert_allclose(out, ref.norm_clipping(np.delete(xn, [0, 2], 0), 2.0), rtol=1e-5)
+    assert int(info["num_nonfinite"]) == 2
+    with pytest.raises(ValueError, match="norm_clipping"):
+        A.norm_clipping(0.0)
+
+
+@pytest.mark.parametrize("placement,n", [("sum", 5), ("average", 5), ("sum", 10)])
+def test_weak_dp_noise_placement_variance(placement, n):
+    rng = np.random.default_rng(15)
+    d, sigma = 20000, 0.5
+    x = rng.standard_normal((n, d)) * 0.01
+    out, _, info = _run(A.weak_dp(max_norm=100.0, sigma=sigma, placement=placement), x)
+    noise = np.asarray(out, np.float64) - x.mean(0)
+    expected_std = sigma / n if placement == "sum" else sigma
+    # std of a 20000-sample Gaussian: relative error ~ 1/sqrt(2d) = 0.5 %.
+    assert np.std(noise) == pytest.approx(expected_std, rel=0.03)
+    assert abs(np.mean(noise)) < 4 * expected_std / np.sqrt(d)
+    assert float(info["noise_std"]) == pytest.approx(expected_std)
+
+
+def test_weak_dp_no_noise_is_norm_clipping_and_validates():
+    rng = np.random.default_rng(16)
+    x = _with_nonfinite(rng.standard_normal((5, 3)))
+    out, _, _ = _run(A.weak_dp(max_norm=1.0, sigma=0.0), x)
+    np.testing.assert_allclose(out, ref.norm_clipping(np.delete(x, [0, 2], 0), 1.0), rtol=1e-5)
+    with pytest.raises(ValueError, match="weak_dp"):
+        A.weak_dp(1.0, 0.1, placement="model")
+
+
+# ---------------------------------------------------------------- centered clipping
+
+def test_centered_clipping_state_carries_over():
+    rng = np.random.default_rng(17)
+    rounds = [rng.standard_normal((5, 4)) + 3.0 for _ in range(3)]
+    agg = A.centered_clipping(tau=1.0, iters=2)
+    state = agg.init(4)
+    expected = ref.centered_clipping_rounds(rounds, 1.0, 2)
+    for x, e in zip(rounds, expected):
+        out, state, _ = _run(agg, x, state=state)
+        np.testing.assert_allclose(out, e, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(state.center, out)
+    # A fresh state gives a different (smaller) first step.
+    fresh, _, _ = _run(agg, rounds[2])
+    assert not np.allclose(fresh, expected[2])
+
+
+def test_centered_clipping_nonfinite_and_validates():
+    x = _with_nonfinite(np.ones((4, 3)))
+    out, _, info = _run(A.centered_clipping(tau=10.0), x)
+    np.testing.assert_allclose(out, np.ones(3), rtol=1e-6)
+    assert int(info["num_nonfinite"]) == 2
+    with pytest.raises(ValueError, match="centered_clipping"):
+        A.centered_clipping(1.0, iters=0)
+
+
+# ---------------------------------------------------------------- compose
+
+def test_compose_applies_per_client_transforms_first():
+    rng = np.random.default_rng(18)
+    x = rng.standard_normal((6, 5)) * 4
+    agg = A.compose(T.clip_by_norm(1.0), aggregator=A.mean())
+    out, _, _ = _run(agg, x)
+    np.testing.assert_allclose(out, ref.norm_clipping(x, 1.0), rtol=1e-5, atol=1e-6)
+    # Noise uses one key per client, split from the aggregate key.
+    noisy = A.compose(T.gaussian_noise(1.0), aggregator=A.mean(weighted=False))
+    out1, _, _ = _run(noisy, x)
+    out2, _, _ = _run(noisy, x)
+    k_t, _ = jax.random.split(KEY)
+    keys = jax.random.split(k_t, 6)
+    # chain() splits each client's key once more, per transform.
+    noise = jax.vmap(lambda k: jax.random.normal(jax.random.split(k, 1)[0], (5,)))(keys)
+    manual = x + np.asarray(noise)
+    np.testing.assert_allclose(out1, out2)
+    np.testing.assert_allclose(out1, manual.mean(0), rtol=1e-5, atol=1e-6)
+    assert A.compose(aggregator=A.mean()) is not None
+
+
+def test_every_model_rule_is_registered():
+    for name in ("fltrust", "flame", "foolsgold", "err", "lfr", "robust_lr", "norm_clipping",
+                 "weak_dp", "centered_clipping"):
+        assert name in A.RULES
+    assert "compose" not in A.RULES
+
+
+def test_thresholds_and_noise_levels_are_values():
+    """Sweeping a threshold / noise level is one vmapped program (no Python checks on it)."""
+    x = jnp.asarray(np.random.default_rng(19).standard_normal((6, 4)), jnp.float32)
+    builds = {
+        "robust_lr": lambda v: A.robust_lr(threshold=v),
+        "norm_clipping": lambda v: A.norm_clipping(max_norm=v),
+        "weak_dp": lambda v: A.weak_dp(max_norm=1.0, sigma=v),
+        "centered_clipping": lambda v: A.centered_clipping(tau=v),
+        "flame": lambda v: A.flame(noise_lambda=v, cluster_on="updates"),
+    }
+    values = jnp.array([0.5, 1.0, 2.0])
+    for name, build in builds.items():
+        def run(v):
+            agg = build(v)
+            return agg.aggregate(x, agg.init(4), KEY)[0]
+        out = jax.jit(jax.vmap(run))(values)
+        assert out.shape == (3, 4) and bool(jnp.all(jnp.isfinite(out))), name
+        np.testing.assert_allclose(out[1], run(1.0), rtol=1e-5, atol=1e-6, err_msg=name)
