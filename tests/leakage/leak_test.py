@@ -59,3 +59,21 @@ def test_set_overrides_apply_to_every_run():
     assert [r["victim"]["local_steps"] for r in runs] == [3, 3]
     assert [r["victim"]["lr"] for r in runs] == [0.1, 0.5]
     assert runs[0]["attack"]["kwargs"] == {"num_steps": 5}
+
+
+def test_cli_leak(tmp_path, capsys):
+    from fljax import cli
+
+    cfg = tmp_path / "tiny.py"
+    cfg.write_text(
+        "def get_config():\n"
+        "    return {'data': {'num_victims': 2},\n"
+        "            'model': {'kwargs': {'hidden': [8], 'activation': 'sigmoid'}},\n"
+        "            'attack': {'name': 'dlm_plus', 'kwargs': {'num_steps': 10}}}\n")
+    out = tmp_path / "out"
+    rc = cli.main(["leak", str(cfg), "--set", "victim.lr=0.3", "--out", str(out),
+                   "--no-progress"])
+    assert rc == 0
+    assert "PSNR" in capsys.readouterr().out
+    assert (out / "summary.json").exists() and (out / "metrics.csv").exists()
+    assert cli.main(["leak", str(cfg), "--set", "victim.lrr=0.3", "--out", str(out)]) == 2
