@@ -11,7 +11,7 @@ from fljax.models import lenet5, mlp
 @pytest.mark.parametrize("make", [
     lambda: mlp((8, 8, 1), 10, hidden=(16,), activation="sigmoid"),
     lambda: mlp((8, 8, 1), 10, hidden=(16, 16), activation="relu"),
-    lambda: lenet5((8, 8, 1), 10, activation="sigmoid"),
+    pytest.param(lambda: lenet5((8, 8, 1), 10, activation="sigmoid"), marks=pytest.mark.slow),
 ])
 def test_label_rule_recovers_the_label_of_a_one_example_update(make):
     model = make()

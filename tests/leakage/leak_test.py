@@ -14,8 +14,8 @@ def _cfg(**over):
         "data": {"num_victims": 2, "batch_size": 1},
         "model": {"name": "mlp", "kwargs": {"hidden": [8], "activation": "sigmoid"}},
         "runs": [
-            {"name": "dlm+", "attack": {"name": "dlm_plus", "kwargs": {"num_steps": 20}}},
-            {"attack": {"name": "dlg", "kwargs": {"num_steps": 2, "assumed_lr": 1.0}},
+            {"name": "dlm+", "attack": {"name": "dlm_plus", "kwargs": {"num_steps": 10}}},
+            {"attack": {"name": "idlg", "kwargs": {"num_steps": 5, "optimizer": "adam"}},
              "defences": [{"name": "prune", "kwargs": {"percent": 10.0}}]},
         ],
         "grid": {"max_images": 2},
@@ -24,6 +24,7 @@ def _cfg(**over):
     return config.resolve(leak.DEFAULTS, base)
 
 
+@pytest.mark.slow
 def test_run_writes_summary_metrics_and_grids(tmp_path):
     out = str(tmp_path / "leak")
     summary = leak.run(_cfg(), out, progress=False)
@@ -33,7 +34,7 @@ def test_run_writes_summary_metrics_and_grids(tmp_path):
     for r in on_disk["runs"]:
         for key in ("name", "psnr", "ssim", "mse", "label_accuracy", "psnr_grey", "psnr_mean"):
             assert key in r
-    assert on_disk["runs"][1]["name"].startswith("dlg/mlp/delta/lr0.1x1/prune(percent=10.0)")
+    assert on_disk["runs"][1]["name"].startswith("idlg/mlp/delta/lr0.1x1/prune(percent=10.0)")
     with open(os.path.join(out, "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4  # 2 runs x 2 victims
