@@ -160,7 +160,8 @@ def build_defence(defences: list[dict], params) -> transforms_lib.Transform:
     return transforms_lib.chain(*ts) if ts else transforms_lib.identity()
 
 
-def attack_one_run(run: dict, x: np.ndarray, y: np.ndarray, seed: int) -> dict:
+def attack_one_run(run: dict, x: np.ndarray, y: np.ndarray, seed: int,
+                   num_classes: int = 10) -> dict:
     """Simulates the victims of one run, defends their updates and attacks them.
 
     Args:
@@ -168,13 +169,13 @@ def attack_one_run(run: dict, x: np.ndarray, y: np.ndarray, seed: int) -> dict:
       x: ``float32[V, B, *input_shape]`` victims' data in [0, 1].
       y: ``int32[V, B]`` their labels.
       seed: the experiment seed.
+      num_classes: the data set's number of classes.
 
     Returns:
       A dict with the reconstruction (``x``, ``labels``, ``k``, ``loss``) as
       NumPy arrays and timings.
     """
     input_shape = x.shape[2:]
-    num_classes = 10
     m = run["model"]
     model = get_model(m["name"], input_shape, num_classes, **m["kwargs"])
     k_model = jax.random.PRNGKey(m["seed"])
@@ -275,6 +276,7 @@ def run(cfg: dict, out_dir: str, progress: bool = True) -> dict:
     x, y = select_victims(x_all, y_all, d["num_victims"], d["batch_size"], cfg["seed"],
                           d["offset"])
     mean_image = x_all.mean(axis=0)
+    num_classes = int(y_all.max()) + 1
     summary: dict[str, Any] = {"config": cfg, "num_victims": int(x.shape[0]),
                                "batch_size": int(x.shape[1]), "runs": []}
     csv_path = os.path.join(out_dir, "metrics.csv")
@@ -284,7 +286,7 @@ def run(cfg: dict, out_dir: str, progress: bool = True) -> dict:
     bar = tqdm(runs, desc="leak", disable=not progress)
     for i, r in enumerate(bar):
         bar.set_postfix_str(r["name"][:40])
-        res = attack_one_run(r, x, y, cfg["seed"])
+        res = attack_one_run(r, x, y, cfg["seed"], num_classes)
         s = leakage.metrics.score(x, res["x"], y, res["labels"], mean_image)
         beats = (s["psnr"] > s["psnr_grey"]) & (s["psnr"] > s["psnr_mean"])
         v = r["victim"]
