@@ -92,7 +92,7 @@ def parse_value(text: str) -> Any:
     low = text.strip().lower()
     if low in ("true", "false"):
         return low == "true"
-    if low in ("none", "null"):
+    if text.strip() in ("None", "null"):  # lower-case 'none' stays a name
         return None
     try:
         return ast.literal_eval(text)
@@ -101,7 +101,8 @@ def parse_value(text: str) -> Any:
 
 
 def set_dotted(cfg: dict, assignment: str) -> dict:
-    """Applies one ``a.b.c=value`` override (validated against the defaults)."""
+    """Turns one ``a.b.c=value`` assignment into a nested override dict."""
+    del cfg
     if "=" not in assignment:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     dotted, text = assignment.split("=", 1)
@@ -130,8 +131,31 @@ def resolve(defaults: Mapping, config: Mapping | None = None,
     """Defaults, then the config, then each ``--set`` assignment, all validated."""
     cfg = merge(defaults, config or {})
     for a in assignments:
-        cfg = merge(_reopen(defaults, cfg), set_dotted(cfg, a))
+        override = set_dotted(cfg, a)
+        keys, value = _path_and_value(override)
+        target = defaults
+        for k in keys:
+            target = target.get(k) if isinstance(target, Mapping) else None
+        if isinstance(value, Mapping) and isinstance(target, Mapping) and target.get(OPEN):
+            # Assigning a whole free-form dict replaces it: `--set aggregator.kwargs={}`.
+            node = cfg
+            for k in keys[:-1]:
+                node = node[k]
+            node[keys[-1]] = copy.deepcopy(dict(value))
+            continue
+        cfg = merge(_reopen(defaults, cfg), override)
     return _strip_open(cfg)
+
+
+def _path_and_value(nested: Mapping):
+    keys = []
+    while isinstance(nested, Mapping) and len(nested) == 1:
+        (k, v), = nested.items()
+        keys.append(k)
+        if not isinstance(v, Mapping) or len(v) != 1:
+            return keys, v
+        nested = v
+    return keys, nested
 
 
 def _reopen(defaults: Mapping, cfg: Mapping) -> dict:

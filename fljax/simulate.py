@@ -118,6 +118,7 @@ class ServerState(NamedTuple):
 class RoundInfo(NamedTuple):
     client_ids: jax.Array  # int32[K]
     train_loss: jax.Array  # mean over clients
+    update_norms: jax.Array  # float[K]: L2 norms of the updates the server received
     agg_info: dict
 
 
@@ -210,7 +211,8 @@ def build(cfg: dict) -> Experiment:
                                 "server.optimizer")
     from fljax import attacks as attacks_lib
     ac = cfg["attack"]
-    choice("attack.name", ac["name"], ("none",) + tuple(attacks_lib.UPDATE_ATTACKS))
+    choice("attack.name", ac["name"], ("none",) + tuple(attacks_lib.UPDATE_ATTACKS)
+           + tuple(attacks_lib.DATA_ATTACKS))
     if not 0 <= ac["num_malicious"] <= dc["num_clients"]:
         raise ConfigError(f"attack.num_malicious = {ac['num_malicious']} must be between 0 and "
                           f"data.num_clients = {dc['num_clients']}")
@@ -248,12 +250,14 @@ def build(cfg: dict) -> Experiment:
 
     agg = _build_aggregator(cfg["aggregator"], model, client_opt, unravel, data, root, val,
                             cc["batch_size"], steps)
-    attack = None
-    if ac["name"] != "none":
-        try:
+    attack = poison = None
+    try:
+        if ac["name"] in attacks_lib.UPDATE_ATTACKS:
             attack = attacks_lib.UPDATE_ATTACKS[ac["name"]](**ac["kwargs"])
-        except TypeError as e:
-            raise ConfigError(f"attack.kwargs: {e}") from None
+        elif ac["name"] in attacks_lib.DATA_ATTACKS:
+            poison = attacks_lib.DATA_ATTACKS[ac["name"]](data.num_classes, **ac["kwargs"])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"attack.kwargs: {e}") from None
 
     x_dev = jnp.asarray(data.x)
     y_dev = jnp.asarray(data.y)
@@ -284,7 +288,12 @@ def build(cfg: dict) -> Experiment:
         idx, mask = data_lib.client_batch_indices(
             k_batch, offsets[cid], counts[cid], max_count=max_count, steps=steps,
             batch_size=bsz, epochs=epochs)
-        out = client_update(params, x_dev[idx], y_dev[idx], mask, k_train)
+        xb, yb = x_dev[idx], y_dev[idx]
+        if poison is not None:  # data-level attack, only where the client is malicious
+            px, py = poison(xb, yb, k_tf)
+            xb = jnp.where(malicious_dev[cid], px, xb)
+            yb = jnp.where(malicious_dev[cid], py, yb)
+        out = client_update(params, xb, yb, mask, k_train)
         delta = ravel_pytree(out.params)[0] - ravel_pytree(params)[0]  # float[d]
         if client_tf is not None:
             delta = client_tf(delta, k_tf)
@@ -306,7 +315,8 @@ def build(cfg: dict) -> Experiment:
         updates, opt_state = server_opt.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = ServerState(params, opt_state, agg_state, state.round + 1)
-        return new_state, RoundInfo(ids, jnp.mean(losses), dict(info))
+        return new_state, RoundInfo(ids, jnp.mean(losses), jnp.linalg.norm(deltas, axis=1),
+                                    dict(info))
 
     chunk = int(cfg["execution"]["client_chunk"]) or k
     chunk = min(chunk, k)
@@ -391,7 +401,8 @@ def _build_aggregator(ac, model, client_opt, unravel, data, root, val, bsz, step
     try:
         return factory(**kwargs)
     except TypeError as e:
-        raise ConfigError(f"aggregator.kwargs for {ac['name']!r}: {e}") from None
+        raise ConfigError(f"aggregator.kwargs for {ac['name']!r}: {e} (to drop the config's "
+                          "kwargs when switching rules: --set aggregator.kwargs={})") from None
     except ValueError as e:
         raise ConfigError(f"aggregator: {e}") from None
 

@@ -1,0 +1,60 @@
+"""Update- and data-level poisoning attacks: benign rows untouched, malicious
+rows changed as their definitions say, no retrace when the mask changes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fljax import attacks
+
+U = jax.random.normal(jax.random.PRNGKey(0), (6, 5))
+MASK = jnp.array([True, False, True, False, False, True])
+
+
+@pytest.mark.parametrize("name,kwargs", [("sign_flip", {"scale": 3.0}),
+                                         ("gaussian", {"stddev": 2.0})])
+def test_benign_rows_bit_identical(name, kwargs):
+    out = attacks.UPDATE_ATTACKS[name](**kwargs)(U, MASK, jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(np.asarray(out)[~np.asarray(MASK)],
+                                  np.asarray(U)[~np.asarray(MASK)])
+    assert not np.any(np.isclose(np.asarray(out)[np.asarray(MASK)],
+                                 np.asarray(U)[np.asarray(MASK)]))
+
+
+def test_sign_flip_reference():
+    out = attacks.sign_flip(3.0)(U, MASK, None)
+    ref = np.where(np.asarray(MASK)[:, None], -3.0 * np.asarray(U), np.asarray(U))
+    np.testing.assert_allclose(out, ref)
+
+
+def test_gaussian_statistics():
+    big = jnp.zeros((4, 20000))
+    out = attacks.gaussian(2.0, mean=1.0)(big, jnp.array([True, False, False, False]),
+                                        jax.random.PRNGKey(3))
+    assert abs(float(out[0].mean()) - 1.0) < 0.05 and abs(float(out[0].std()) - 2.0) < 0.05
+
+
+def test_mask_is_traced_no_retrace():
+    traces = []
+
+    @jax.jit
+    def f(u, m, k):
+        traces.append(1)
+        return attacks.sign_flip()(u, m, k)
+
+    f(U, MASK, jax.random.PRNGKey(0))
+    f(U, ~MASK, jax.random.PRNGKey(0))
+    assert len(traces) == 1
+
+
+def test_label_flip():
+    y = jnp.arange(10)
+    _, all_flip = attacks.label_flip(10)(None, y, None)
+    np.testing.assert_array_equal(all_flip, 9 - np.arange(10))
+    _, one = attacks.label_flip(10, source=1, target=7)(None, y, None)
+    np.testing.assert_array_equal(one, [0, 7, 2, 3, 4, 5, 6, 7, 8, 9])
+    with pytest.raises(ValueError, match="source and target"):
+        attacks.label_flip(10, source=1)
+    with pytest.raises(ValueError, match="not a class"):
+        attacks.label_flip(10, source=1, target=12)
