@@ -63,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = config_lib.resolve(leak.DEFAULTS, config_lib.load_file(args.config), args.set)
             out = args.out or _default_out(args.config)
-            leak.run(cfg, out, progress=not args.no_progress)
+            summary = leak.run(cfg, out, progress=not args.no_progress)
+            for r in summary["runs"]:
+                print(f"{r['name']}: PSNR {r['psnr']:.2f} dB (grey {r['psnr_grey']:.2f}, "
+                      f"mean image {r['psnr_mean']:.2f}), SSIM {r['ssim']:.3f}, "
+                      f"label accuracy {r['label_accuracy']:.2f}")
             print(f"results in {out}")
     except config_lib.ConfigError as e:
         print(f"fljax: error: {e}", file=sys.stderr)

@@ -9,8 +9,11 @@ which clients are malicious never recompiles. Select one in a config by name
 Data-level attacks are pure transforms of a malicious client's batch,
 ``poison(x, y, key) -> (x, y)``, applied inside local training where the
 (traced) malicious mask is set; select them by name from :data:`DATA_ATTACKS`.
+
+Data-leakage (reconstruction) attacks live in :mod:`fljax.attacks.leakage`.
 """
 
+from fljax.attacks import leakage
 from fljax.attacks.gaussian import gaussian
 from fljax.attacks.label_flip import label_flip
 from fljax.attacks.sign_flip import sign_flip
@@ -25,4 +28,5 @@ DATA_ATTACKS = {
     "label_flip": label_flip,
 }
 
-__all__ = ["DATA_ATTACKS", "UPDATE_ATTACKS", "gaussian", "label_flip", "sign_flip"]
+__all__ = ["DATA_ATTACKS", "UPDATE_ATTACKS", "gaussian", "label_flip", "leakage",
+           "sign_flip"]

@@ -1,0 +1,84 @@
+"""PSNR / SSIM against hand-computed values (and scikit-image when installed)."""
+
+import numpy as np
+import pytest
+
+from fljax.attacks.leakage import metrics
+
+
+def test_psnr_hand_values():
+    a = np.zeros((8, 8, 1), np.float32)
+    assert float(metrics.psnr(a, a + 0.1)) == pytest.approx(20.0, abs=1e-4)  # mse 0.01
+    assert float(metrics.psnr(a, a + 0.5)) == pytest.approx(10 * np.log10(4), abs=1e-4)
+    # Values outside [0, 1] are clamped: 2.0 counts as 1.0.
+    assert float(metrics.psnr(a, a + 2.0)) == pytest.approx(0.0, abs=1e-5)
+    assert float(metrics.psnr(a, a)) == pytest.approx(100.0)
+    assert float(metrics.mse(a, a + 0.1)) == pytest.approx(0.01, rel=1e-5)
+
+
+def test_psnr_peak_is_one_not_one_over_std():
+    # DLM's code scales the peak by 1/std (+~11.5 dB for CIFAR-100); we do not.
+    rng = np.random.default_rng(0)
+    a = rng.random((8, 8, 1)).astype(np.float32)
+    b = np.clip(a + 0.1 * rng.standard_normal(a.shape), 0, 1).astype(np.float32)
+    mse = float(np.mean((a - b) ** 2))
+    assert float(metrics.psnr(a, b)) == pytest.approx(10 * np.log10(1 / mse), abs=1e-3)
+
+
+def test_ssim_hand_values_constant_images():
+    c1, c2 = (0.01) ** 2, (0.03) ** 2
+    a = np.full((7, 7, 1), 0.5, np.float32)
+    b = np.full((7, 7, 1), 0.25, np.float32)
+    # One 7x7 window, zero variances: SSIM = (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1).
+    expected = (2 * 0.5 * 0.25 + c1) / (0.5 ** 2 + 0.25 ** 2 + c1)
+    assert float(metrics.ssim(a, b)) == pytest.approx(expected, rel=1e-5)
+    assert float(metrics.ssim(a, a)) == pytest.approx(1.0, abs=1e-6)
+    del c2
+
+
+def test_ssim_hand_values_one_window():
+    # Two 7x7 images with known moments: x = checkerboard 0/1, y = 1 - x.
+    x = (np.indices((7, 7)).sum(0) % 2).astype(np.float32)[..., None]
+    y = 1.0 - x
+    n = 49
+    mx, my = x.mean(), y.mean()
+    vx = x.var() * n / (n - 1)
+    vy = y.var() * n / (n - 1)
+    cxy = ((x - mx) * (y - my)).sum() / (n - 1)
+    c1, c2 = 1e-4, 9e-4
+    expected = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    assert float(metrics.ssim(x, y)) == pytest.approx(expected, rel=1e-4)
+    assert expected < 0  # anti-correlated images
+
+
+def test_ssim_data_range_matters():
+    # With data_range=255 on [0, 1] data (the DLM code's bug) SSIM is ~1 for noise.
+    rng = np.random.default_rng(1)
+    a = rng.random((8, 8, 1)).astype(np.float32)
+    b = rng.random((8, 8, 1)).astype(np.float32)
+    assert float(metrics.ssim(a, b)) < 0.3
+    assert float(metrics.ssim(a, b, data_range=255.0)) > 0.95
+
+
+def test_ssim_matches_scikit_image():
+    skm = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(2)
+    for shape in [(8, 8, 1), (16, 12, 3), (32, 32, 1)]:
+        a = rng.random(shape).astype(np.float32)
+        b = np.clip(a + 0.2 * rng.standard_normal(shape), 0, 1).astype(np.float32)
+        ref = skm.structural_similarity(a, b, data_range=1.0, channel_axis=-1)
+        assert float(metrics.ssim(a, b)) == pytest.approx(ref, abs=1e-5)
+        ref_p = skm.peak_signal_noise_ratio(a, b, data_range=1.0)
+        assert float(metrics.psnr(a, b)) == pytest.approx(ref_p, abs=1e-3)
+
+
+def test_score_baselines_and_matching():
+    rng = np.random.default_rng(3)
+    x = rng.random((2, 2, 8, 8, 1)).astype(np.float32)
+    rec = x[:, ::-1]  # reconstructed in swapped order
+    s = metrics.score(x, rec, np.array([[1, 2], [3, 4]]), np.array([[2, 1], [4, 0]]),
+                      x.reshape(-1, 8, 8, 1).mean(0))
+    np.testing.assert_allclose(s["psnr"], 100.0)
+    np.testing.assert_allclose(s["label_correct"], [[1, 1], [0, 1]])  # multiset match
+    grey = 10 * np.log10(1 / ((x - 0.5) ** 2).mean(axis=(2, 3, 4)))
+    np.testing.assert_allclose(s["psnr_grey"], grey, rtol=1e-4)

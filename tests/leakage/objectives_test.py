@@ -1,0 +1,63 @@
+"""Matching objectives: DLM+ learning-rate invariance, scale / cosine properties."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fljax.attacks.leakage import objectives, observe
+from fljax.models import mlp
+
+
+def _setup():
+    model = mlp((8, 8, 1), 10, hidden=(16,), activation="sigmoid")
+    params = observe.uniform_init(model.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
+    x = jax.random.uniform(jax.random.PRNGKey(2), (1, 8, 8, 1))
+    y = jnp.array([3])
+    return model, params, x, y
+
+
+def test_dlm_plus_loss_is_identical_across_learning_rates_for_one_step():
+    model, params, x, y = _setup()
+    dummy_x = jax.random.normal(jax.random.PRNGKey(3), (1, 8, 8, 1))
+    dummy = observe.gradient(model, params, dummy_x, jax.nn.softmax(
+        jax.random.normal(jax.random.PRNGKey(4), (1, 10))))
+    loss_at = jax.jit(lambda lr: objectives.mean_norm_l2(
+        dummy, observe.observe(model, params, x, y, kind="delta", lr=lr, local_steps=1)))
+    losses = [float(loss_at(lr)) for lr in (1e-3, 0.01, 0.1, 1.0, 7.5)]
+    # dW = lr * g exactly, and both sides are divided by their mean layer norm.
+    np.testing.assert_allclose(losses, losses[0], rtol=1e-5)
+    # The unnormalised L2 is not invariant.
+    l2s = [float(objectives.l2(dummy, observe.observe(model, params, x, y, kind="delta",
+                                                       lr=lr))) for lr in (0.01, 1.0)]
+    assert abs(l2s[0] - l2s[1]) > 1e-3
+
+
+def test_dlm_plus_gradient_wrt_dummy_is_identical_across_learning_rates():
+    model, params, x, y = _setup()
+    target = jax.nn.one_hot(y, 10)
+
+    def loss(dx, dw):
+        return objectives.mean_norm_l2(observe.gradient(model, params, dx, target), dw)
+
+    dummy_x = jax.random.normal(jax.random.PRNGKey(3), (1, 8, 8, 1))
+    grad_at = jax.jit(lambda lr: jax.grad(loss)(dummy_x, observe.observe(
+        model, params, x, y, lr=lr)))
+    grads = [grad_at(lr) for lr in (0.01, 0.5)]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+def test_objectives_are_zero_at_the_truth():
+    model, params, x, y = _setup()
+    g = observe.observe(model, params, x, y, kind="gradient")
+    dw = observe.observe(model, params, x, y, kind="delta", lr=0.05)
+    assert float(objectives.l2(g, g)) == 0.0
+    assert float(objectives.scaled_l2(g, dw, 1 / 0.05)) == pytest.approx(0.0, abs=1e-10)
+    assert float(objectives.mean_norm_l2(g, dw)) == pytest.approx(0.0, abs=1e-10)
+    assert float(objectives.cosine(g, dw)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_total_variation_hand_values():
+    x = jnp.zeros((1, 2, 3, 1)).at[0, :, 2, 0].set(1.0)  # right column bright
+    # |dx|: per row [0, 1] -> mean over 2x2 = 0.5; |dy| all 0.
+    assert float(objectives.total_variation(x)) == pytest.approx(0.5)
