@@ -141,7 +141,9 @@ def make_optimizer(name: str, learning_rate: float, kwargs: dict | None = None,
         raise ConfigError(f"{path}: bad optimizer_kwargs for {name!r}: {e}") from None
 
 
-def _build_transforms(specs, path: str):
+def _build_transforms(specs, path: str, shapes=None):
+    """Builds a chain of named transforms; per-tensor ones (prune, quantize,
+    row noise) get the parameter tensor shapes."""
     out = []
     for i, spec in enumerate(specs or []):
         if not isinstance(spec, dict) or "name" not in spec:
@@ -152,7 +154,8 @@ def _build_transforms(specs, path: str):
                               "'kwargs'")
         choice(f"{path}[{i}].name", spec["name"], transforms_lib.TRANSFORMS)
         try:
-            out.append(transforms_lib.get_transform(spec["name"], **spec.get("kwargs", {})))
+            out.append(transforms_lib.get_transform(spec["name"], shapes=shapes,
+                                                    **spec.get("kwargs", {})))
         except TypeError as e:
             raise ConfigError(f"{path}[{i}]: bad kwargs for {spec['name']!r}: {e}") from None
     return transforms_lib.chain(*out) if out else None
@@ -199,8 +202,6 @@ def build(cfg: dict) -> Experiment:
     strategy = choice("execution.strategy", cfg["execution"]["strategy"], STRATEGIES)
     if strategy == "auto":
         strategy = default_strategy()
-    client_tf = _build_transforms(cfg["client_transforms"], "client_transforms")
-    server_tf = _build_transforms(cfg["server_transforms"], "server_transforms")
     cc = cfg["client"]
     if cc["batch_size"] < 1 or (cc["epochs"] < 1 and cc["steps"] < 1):
         raise ConfigError("client.batch_size must be >= 1, and client.epochs or client.steps "
@@ -228,6 +229,9 @@ def build(cfg: dict) -> Experiment:
     except TypeError as e:
         raise ConfigError(f"model.kwargs: {e}") from None
 
+    shapes = transforms_lib.tensor_shapes(jax.eval_shape(model.init, jax.random.PRNGKey(0)))
+    client_tf = _build_transforms(cfg["client_transforms"], "client_transforms", shapes)
+    server_tf = _build_transforms(cfg["server_transforms"], "server_transforms", shapes)
     steps = data_lib.num_local_steps(data.max_client_size, cc["batch_size"], cc["epochs"],
                                      cc["steps"])
     epochs = 0 if cc["steps"] else cc["epochs"]
