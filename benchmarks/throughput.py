@@ -7,7 +7,8 @@ Run (2-core CPU figures are in the README):
 Random EMNIST-shaped data (28x28x1, 10 classes), every client has
 ``--examples`` examples, local SGD (lr 0.1) for ``--epochs`` epochs of batch
 ``--batch``, server SGD lr 1 (plain FedAvg). After one warm-up round (which
-compiles) it times ``--rounds`` rounds and prints one JSON line per system.
+compiles) it times ``--rounds`` rounds, alternating the systems round by round, and
+prints one JSON line per system (median seconds per round) and their ratio.
 ``--peer fedjax`` needs ``pip install fedjax==0.0.17 dm-haiku`` (patched for
 current JAX with ``jax.tree_map = jax.tree_util.tree_map``).
 """
@@ -37,21 +38,17 @@ def fljax_rounds(args) -> dict:
     })
     exp = simulate.build(cfg)
     key = jax.random.PRNGKey(0)
-    state = exp.init_state(key)
-    state, info = exp.round_fn(state, key)  # warm-up: compiles
-    jax.block_until_ready(state.params)
-    times = []
-    for _ in range(args.rounds):
-        t = time.perf_counter()
-        state, info = exp.round_fn(state, key)
-        jax.block_until_ready(state.params)
-        times.append(time.perf_counter() - t)
-    sec = float(np.median(times))
-    return {"system": "fljax", "strategy": exp.strategy, "model": args.model,
+    box = [exp.init_state(key)]
+
+    def one_round():
+        box[0], _ = exp.round_fn(box[0], key)
+        jax.block_until_ready(box[0].params)
+
+    meta = {"system": "fljax", "strategy": exp.strategy, "model": args.model,
             "clients": args.clients, "examples": args.examples, "batch": args.batch,
-            "epochs": args.epochs, "seconds_per_round": sec,
-            "client_updates_per_s": args.clients / sec,
-            "device": jax.devices()[0].device_kind, "backend": jax.default_backend()}
+            "epochs": args.epochs, "device": jax.devices()[0].device_kind,
+            "backend": jax.default_backend()}
+    return one_round, meta
 
 
 def fedjax_rounds(args) -> dict:
@@ -71,19 +68,15 @@ def fedjax_rounds(args) -> dict:
         y = rng.integers(0, 10, args.examples).astype(np.int32)
         clients.append((str(c).encode(), fedjax.ClientDataset({"x": x, "y": y}),
                         jax.random.PRNGKey(c)))
-    state = algorithm.init(model.init(jax.random.PRNGKey(0)))
-    state, _ = algorithm.apply(state, clients)  # warm-up
-    jax.block_until_ready(state.params)
-    times = []
-    for _ in range(args.rounds):
-        t = time.perf_counter()
-        state, _ = algorithm.apply(state, clients)
-        jax.block_until_ready(state.params)
-        times.append(time.perf_counter() - t)
-    sec = float(np.median(times))
-    return {"system": "fedjax-0.0.17", "model": args.model, "clients": args.clients,
-            "seconds_per_round": sec, "client_updates_per_s": args.clients / sec,
+    box = [algorithm.init(model.init(jax.random.PRNGKey(0)))]
+
+    def one_round():
+        box[0], _ = algorithm.apply(box[0], clients)
+        jax.block_until_ready(box[0].params)
+
+    meta = {"system": "fedjax-0.0.17", "model": args.model, "clients": args.clients,
             "device": jax.devices()[0].device_kind}
+    return one_round, meta
 
 
 def main():
@@ -99,14 +92,27 @@ def main():
     p.add_argument("--chunk", type=int, default=0, help="client_chunk for map / chunked")
     p.add_argument("--peer", choices=["fedjax"], default=None)
     args = p.parse_args()
-    ours = fljax_rounds(args)
-    print(json.dumps(ours), flush=True)
+    systems = [fljax_rounds(args)]
     if args.peer == "fedjax":
-        peer = fedjax_rounds(args)
-        print(json.dumps(peer), flush=True)
-        print(json.dumps({"ratio_fljax_over_fedjax":
-                          ours["client_updates_per_s"] / peer["client_updates_per_s"],
-                          "model": args.model}), flush=True)
+        systems.append(fedjax_rounds(args))
+    for run_round, _ in systems:
+        run_round()  # warm-up: compiles
+    # Rounds of the systems alternate, so that load on a shared machine hits both alike.
+    times = [[] for _ in systems]
+    for _ in range(args.rounds):
+        for (run_round, _), ts in zip(systems, times):
+            t = time.perf_counter()
+            run_round()
+            ts.append(time.perf_counter() - t)
+    rates = []
+    for (_, meta), ts in zip(systems, times):
+        sec = float(np.median(ts))
+        rates.append(args.clients / sec)
+        print(json.dumps({**meta, "seconds_per_round": sec,
+                          "client_updates_per_s": args.clients / sec}), flush=True)
+    if len(rates) == 2:
+        print(json.dumps({"ratio_fljax_over_fedjax": rates[0] / rates[1], "model": args.model,
+                          "clients": args.clients}), flush=True)
 
 
 if __name__ == "__main__":

@@ -122,9 +122,15 @@ class RoundInfo(NamedTuple):
     agg_info: dict
 
 
-def default_strategy() -> str:
-    """``sequential`` on CPU (measured fastest there), ``vmap`` on accelerators."""
-    return "sequential" if jax.default_backend() == "cpu" else "vmap"
+def default_strategy() -> tuple[str, int]:
+    """``(strategy, client_chunk)`` for ``strategy='auto'``.
+
+    On CPU: ``map`` one client at a time inside one jitted round (measured on 2
+    cores, 100 clients: dense 765 client-updates/s against 396 for
+    ``sequential``, 583 for chunks of 5 and 255 for ``vmap``; the CNN 14.0
+    against 8.8 sequential). Elsewhere: ``vmap`` of all clients at once.
+    """
+    return ("map", 1) if jax.default_backend() == "cpu" else ("vmap", 0)
 
 
 def make_optimizer(name: str, learning_rate: float, kwargs: dict | None = None,
@@ -200,8 +206,10 @@ def build(cfg: dict) -> Experiment:
     choice("model.name", cfg["model"]["name"], models_lib.MODELS)
     choice("aggregator.name", cfg["aggregator"]["name"], aggregators_lib.RULES)
     strategy = choice("execution.strategy", cfg["execution"]["strategy"], STRATEGIES)
+    chunk = int(cfg["execution"]["client_chunk"])
     if strategy == "auto":
-        strategy = default_strategy()
+        strategy, auto_chunk = default_strategy()
+        chunk = chunk or auto_chunk
     cc = cfg["client"]
     if cc["batch_size"] < 1 or (cc["epochs"] < 1 and cc["steps"] < 1):
         raise ConfigError("client.batch_size must be >= 1, and client.epochs or client.steps "
@@ -250,7 +258,11 @@ def build(cfg: dict) -> Experiment:
     flat0, unravel = ravel_pytree(template)
     dim = flat0.shape[0]
     unroll = cfg["execution"]["unroll"] or (steps if steps <= 16 else 8)
-    client_update = make_client_update(model.apply, client_opt, unroll=unroll)
+    # Equal-size clients cut into whole batches never see a masked position.
+    full_batches = bool(cc["steps"] or (data.counts.min() == data.counts.max() and
+                                        (cc["epochs"] * data.max_client_size) % cc["batch_size"] == 0))
+    client_update = make_client_update(model.apply, client_opt, unroll=unroll,
+                                       full_batches=full_batches)
 
     agg = _build_aggregator(cfg["aggregator"], model, client_opt, unravel, data, root, val,
                             cc["batch_size"], steps)
@@ -298,7 +310,7 @@ def build(cfg: dict) -> Experiment:
             xb = jnp.where(malicious_dev[cid], px, xb)
             yb = jnp.where(malicious_dev[cid], py, yb)
         out = client_update(params, xb, yb, mask, k_train)
-        delta = ravel_pytree(out.params)[0] - ravel_pytree(params)[0]  # float[d]
+        delta = ravel_pytree(jax.tree_util.tree_map(jnp.subtract, out.params, params))[0]
         if client_tf is not None:
             delta = client_tf(delta, k_tf)
         return delta, out.loss, counts[cid].astype(jnp.float32)
@@ -322,8 +334,7 @@ def build(cfg: dict) -> Experiment:
         return new_state, RoundInfo(ids, jnp.mean(losses), jnp.linalg.norm(deltas, axis=1),
                                     dict(info))
 
-    chunk = int(cfg["execution"]["client_chunk"]) or k
-    chunk = min(chunk, k)
+    chunk = min(chunk or k, k)
 
     if strategy in ("vmap", "map"):
         def round_fn(state, key):
@@ -339,17 +350,26 @@ def build(cfg: dict) -> Experiment:
         sample_j = jax.jit(sample)
         server_j = jax.jit(server_step)
         if strategy == "sequential":
-            # Index inside the jitted call: slicing ids / keys from Python
-            # would cost two extra dispatches per client.
-            train_j = jax.jit(lambda params, ids, ckeys, i: train_one(params, ids[i], ckeys[i]))
+            # One jitted call per client writes its row of the [K, d] update
+            # matrix in place (the buffers are donated), and indexes ids / keys
+            # itself: slicing them from Python, or stacking K rows afterwards,
+            # would cost extra dispatches and a full copy per round.
+            def train_into(params, ids, ckeys, i, buf, losses, weights):
+                delta, loss, weight = train_one(params, ids[i], ckeys[i])
+                return buf.at[i].set(delta), losses.at[i].set(loss), weights.at[i].set(weight)
+            train_j = jax.jit(train_into, donate_argnums=(4, 5, 6))
         else:
             train_j = jax.jit(train_many)
 
         def round_fn(state, key):
             ids, ckeys, k_server = sample_j(state, key)
             if strategy == "sequential":
-                outs = [train_j(state.params, ids, ckeys, np.int32(i)) for i in range(k)]
-                deltas, losses, weights = (jnp.stack(z) for z in zip(*outs))
+                deltas = jnp.zeros((k, dim), flat0.dtype)
+                losses = jnp.zeros((k,), jnp.float32)
+                weights = jnp.zeros((k,), jnp.float32)
+                for i in range(k):
+                    deltas, losses, weights = train_j(state.params, ids, ckeys, np.int32(i),
+                                                      deltas, losses, weights)
             else:
                 parts = []
                 for s in range(0, k, chunk):
