@@ -266,6 +266,17 @@ def build(cfg: dict) -> Experiment:
 
     agg = _build_aggregator(cfg["aggregator"], model, client_opt, unravel, data, root, val,
                             cc["batch_size"], steps)
+    # Shape-dependent checks of the rule (Krum's n > 2f + 2, Bulyan's n >= 4f + 3,
+    # trimming 2b < n) run when it is traced: trace it now, before any training.
+    try:
+        jax.eval_shape(
+            agg.aggregate, jax.ShapeDtypeStruct((k, dim), jnp.float32), agg.init(dim),
+            jax.random.PRNGKey(0),
+            AggregationContext(weights=jax.ShapeDtypeStruct((k,), jnp.float32),
+                               params=jax.ShapeDtypeStruct((dim,), jnp.float32),
+                               client_ids=jax.ShapeDtypeStruct((k,), jnp.int32)))
+    except ValueError as e:
+        raise ConfigError(f"aggregator with clients_per_round = {k}: {e}") from None
     attack = poison = None
     try:
         if ac["name"] in attacks_lib.UPDATE_ATTACKS:
