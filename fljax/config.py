@@ -100,9 +100,8 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def set_dotted(cfg: dict, assignment: str) -> dict:
+def set_dotted(assignment: str) -> dict:
     """Turns one ``a.b.c=value`` assignment into a nested override dict."""
-    del cfg
     if "=" not in assignment:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     dotted, text = assignment.split("=", 1)
@@ -131,7 +130,7 @@ def resolve(defaults: Mapping, config: Mapping | None = None,
     """Defaults, then the config, then each ``--set`` assignment, all validated."""
     cfg = merge(defaults, config or {})
     for a in assignments:
-        override = set_dotted(cfg, a)
+        override = set_dotted(a)
         keys, value = _path_and_value(override)
         target = defaults
         for k in keys:

@@ -180,11 +180,7 @@ class Experiment:
     round_fn: Callable[[ServerState, PRNGKey], tuple[ServerState, RoundInfo]]
     evaluate: Callable[[Params], dict]
     malicious: np.ndarray  # bool[num_clients]
-
-    @property
-    def num_params(self) -> int:
-        return int(sum(x.size for x in jax.tree_util.tree_leaves(
-            jax.eval_shape(self.model.init, jax.random.PRNGKey(0)))))
+    num_params: int  # d, the length of a flat update
 
 
 def build(cfg: dict) -> Experiment:
@@ -237,9 +233,10 @@ def build(cfg: dict) -> Experiment:
     except TypeError as e:
         raise ConfigError(f"model.kwargs: {e}") from None
 
-    shapes = transforms_lib.tensor_shapes(jax.eval_shape(model.init, jax.random.PRNGKey(0)))
-    client_tf = _build_transforms(cfg["client_transforms"], "client_transforms", shapes)
-    server_tf = _build_transforms(cfg["server_transforms"], "server_transforms", shapes)
+    param_shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
+    tensor_shapes = transforms_lib.tensor_shapes(param_shapes)
+    client_tf = _build_transforms(cfg["client_transforms"], "client_transforms", tensor_shapes)
+    server_tf = _build_transforms(cfg["server_transforms"], "server_transforms", tensor_shapes)
     steps = data_lib.num_local_steps(data.max_client_size, cc["batch_size"], cc["epochs"],
                                      cc["steps"])
     epochs = 0 if cc["steps"] else cc["epochs"]
@@ -253,8 +250,7 @@ def build(cfg: dict) -> Experiment:
     root = pick[:sd["root_size"]]
     val = pick[sd["root_size"]:sd["root_size"] + sd["validation_size"]]
 
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
-    template = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    template = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), param_shapes)
     flat0, unravel = ravel_pytree(template)
     dim = flat0.shape[0]
     unroll = cfg["execution"]["unroll"] or (steps if steps <= 16 else 8)
@@ -265,7 +261,7 @@ def build(cfg: dict) -> Experiment:
                                        full_batches=full_batches)
 
     agg = _build_aggregator(cfg["aggregator"], model, client_opt, unravel, data, root, val,
-                            cc["batch_size"], steps)
+                            cc["batch_size"])
     # Shape-dependent checks of the rule (Krum's n > 2f + 2, Bulyan's n >= 4f + 3,
     # trimming 2b < n) run when it is traced: trace it now, before any training.
     try:
@@ -397,10 +393,10 @@ def build(cfg: dict) -> Experiment:
     evaluate = make_evaluate(model.apply, data.x_test, data.y_test,
                              cfg["execution"]["eval_batch"])
     return Experiment(cfg, data, model, steps, strategy, init_state, round_fn, evaluate,
-                      malicious)
+                      malicious, dim)
 
 
-def _build_aggregator(ac, model, client_opt, unravel, data, root, val, bsz, steps):
+def _build_aggregator(ac, model, client_opt, unravel, data, root, val, bsz):
     """Builds the rule, handing it the server-side callables its factory asks for."""
     factory = getattr(aggregators_lib, ac["name"])
     kwargs = dict(ac["kwargs"])
@@ -577,11 +573,9 @@ def run(cfg: dict, out_dir: Optional[str] = None, progress: bool = True,
                 f.write(json.dumps(rec) + "\n")
                 f.flush()
         if log:
-            tqdm.write(f"round {rec['round']:5d}  accuracy {rec['main_accuracy']:.4f}  "
-                       f"loss {rec['main_loss']:.4f}  ({rec['elapsed']:.1f}s)") \
-                if progress else log(f"round {rec['round']:5d}  accuracy "
-                                     f"{rec['main_accuracy']:.4f}  loss {rec['main_loss']:.4f}  "
-                                     f"({rec['elapsed']:.1f}s)")
+            line = (f"round {rec['round']:5d}  accuracy {rec['main_accuracy']:.4f}  "
+                    f"loss {rec['main_loss']:.4f}  ({rec['elapsed']:.1f}s)")
+            (tqdm.write if progress else log)(line)  # tqdm.write keeps the bar intact
         if ckpt:
             blob = {"state": serialization.to_state_dict(jax.device_get(state)),
                     "elapsed": rec["elapsed"]}

@@ -60,13 +60,11 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float = 0.5, seed: in
         if min(len(p) for p in out) >= min_size:
             return out
     # Fall back: move examples from the largest clients to empty ones.
-    sizes = [len(p) for p in out]
     for client in range(num_clients):
         while len(out[client]) < min_size:
             donor = int(np.argmax([len(p) for p in out]))
             out[client] = np.sort(np.append(out[client], out[donor][-1]))
             out[donor] = out[donor][:-1]
-    del sizes
     return out
 
 
