@@ -306,7 +306,8 @@ def build(cfg: dict) -> Experiment:
         return ids, ckeys, k_server
 
     def train_one(params, cid, ckey):
-        """Local training of client ``cid``; returns its flat update and stats."""
+        """Local training of client ``cid``: its update (a pytree like the
+        params, or flat float[d] after client transforms) and stats."""
         k_batch, k_train, k_tf = jax.random.split(ckey, 3)
         idx, mask = data_lib.client_batch_indices(
             k_batch, offsets[cid], counts[cid], max_count=max_count, steps=steps,
@@ -317,12 +318,58 @@ def build(cfg: dict) -> Experiment:
             xb = jnp.where(malicious_dev[cid], px, xb)
             yb = jnp.where(malicious_dev[cid], py, yb)
         out = client_update(params, xb, yb, mask, k_train)
-        delta = ravel_pytree(jax.tree_util.tree_map(jnp.subtract, out.params, params))[0]
+        delta = jax.tree_util.tree_map(jnp.subtract, out.params, params)
         if client_tf is not None:
-            delta = client_tf(delta, k_tf)
+            delta = client_tf(ravel_pytree(delta)[0], k_tf)
         return delta, out.loss, counts[cid].astype(jnp.float32)
 
-    train_many = jax.vmap(train_one, in_axes=(None, 0, 0))
+    leaf_offsets = [int(o) for o in np.cumsum(
+        [0] + [int(np.prod(l.shape)) for l in jax.tree_util.tree_leaves(param_shapes)])[:-1]]
+
+    def write_rows(buf, start, delta):
+        """Writes c stacked updates (a pytree of [c, ...] leaves, or float[c, d])
+        into rows ``start:start + c`` of the float[K, d] update matrix.
+
+        One in-place row-segment write per parameter tensor: fusing the ravel
+        (a concatenation) into the write, or building [K, d] from stacked
+        outputs, costs XLA:CPU more than the dense model's training itself.
+        """
+        if not isinstance(delta, (dict, list, tuple)):
+            return jax.lax.dynamic_update_slice(buf, delta.astype(buf.dtype), (start, 0))
+        for leaf, off in zip(jax.tree_util.tree_leaves(delta), leaf_offsets):
+            buf = jax.lax.dynamic_update_slice(
+                buf, leaf.reshape(leaf.shape[0], -1).astype(buf.dtype), (start, off))
+        return buf
+
+    def train_block(params, ids, ckeys):
+        """Trains the clients ``ids`` (int[c]) together: vmapped, or directly when c = 1."""
+        if ids.shape[0] == 1:
+            out = train_one(params, ids[0], ckeys[0])
+            return jax.tree_util.tree_map(lambda z: z[None], out)
+        return jax.vmap(train_one, in_axes=(None, 0, 0))(params, ids, ckeys)
+
+    def train_into(params, ids, ckeys, buf):
+        """All K clients, ``chunk`` at a time in a ``lax.scan`` whose carry is the
+        update matrix (donated by the caller, so no [K, d] buffer is allocated
+        or zeroed per round); a last partial chunk runs after the scan."""
+        n_full, rem = divmod(k, chunk)
+
+        def body(buf, blk):
+            j, i, c = blk
+            delta, loss, weight = train_block(params, i, c)
+            return write_rows(buf, j * chunk, delta), (loss, weight)
+
+        split = lambda z: z[:n_full * chunk].reshape((n_full, chunk) + z.shape[1:])
+        buf, (losses, weights) = jax.lax.scan(
+            body, buf, (jnp.arange(n_full), split(ids), split(ckeys)))
+        losses, weights = losses.reshape(-1), weights.reshape(-1)
+        if rem:
+            delta, loss, weight = train_block(params, ids[n_full * chunk:],
+                                              ckeys[n_full * chunk:])
+            buf = write_rows(buf, n_full * chunk, delta)
+            losses = jnp.concatenate([losses, loss])
+            weights = jnp.concatenate([weights, weight])
+        return buf, losses, weights
 
     def server_step(state, ids, deltas, losses, weights, k_server):
         """Attack, server transforms, aggregation, server optimizer."""
@@ -342,53 +389,65 @@ def build(cfg: dict) -> Experiment:
                                     dict(info))
 
     chunk = min(chunk or k, k)
+    if strategy == "sequential":
+        chunk = 1
 
-    if strategy in ("vmap", "map"):
+    if strategy == "vmap":
+        @jax.jit
         def round_fn(state, key):
             ids, ckeys, k_server = sample(state, key)
-            if strategy == "vmap" or chunk >= k:
-                deltas, losses, weights = train_many(state.params, ids, ckeys)
-            else:
-                deltas, losses, weights = jax.lax.map(
-                    lambda a: train_one(state.params, *a), (ids, ckeys), batch_size=chunk)
-            return server_step(state, ids, deltas, losses, weights, k_server)
-        round_fn = jax.jit(round_fn)
+            delta, losses, weights = train_block(state.params, ids, ckeys)
+            if isinstance(delta, (dict, list, tuple)):
+                delta = jnp.concatenate([z.reshape(k, -1) for z in
+                                         jax.tree_util.tree_leaves(delta)], axis=1)
+            return server_step(state, ids, delta, losses, weights, k_server)
     else:
-        sample_j = jax.jit(sample)
-        server_j = jax.jit(server_step)
-        if strategy == "sequential":
-            # One jitted call per client writes its row of the [K, d] update
-            # matrix in place (the buffers are donated), and indexes ids / keys
-            # itself: slicing them from Python, or stacking K rows afterwards,
-            # would cost extra dispatches and a full copy per round.
-            def train_into(params, ids, ckeys, i, buf, losses, weights):
-                delta, loss, weight = train_one(params, ids[i], ckeys[i])
-                return buf.at[i].set(delta), losses.at[i].set(loss), weights.at[i].set(weight)
-            train_j = jax.jit(train_into, donate_argnums=(4, 5, 6))
-        else:
-            train_j = jax.jit(train_many)
+        # The [K, d] update matrix is a buffer that lives across rounds: every
+        # round donates it back and overwrites every row.
+        if strategy == "map":
+            @functools.partial(jax.jit, donate_argnums=2)
+            def round_buf(state, key, buf):
+                ids, ckeys, k_server = sample(state, key)
+                buf, losses, weights = train_into(state.params, ids, ckeys, buf)
+                new_state, info = server_step(state, ids, buf, losses, weights, k_server)
+                return new_state, info, buf
+        else:  # chunked / sequential: a Python loop over blocks of clients
+            sample_j = jax.jit(sample)
+            server_j = jax.jit(server_step)
 
-        def round_fn(state, key):
-            ids, ckeys, k_server = sample_j(state, key)
-            if strategy == "sequential":
-                deltas = jnp.zeros((k, dim), flat0.dtype)
+            @functools.partial(jax.jit, donate_argnums=(3, 4, 5))
+            def train_block_into(params, ids, ckeys, buf, losses, weights, start):
+                # ids / ckeys are the round's K; this block is [start, start + c).
+                c = min(chunk, k)
+                i = jax.lax.dynamic_slice_in_dim(ids, start, c)
+                ck = jax.lax.dynamic_slice_in_dim(ckeys, start, c)
+                delta, loss, weight = train_block(params, i, ck)
+                return (write_rows(buf, start, delta),
+                        jax.lax.dynamic_update_slice(losses, loss, (start,)),
+                        jax.lax.dynamic_update_slice(weights, weight, (start,)))
+
+            def round_buf(state, key, buf):
+                ids, ckeys, k_server = sample_j(state, key)
                 losses = jnp.zeros((k,), jnp.float32)
                 weights = jnp.zeros((k,), jnp.float32)
-                for i in range(k):
-                    deltas, losses, weights = train_j(state.params, ids, ckeys, np.int32(i),
-                                                      deltas, losses, weights)
-            else:
-                parts = []
-                for s in range(0, k, chunk):
-                    i, c = ids[s:s + chunk], ckeys[s:s + chunk]
-                    pad = chunk - i.shape[0]
-                    if pad:  # keep one compiled shape: pad the last chunk
-                        i = jnp.concatenate([i, jnp.broadcast_to(i[:1], (pad,))])
-                        c = jnp.concatenate([c, jnp.broadcast_to(c[:1], (pad,) + c.shape[1:])])
-                    parts.append(jax.tree_util.tree_map(
-                        lambda z: z[:chunk - pad], train_j(state.params, i, c)))
-                deltas, losses, weights = (jnp.concatenate(z) for z in zip(*parts))
-            return server_j(state, ids, deltas, losses, weights, k_server)
+                # Blocks start at multiples of chunk; the last one is shifted back
+                # to end at row K (it recomputes a few clients, same values).
+                for start in range(0, k, chunk):
+                    start = min(start, k - chunk)
+                    buf, losses, weights = train_block_into(
+                        state.params, ids, ckeys, buf, losses, weights, np.int32(start))
+                new_state, info = server_j(state, ids, buf, losses, weights, k_server)
+                return new_state, info, buf
+
+        buffers = {}
+
+        def round_fn(state, key):
+            buf = buffers.pop("updates", None)
+            if buf is None:
+                buf = jnp.zeros((k, dim), flat0.dtype)
+            new_state, info, buf = round_buf(state, key, buf)
+            buffers["updates"] = buf
+            return new_state, info
 
     evaluate = make_evaluate(model.apply, data.x_test, data.y_test,
                              cfg["execution"]["eval_batch"])

@@ -56,13 +56,24 @@ def test_reference_with_uneven_clients_and_server_lr():
     assert_trees_close(state.params, simulate.simulate_reference(cfg, 2))
 
 
-@pytest.mark.parametrize("strategy,chunk", [("vmap", 0), ("map", 3), ("chunked", 3),
-                                            ("sequential", 0)])
-def test_every_strategy_gives_the_same_params(strategy, chunk):
-    base, _ = run_rounds(small_cfg(**{"execution.strategy": "vmap"}), 2)
-    other, _ = run_rounds(small_cfg(**{"execution.strategy": strategy,
-                                       "execution.client_chunk": chunk}), 2)
+@pytest.mark.parametrize("strategy,chunk", [("vmap", 0), ("map", 3), ("map", 1), ("map", 0),
+                                            ("chunked", 3), ("chunked", 1), ("sequential", 0)])
+@pytest.mark.parametrize("transformed", [False, True], ids=["tree", "flat"])
+def test_every_strategy_gives_the_same_params(strategy, chunk, transformed):
+    # K = 4 clients: chunks of 3 leave a remainder; two rounds reuse the update
+    # buffer, so stale rows would show. A client transform makes the update a
+    # flat vector rather than a pytree (the other write path).
+    extra = {"client_transforms": [{"name": "clip_by_norm", "kwargs": {"max_norm": 0.05}}]} \
+        if transformed else {}
+    base, base_info = run_rounds(small_cfg(**{"execution.strategy": "vmap"}, **extra), 2)
+    other, info = run_rounds(small_cfg(**{"execution.strategy": strategy,
+                                          "execution.client_chunk": chunk}, **extra), 2)
     assert_trees_close(base.params, other.params)
+    np.testing.assert_allclose(np.asarray(info.update_norms), np.asarray(base_info.update_norms),
+                               rtol=1e-4)
+    if transformed:
+        norms = np.asarray(info.update_norms)
+        assert np.all(norms <= 0.05 + 1e-6) and norms.max() > 0.049  # the clip binds
 
 
 def test_same_seed_is_bit_identical_and_other_seed_differs():
