@@ -46,6 +46,33 @@ def test_pairwise_sq_dists_matches_loop():
     assert np.all(np.diag(d) == 0) and np.all(d >= 0) and np.array_equal(d, d.T)
 
 
+@pytest.mark.parametrize("columns,rows", [(8, 3), (50, 100), (7, 1), (64, 2)])
+def test_blocked_gram_matches_numpy(columns, rows):
+    # Column blocks with a remainder, several row blocks of the upper triangle,
+    # one block covering everything, and a zeroed invalid row.
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((9, 50)).astype(np.float32) + 100.0
+    valid = np.ones(9, bool)
+    valid[4] = False
+    x[4] = 0.0
+    centre = x[valid].mean(0)
+    c = np.where(valid[:, None], x.astype(np.float64) - centre, 0.0)
+    got = np.asarray(_ops.centred_gram_blocked(jnp.asarray(x), jnp.asarray(centre),
+                                               jnp.asarray(valid), columns, rows))
+    np.testing.assert_allclose(got, c @ c.T, rtol=1e-5, atol=1e-3)
+
+
+def test_finite_rows_catches_every_nonfinite_and_keeps_huge_finite():
+    x = np.ones((6, 1000), np.float32)
+    x[1, 7] = np.nan
+    x[2, 0] = np.inf
+    x[3, 999] = -np.inf
+    x[4, :2] = [np.inf, -np.inf]
+    x[5] = 3.4e38  # finite, but its sum or squared norm would overflow
+    got = np.asarray(agg.base.finite_rows(jnp.asarray(x)))
+    np.testing.assert_array_equal(got, [True, False, False, False, False, True])
+
+
 def test_pairwise_sq_dists_invalid_rows_are_infinite():
     x = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
     x[1, 3] = np.nan
