@@ -12,7 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fljax.aggregators._linalg import clip_rows, unit_rows
+from fljax.aggregators._linalg import clip_weights, row_norms, weighted_row_sum
 from fljax.aggregators.base import Aggregator, finite_rows, require
 
 
@@ -61,14 +61,13 @@ def centered_clipping(tau: float, iters: int = 1) -> Aggregator:
         del key, context
         n = updates.shape[0]
         finite = finite_rows(updates)  # bool[n]
-        x = jnp.where(finite[:, None], updates, 0.0)  # float[n, d]
         m = jnp.maximum(jnp.sum(finite), 1).astype(updates.dtype)
 
-        def step(v, _):
-            unit, norm = unit_rows(x - v[None, :])
-            clipped = clip_rows(unit, norm, tau)
-            clipped = jnp.where(finite[:, None], clipped, 0.0)
-            return v + jnp.sum(clipped, axis=0) / m, norm > tau
+        def step(v, _):  # two passes over updates, no [n, d] temporary
+            scale, base = row_norms(updates, finite, centre=v)  # ‖Δ_i − v‖ = scale · base
+            w = clip_weights(scale, base, tau)  # float[n]
+            return (v + weighted_row_sum(updates, w, finite, centre=v, scale=scale) / m,
+                    scale * base > tau)
 
         v0 = state.center.astype(updates.dtype)
         v, was_clipped = jax.lax.scan(step, v0, None, length=iters)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fljax.aggregators._linalg import clip_rows, cosine_distance, unit_rows
+from fljax.aggregators._linalg import cosine_distance, unit_rows, weighted_row_sum
 from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
 
 CLUSTER_ON = ("models", "updates")
@@ -121,9 +121,9 @@ def flame(noise_lambda: float = 0.001, cluster_on: str = "models") -> Aggregator
         num_finite = jnp.sum(finite)
         median_norm = jnp.nanmedian(jnp.where(finite, norms, jnp.nan))
         median_norm = jnp.where(num_finite > 0, median_norm, 0.0)
-        clipped = clip_rows(unit, norms, median_norm)  # float[n, d]
+        # Σ over admitted rows of unit_i · min(‖Δ_i‖, median): a weighted sum of unit rows.
         num_admitted = jnp.sum(admitted)
-        total = jnp.sum(jnp.where(admitted[:, None], clipped, 0.0), axis=0)
+        total = weighted_row_sum(unit, jnp.minimum(norms, median_norm), admitted)
         avg = total / jnp.maximum(num_admitted, 1).astype(updates.dtype)
         noise_std = noise_lambda * median_norm
         out = avg + noise_std * jax.random.normal(key, (d,), updates.dtype)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from fljax.aggregators._linalg import clip_rows, unit_rows
+from fljax.aggregators._linalg import clip_weights, row_norms, weighted_row_sum
 from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
 
 
@@ -46,9 +46,9 @@ def norm_clipping(max_norm: float) -> Aggregator:
 
     def aggregate(updates, state, key, context=None):
         del key, context
-        clipped, finite, norms = clip_finite(updates, max_norm)  # float[n, d]
+        total, finite, norms = clipped_sum(updates, max_norm)  # float[d]
         m = jnp.sum(finite)
-        out = jnp.sum(clipped, axis=0) / jnp.maximum(m, 1).astype(updates.dtype)
+        out = total / jnp.maximum(m, 1).astype(updates.dtype)
         info = {
             "norms": norms,
             "clipped": finite & (norms > max_norm),
@@ -59,13 +59,17 @@ def norm_clipping(max_norm: float) -> Aggregator:
     return Aggregator(init_empty, aggregate)
 
 
-def clip_finite(updates, max_norm):
-    """Clips finite rows to ``max_norm``; non-finite rows become zero.
+def clipped_sum(updates, max_norm):
+    """``Σ_i Δ_i · min(1, M / ‖Δ_i‖)`` over the finite rows, without an ``[n, d]`` temporary.
+
+    Two passes over ``updates``: the row norms, then the weighted sum on
+    column tiles (``_linalg.row_norms`` / ``weighted_row_sum``).
 
     Returns:
-      ``(clipped float[n, d], finite bool[n], norms float[n])``.
+      ``(total float[d], finite bool[n], norms float[n])``; ``norms`` is 0 for
+      non-finite rows.
     """
     finite = finite_rows(updates)  # bool[n]
-    safe = jnp.where(finite[:, None], updates, 0.0)
-    unit, norms = unit_rows(safe)
-    return clip_rows(unit, norms, max_norm), finite, norms
+    scale, base = row_norms(updates, finite)  # float[n] each
+    total = weighted_row_sum(updates, clip_weights(scale, base, max_norm), finite, scale=scale)
+    return total, finite, jnp.where(finite, scale * base, 0.0)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from fljax.aggregators import _ops
+from fljax.aggregators._linalg import weighted_row_sum
 from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
 
 
@@ -59,15 +61,15 @@ def robust_lr(threshold: float, server_lr: float = 1.0) -> Aggregator:
             require(threshold <= n, "robust_lr",
                     f"threshold={threshold} exceeds n={n}: every coordinate would flip")
         finite = finite_rows(updates)  # bool[n]
-        x = jnp.where(finite[:, None], updates, 0.0)  # float[n, d]
-        agreement = jnp.abs(jnp.sum(jnp.sign(x), axis=0))  # float[d]
+        signs = _ops.column_sum(lambda t: jnp.where(finite[:, None], jnp.sign(t), 0.0), updates)
+        agreement = jnp.abs(signs)  # float[d]
         lr = jnp.where(agreement >= threshold, server_lr, -server_lr).astype(updates.dtype)
         if context is not None and context.weights is not None:
             w = context.weights.astype(updates.dtype)
         else:
             w = jnp.ones((n,), updates.dtype)
         w = jnp.where(finite, w, 0.0)
-        avg = (w @ x) / jnp.maximum(jnp.sum(w), 1e-12)
+        avg = weighted_row_sum(updates, w, finite) / jnp.maximum(jnp.sum(w), 1e-12)
         info = {
             "flipped_fraction": jnp.mean(agreement < threshold),
             "num_nonfinite": n - jnp.sum(finite),

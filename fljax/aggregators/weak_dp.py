@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from fljax.aggregators.base import Aggregator, init_empty, require
-from fljax.aggregators.norm_clipping import clip_finite
+from fljax.aggregators.norm_clipping import clipped_sum
 
 PLACEMENTS = ("sum", "average")
 
@@ -57,9 +57,8 @@ def weak_dp(max_norm: float, sigma: float, placement: str = "sum") -> Aggregator
     def aggregate(updates, state, key, context=None):
         del context
         d = updates.shape[1]
-        clipped, finite, norms = clip_finite(updates, max_norm)  # float[n, d]
+        total, finite, norms = clipped_sum(updates, max_norm)  # float[d]
         m = jnp.maximum(jnp.sum(finite), 1).astype(updates.dtype)
-        total = jnp.sum(clipped, axis=0)  # float[d]
         noise = sigma * jax.random.normal(key, (d,), updates.dtype)
         if placement == "sum":
             out = (total + noise) / m

@@ -122,13 +122,9 @@ def loo_rejection(updates, params, eval_fn, num_reject, metric, server_lr=1.0):
 def robust_lr(updates, threshold, server_lr=1.0):
     """Ozdayi et al.: per-coordinate ±η by sign agreement, times the mean."""
     updates = np.asarray(updates, np.float64)
-    n, d = updates.shape
-    out = np.zeros(d)
-    for j in range(d):
-        s = abs(sum(np.sign(updates[i, j]) for i in range(n)))
-        lr = server_lr if s >= threshold else -server_lr
-        out[j] = lr * updates[:, j].mean()
-    return out
+    agreement = np.abs(np.sign(updates).sum(axis=0))  # per coordinate: |Σ_i sign(Δ_ij)|
+    lr = np.where(agreement >= threshold, server_lr, -server_lr)
+    return lr * updates.mean(axis=0)
 
 
 def norm_clipping(updates, max_norm):

@@ -133,6 +133,34 @@ def bulyan_ref(x, f, rank=None):
     return out
 
 
+def bulyan_fast_ref(x, f, rank=None):
+    """:func:`bulyan_ref` vectorised with NumPy (the benchmark's NumPy peer at
+    200 x 1M, where the per-coordinate loop would take minutes); same result."""
+    n, d = x.shape
+    rank = np.arange(n) if rank is None else np.asarray(rank)
+    ok = finite(x)
+    dist = sq_dists_gram(np.where(ok[:, None], x, 0))
+    dist[~ok, :] = np.inf  # as in bulyan_ref: invalid rows are nobody's neighbour
+    dist[:, ~ok] = np.inf
+    theta, beta = n - 2 * f, n - 4 * f
+    remaining = np.arange(n)  # invalid rows stay in the set (and in k), never chosen
+    selected = []
+    for _ in range(theta):
+        k = len(remaining) - f - 2
+        sub = dist[np.ix_(remaining, remaining)]
+        np.fill_diagonal(sub, np.inf)  # a client is not its own neighbour
+        near = np.sort(sub, axis=1)[:, :k]
+        scores = np.where(np.isinf(near), 0.0, near).sum(1)
+        scores[~ok[remaining]] = np.inf
+        best = remaining[np.lexsort((rank[remaining], scores))[0]]
+        selected.append(best)
+        remaining = remaining[remaining != best]
+    s = x[selected]
+    med = np.median(s, axis=0)
+    closest = np.argsort(np.abs(s - med), axis=0, kind="stable")[:beta]
+    return np.take_along_axis(s, closest, axis=0).mean(0)
+
+
 def geometric_median_ref(x, num_iters=4, nu=1e-5):
     x = x[finite(x)]
     z = x.mean(0)

@@ -194,3 +194,12 @@ def test_all_rows_nonfinite_gives_zeros():
 def test_default_unrolled_bisection_matches_numpy():
     x = np.random.default_rng(5).standard_normal((6, 300)).astype(np.float32)
     np.testing.assert_allclose(_agg(agg.coordinate_median(), x)[0], np.median(x, 0), atol=1e-7)
+
+
+def test_vectorised_bulyan_reference_matches_the_loop():
+    # The benchmark's NumPy peer must compute what the conformance reference does.
+    x = np.random.default_rng(3).standard_normal((15, 40)).astype(np.float32)
+    x[2] = np.nan
+    rank = np.random.default_rng(4).permutation(15)
+    np.testing.assert_allclose(ref.bulyan_fast_ref(x, 3, rank), ref.bulyan_ref(x, 3, rank),
+                               rtol=1e-6, atol=1e-6)

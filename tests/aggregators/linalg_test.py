@@ -1,0 +1,84 @@
+"""Row norms, clip weights and client-axis sums shared by the clipping rules."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fljax.aggregators import _linalg, _ops
+
+
+def _norms64(x, centre=None):
+    y = np.asarray(x, np.float64)
+    if centre is not None:
+        y = y - np.asarray(centre, np.float64)
+    return np.sqrt(np.sum(y * y, axis=1))
+
+
+@pytest.mark.parametrize("magnitude", [1.0, 1e25, 1e-25])
+@pytest.mark.parametrize("centred", [False, True])
+def test_row_norms_any_scale(magnitude, centred):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 50)).astype(np.float32)
+    x[2] *= magnitude  # one row at an extreme scale (overflow / underflow of Σx²)
+    x[4] = np.nan  # invalid rows may hold anything
+    valid = np.isfinite(x).all(axis=1)
+    centre = rng.normal(size=50).astype(np.float32) * 0.1 if centred else None
+    scale, base = _linalg.row_norms(jnp.asarray(x), jnp.asarray(valid),
+                                    None if centre is None else jnp.asarray(centre))
+    got = np.asarray(scale, np.float64) * np.asarray(base, np.float64)
+    want = _norms64(np.where(valid[:, None], x, 0), centre)
+    np.testing.assert_allclose(got[valid], want[valid], rtol=1e-5)
+    assert np.asarray(base)[4] == 0
+    assert np.all(np.isfinite(np.asarray(scale))) and np.all(np.isfinite(np.asarray(base)))
+
+
+def test_clip_weights_overflowing_and_zero_rows():
+    x = np.zeros((3, 4), np.float32)
+    x[0] = [3.0, 4.0, 0.0, 0.0]  # norm 5
+    x[1] = 3e38  # true norm 6e38: beyond float32, still clipped to a finite row
+    valid = np.ones(3, bool)
+    scale, base = _linalg.row_norms(jnp.asarray(x), jnp.asarray(valid))
+    w = np.asarray(_linalg.clip_weights(scale, base, 1.0))
+    s = np.asarray(scale, np.float64)
+    np.testing.assert_allclose(w[0] / s[0], 0.2, rtol=1e-6)
+    np.testing.assert_allclose(w[1] / s[1] * 3e38 * 2.0, 1.0, rtol=1e-5)  # ‖w x / s‖ = 1
+    total = np.asarray(_linalg.weighted_row_sum(jnp.asarray(x), jnp.asarray(w), jnp.asarray(valid),
+                                                scale=scale))
+    np.testing.assert_allclose(total, [0.6 + 0.5, 0.8 + 0.5, 0.5, 0.5], rtol=1e-5)
+    assert w[2] == np.asarray(scale)[2] == 1.0  # a zero row is left alone
+
+
+@pytest.mark.parametrize("d", [7, 4096, 4096 * 3 + 5])
+def test_weighted_row_sum_matches_numpy(d):
+    rng = np.random.default_rng(d)
+    x = rng.normal(size=(5, d)).astype(np.float32)
+    x[1, 0] = np.inf
+    x[3, d // 2] = np.nan
+    valid = np.isfinite(x).all(axis=1)
+    w = rng.uniform(size=5).astype(np.float32)
+    centre = rng.normal(size=d).astype(np.float32)
+    got = np.asarray(_linalg.weighted_row_sum(jnp.asarray(x), jnp.asarray(w), jnp.asarray(valid),
+                                              jnp.asarray(centre)))
+    xs = np.where(valid[:, None], x.astype(np.float64) - centre, 0.0)
+    want = (w[:, None] * xs).sum(axis=0)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_unit_rows_of_huge_and_tiny_rows():
+    x = np.array([[3e38, 3e38, 0.0], [1e-30, 0.0, -1e-30], [0.0, 0.0, 0.0], [1.0, 2.0, 2.0]],
+                 np.float32)
+    unit, norm = _linalg.unit_rows(jnp.asarray(x))
+    r = np.sqrt(0.5)
+    np.testing.assert_allclose(np.asarray(unit),
+                               [[r, r, 0], [r, 0, -r], [0, 0, 0], [1 / 3, 2 / 3, 2 / 3]], rtol=1e-6)
+    assert np.isinf(np.asarray(norm)[0]) and np.asarray(norm)[3] == pytest.approx(3.0)
+
+
+def test_column_sum_of_an_expression():
+    x = jax.random.normal(jax.random.PRNGKey(0), (9, 10_000))
+    got = _ops.column_sum(jnp.sign, x)
+    np.testing.assert_array_equal(np.asarray(got), np.sign(np.asarray(x)).sum(axis=0))
