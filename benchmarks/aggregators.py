@@ -4,28 +4,38 @@ Run from the repository root::
 
     python benchmarks/aggregators.py --clients 200 --dim 1000000 --byzantine 40 --peers
 
-Each rule in ``fljax.aggregators.RULES`` is built from (N, F), jitted, warmed up
-once, and timed as the best of ``--repeats`` runs (``block_until_ready``). One
-JSON line per rule: ``rule, seconds, device, clients, dim`` and, with
-``--peers``, ``numpy_seconds`` (the NumPy reference of the conformance tests,
-``tests/aggregators/references.py``, run on the same float32 matrix) and
-``byzfl_seconds`` (ByzFL's class on a torch CPU tensor, where one exists), plus
-the ratios ``peer_seconds / seconds`` (> 1: fljax is faster). Rules that cannot
-be built from (N, F) alone, or need a context, are reported as skipped.
+Each rule in ``fljax.aggregators.RULES`` is built from (N, F) -- or, for rules
+with other parameters or a context, as the conformance table builds it (see
+``build_rule``) --, jitted, warmed up once, and timed as the best of
+``--repeats`` runs (``block_until_ready``). One JSON line per rule: ``rule,
+seconds, device, clients, dim`` and, with ``--peers``, ``numpy_seconds`` (the
+NumPy reference of the conformance tests, ``tests/aggregators/``, run on the
+same float32 matrix; a vectorised one for Bulyan) and ``byzfl_seconds``
+(ByzFL's class on a torch CPU tensor, where one exists), plus the ratios
+``peer_seconds / seconds`` (> 1: fljax is faster).
 
-Measured on the 2-core CPU (200 x 1M, F = 40), seconds, while other jobs
-shared the machine (load average 2.3-4.8 on 2 cores, so XLA often had one core
-and single-threaded NumPy lost little; treat the numbers as +-2x):
+Measured on the 2-core CPU (200 x 1M, F = 40), seconds, one ``--peers
+--repeats 2`` run on an otherwise idle machine (2026-11-30; single figures
+swing by 20-50 % between runs, read the ratios):
 
-    rule               fljax          NumPy ref    ByzFL (torch CPU)
-    coordinate_median  2.4 - 2.7      3.7          12.0 - 12.3
-    trimmed_mean       1.1 - 3.1      1.3 - 1.6    5.7 - 5.9
-    krum               1.9 - 2.4      1.5 - 2.0    2.9 - 4.2
-    multi_krum         2.0 - 2.5      1.2 (*)      2.9 - 5.1
-    bulyan             3.5 - 6.9      (Python loop over coordinates: skipped)
-    geometric_median   1.1 - 1.7      1.4          4.1 - 8.1
-    invariant          1.6 - 3.8      1.5 - 1.6    -
-    (*) one run took 24 s under contention.
+    rule               fljax   NumPy ref   ByzFL (torch CPU)
+    mean               0.028   0.046       0.048
+    coordinate_median  1.40    3.06        5.18
+    trimmed_mean       1.46    0.82        4.93   (1.00 s alone, same day)
+    krum               0.44    1.30        3.37
+    multi_krum         0.49    0.97        2.29
+    bulyan             2.39    9.74        -
+    geometric_median   0.86    0.93        4.96
+    invariant          1.50    1.10        -
+    centered_clipping  0.60    1.42        3.19
+    norm_clipping      0.10    0.46        -
+    weak_dp            0.12    0.59        -
+    robust_lr          0.14    0.67        -
+    fltrust            0.34    0.86        -
+    flame              1.61    55.4        -
+    foolsgold          1.84    58.4        -
+    err                1.11    113         -
+    lfr                0.75    103         -
 
 Order-statistic kernels tried (200 x 262,144 unless noted; contended machine):
 ``jnp.sort`` of transposed [block, n] tiles 6.3-7.8 s; ``lax.top_k`` on
@@ -37,6 +47,14 @@ full-matrix bisection (no tiles) 2.9 s; a two-stage 16-bit bisection 0.64-0.82
 s (no gain); a bitonic min/max network on [n, b] tiles 0.27-1.5 s depending on
 the tiling and the load. Defaults: median by bisection (256 x 8), trimmed mean
 and invariant by the bitonic network (64 x 8), see ``fljax/aggregators/_ops.py``.
+
+Also tried (2026-11-30, idle machine, trimmed mean of 200 x 262,144): the
+network written as a Python list of row arrays with an optimisation barrier
+after every stage runs 2x faster than the reshaped network at 128 rows (97 ms
+against 201 ms) and 2.3x at 32 rows, but XLA's compile time grows steeply with
+the row count (2.4 s at 128 rows, 6.5 min at 256); a hybrid (lists of 32 rows
+of [groups, b] arrays, reshapes across groups) was exact but pathologically
+slow (112 s). Left for a CPU kernel in ``kernels/``.
 """
 
 from __future__ import annotations
