@@ -32,15 +32,22 @@ def clip_by_norm(max_norm: float) -> Transform:
     """Scales the update into the L2 ball of radius ``max_norm``.
 
     Non-finite updates are mapped to zero (they carry no usable direction).
+    Any finite update is clipped exactly, also one whose norm overflows
+    float32 (entries near 1e38): the norm is taken as a power-of-two scale
+    times a finite factor (``aggregators._linalg.row_norms``).
     """
 
     def transform(update, key):
         del key
+        # Imported here: fljax.aggregators imports this module (compose).
+        from fljax.aggregators import _linalg
+
         finite = jnp.all(jnp.isfinite(update))
         safe = jnp.where(finite, update, 0.0)
-        norm = jnp.linalg.norm(safe)
-        scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
-        return safe * scale
+        flat = safe.reshape(1, -1)  # float[1, d]
+        scale, base = _linalg.row_norms(flat, jnp.ones((1,), bool))
+        weight = _linalg.clip_weights(scale, base, max_norm)
+        return ((flat / scale[:, None]) * weight[:, None]).reshape(update.shape)
     return transform
 
 

@@ -5,6 +5,12 @@ import numpy as np
 from fljax import transforms
 
 
+def test_clip_by_norm_of_a_huge_update():
+    u = jnp.full((4,), 3e38, jnp.float32)  # norm 6e38 overflows float32
+    out = np.asarray(transforms.clip_by_norm(1.0)(u, None), np.float64)
+    np.testing.assert_allclose(out, [0.5] * 4, rtol=1e-6)
+
+
 def test_clip_by_norm_reference_and_nonfinite():
     u = jnp.array([3.0, 4.0])
     np.testing.assert_allclose(transforms.clip_by_norm(1.0)(u, None), [0.6, 0.8], rtol=1e-6)
