@@ -2,9 +2,14 @@
 
 Malicious rows can be huge (1e38) or zero. ``jnp.linalg.norm`` of a row with
 1e20 entries overflows to ``inf`` in float32 and ``x / inf`` then turns into
-``0 * inf = nan`` downstream. These helpers divide each row by its largest
-absolute entry first, so the direction is exact for any finite row and only
-the reported norm may saturate at ``inf``.
+``0 * inf = nan`` downstream. :func:`row_norms` returns each norm as a
+power-of-two scale times a finite factor (the scale is 1 unless the row's sum
+of squares over- or underflowed), so directions and clipped rows are exact for
+any finite row and only a reported norm may saturate at ``inf``.
+
+The helpers also keep the work in a few passes over ``[n, d]``: sums over the
+client axis run on column tiles (``_ops.column_sum``) and no masked, centred or
+weighted ``[n, d]`` copy is materialised.
 """
 
 from __future__ import annotations
@@ -44,10 +49,11 @@ def row_norms(x: jax.Array, valid: jax.Array,
     """Overflow-safe L2 norms of the valid rows of ``x - centre``, as two factors.
 
     ``‖x_i - c‖ = scale_i · base_i`` with both factors finite for every finite
-    row and ``scale_i`` a power of two in ``[2**-149, 2**126]``. One fused pass (``Σ_j (x_ij - c_j)²``) gives ``scale = 1`` and
-    ``base = √Σ``; only when some valid row overflowed (entries above ~1e19)
-    or came out below 1e-30 does a second pass, run under ``lax.cond``,
-    divide those rows by their largest entry first. No ``[n, d]`` array is
+    row and ``scale_i`` a power of two of at most ``2**126``. One fused pass
+    (``Σ_j (x_ij - c_j)²``) gives ``scale = 1`` and ``base = √Σ``; only when
+    some valid row overflowed (entries above ~1e19) or came out below 1e-30
+    does a second pass, run under ``lax.cond``, divide those rows by a power
+    of two near their largest entry first. No ``[n, d]`` array is
     materialised.
 
     Args:
