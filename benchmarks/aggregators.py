@@ -25,7 +25,7 @@ swing by 20-50 % between runs, read the ratios):
     krum               0.44    1.30        3.37
     multi_krum         0.49    0.97        2.29
     bulyan             2.39    9.74        -
-    geometric_median   0.86    0.93        4.96
+    geometric_median   0.52    0.93        3.91   (rerun after the copy-free rewrite)
     invariant          1.50    1.10        -
     centered_clipping  0.60    1.42        3.19
     norm_clipping      0.10    0.46        -

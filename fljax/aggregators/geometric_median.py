@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from fljax.aggregators._linalg import weighted_row_sum
 from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
 
 
@@ -58,16 +59,23 @@ def geometric_median(
         else:
             alpha = jnp.ones((n,), updates.dtype)
         alpha = jnp.where(valid, alpha, 0.0)
-        x = jnp.where(valid[:, None], updates, 0.0)  # float[n, d]
+        all_valid = jnp.all(valid)
         hi = lax.Precision.HIGHEST
 
         def weighted_mean(w):
+            # A matvec when every row is finite; otherwise a masked sum on
+            # column tiles (0 * NaN would poison the matvec). Neither copies
+            # the [n, d] updates.
             w = w / jnp.maximum(jnp.sum(w), jnp.finfo(updates.dtype).tiny)
-            return jnp.dot(w, x, precision=hi), w
+            z = lax.cond(all_valid, lambda: jnp.dot(w, updates, precision=hi),
+                         lambda: weighted_row_sum(updates, w, valid))
+            return z, w
 
         z, w = weighted_mean(alpha)  # float[d]
         for _ in range(num_iters):
-            dist = jnp.sqrt(jnp.sum(jnp.square(x - z[None, :]), axis=1))  # float[n]
+            # Rows reduce independently: invalid ones are masked in the result.
+            sq = jnp.sum(jnp.square(updates - z[None, :]), axis=1)  # float[n]
+            dist = jnp.sqrt(jnp.where(valid, sq, 0.0))
             w_new = alpha / jnp.maximum(nu, dist)  # 0 for invalid rows and overflowed distances
             z, w = weighted_mean(jnp.where(jnp.isfinite(w_new), w_new, 0.0))
         info = {"weights": w, "num_nonfinite": n - jnp.sum(valid.astype(jnp.int32))}
