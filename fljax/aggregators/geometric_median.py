@@ -8,7 +8,6 @@ References:
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax import lax
 
 from fljax.aggregators._linalg import weighted_row_sum
 from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
@@ -59,17 +58,10 @@ def geometric_median(
         else:
             alpha = jnp.ones((n,), updates.dtype)
         alpha = jnp.where(valid, alpha, 0.0)
-        all_valid = jnp.all(valid)
-        hi = lax.Precision.HIGHEST
 
-        def weighted_mean(w):
-            # A matvec when every row is finite; otherwise a masked sum on
-            # column tiles (0 * NaN would poison the matvec). Neither copies
-            # the [n, d] updates.
+        def weighted_mean(w):  # no [n, d] copy: see weighted_row_sum
             w = w / jnp.maximum(jnp.sum(w), jnp.finfo(updates.dtype).tiny)
-            z = lax.cond(all_valid, lambda: jnp.dot(w, updates, precision=hi),
-                         lambda: weighted_row_sum(updates, w, valid))
-            return z, w
+            return weighted_row_sum(updates, w, valid), w
 
         z, w = weighted_mean(alpha)  # float[d]
         for _ in range(num_iters):

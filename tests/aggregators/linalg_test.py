@@ -82,3 +82,16 @@ def test_column_sum_of_an_expression():
     x = jax.random.normal(jax.random.PRNGKey(0), (9, 10_000))
     got = _ops.column_sum(jnp.sign, x)
     np.testing.assert_array_equal(np.asarray(got), np.sign(np.asarray(x)).sum(axis=0))
+
+
+@pytest.mark.parametrize("nonfinite", [False, True])
+def test_weighted_row_sum_matvec_and_tiled_paths_agree(nonfinite):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 5000)).astype(np.float32)
+    if nonfinite:
+        x[2, 7] = np.nan  # takes the tiled path
+    valid = np.isfinite(x).all(axis=1)
+    w = rng.uniform(size=6).astype(np.float32)
+    got = np.asarray(_linalg.weighted_row_sum(jnp.asarray(x), jnp.asarray(w), jnp.asarray(valid)))
+    want = (w[:, None] * np.where(valid[:, None], x.astype(np.float64), 0.0)).sum(axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
