@@ -89,9 +89,16 @@ def _model_table():
     return {c.name: c for c in table_model.TABLE}
 
 
-def build_rule(name, n, f, d):
-    """``(rule, context, None)``, or ``(None, None, reason)`` if (n, f, d) cannot build it."""
+def build_rule(name, n, f, d, kernel=None):
+    """``(rule, context, None)``, or ``(None, None, reason)`` if (n, f, d) cannot build it.
+
+    ``kernel`` is passed to factories with a ``kernel`` argument (and makes the
+    others return ``(None, None, reason)``).
+    """
     table = _model_table()
+    if kernel is not None and (name in table or "kernel" not in inspect.signature(
+            getattr(aggregators, name)).parameters):
+        return None, None, "takes no kernel"
     if name in table:
         context = aggregators.AggregationContext(params=jnp.zeros((d,), jnp.float32))
         return table[name].build(n, d, f), context, None
@@ -103,6 +110,8 @@ def build_rule(name, n, f, d):
             kwargs[p.name] = f
         elif p.default is inspect.Parameter.empty:
             return None, None, f"needs argument {p.name!r}"
+    if kernel is not None:
+        kwargs["kernel"] = kernel
     return factory(**kwargs), None, None
 
 
@@ -178,6 +187,9 @@ def main(argv=None):
     parser.add_argument("--byzantine", type=int, default=40)
     parser.add_argument("--rules", default="", help="comma-separated subset of RULES")
     parser.add_argument("--peers", action="store_true", help="also time NumPy and ByzFL")
+    parser.add_argument("--kernel", action="store_true",
+                        help="also time the rules that take a kernel with kernels.order_stats "
+                             "injected (one more row each, with 'kernel': 'order_stats')")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -188,33 +200,47 @@ def main(argv=None):
     x = jax.device_put(x_np)
     device = str(jax.devices()[0].device_kind if hasattr(jax.devices()[0], "device_kind") else jax.devices()[0])
     key = jax.random.PRNGKey(args.seed)
-    for name in names:
-        row = {"rule": name, "clients": n, "dim": d, "byzantine": f, "device": device}
-        rule, context, why = build_rule(name, n, f, d)
-        if rule is None:
-            row["skipped"] = why
-            print(json.dumps(row), flush=True)
-            continue
-        state = rule.init(d)
-        fn = jax.jit(functools.partial(rule.aggregate, context=context))
-        try:
-            jax.block_until_ready(fn(x, state, key))  # compile + warm-up
-        except Exception as e:  # e.g. needs a context, or an impossible (n, f)
-            row["skipped"] = f"{type(e).__name__}: {e}"[:200]
-            print(json.dumps(row), flush=True)
-            continue
-        row["seconds"] = round(best_of(lambda: jax.block_until_ready(fn(x, state, key)), args.repeats), 4)
-        if args.peers:
-            for peer, make in (("numpy", numpy_peer), ("byzfl", byzfl_peer)):
-                peer_fn = make(name, f)
-                if peer_fn is None:
-                    continue
-                peer_fn(x_np)  # warm-up (torch threads, NumPy allocations)
-                secs = best_of(lambda: peer_fn(x_np), max(1, args.repeats - 1))
-                row[f"{peer}_seconds"] = round(secs, 4)
-                row[f"{peer}_ratio"] = round(secs / row["seconds"], 2)
-        print(json.dumps(row), flush=True)
+    kernels = {None: None}
+    if args.kernel:
+        from kernels import order_stats
 
+        ok, why = order_stats.available()
+        if not ok:
+            parser.error(f"--kernel: {why}")
+        kernels["order_stats"] = order_stats.rank_weighted_sum
+    for name in names:
+        peers = {}  # timed once per rule, reported on each of its rows
+        for kernel_name, kernel in kernels.items():
+            row = {"rule": name, "clients": n, "dim": d, "byzantine": f, "device": device}
+            if kernel_name:
+                row["kernel"] = kernel_name
+            rule, context, why = build_rule(name, n, f, d, kernel)
+            if rule is None:
+                if not kernel_name:
+                    row["skipped"] = why
+                    print(json.dumps(row), flush=True)
+                continue
+            state = rule.init(d)
+            fn = jax.jit(functools.partial(rule.aggregate, context=context))
+            try:
+                jax.block_until_ready(fn(x, state, key))  # compile + warm-up
+            except Exception as e:  # e.g. needs a context, or an impossible (n, f)
+                row["skipped"] = f"{type(e).__name__}: {e}"[:200]
+                print(json.dumps(row), flush=True)
+                continue
+            seconds = best_of(lambda: jax.block_until_ready(fn(x, state, key)), args.repeats)
+            row["seconds"] = round(seconds, 4)
+            if args.peers and not peers:
+                for peer, make in (("numpy", numpy_peer), ("byzfl", byzfl_peer)):
+                    peer_fn = make(name, f)
+                    if peer_fn is None:
+                        continue
+                    peer_fn(x_np)  # warm-up (torch threads, NumPy allocations)
+                    peers[peer] = best_of(lambda: peer_fn(x_np), max(1, args.repeats - 1))
+            for peer, secs in peers.items():
+                row[f"{peer}_seconds"] = round(secs, 4)
+                row[f"{peer}_ratio"] = round(secs / seconds, 2)
+            print(json.dumps(row), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -456,6 +456,32 @@ def build(cfg: dict) -> Experiment:
                       malicious, dim)
 
 
+def _resolve_kernel(spec: str):
+    """``'module:function'`` (e.g. ``'kernels.order_stats:rank_weighted_sum'``) -> the function.
+
+    Imported by name, so fljax never imports ``kernels`` itself (DESIGN.md). If
+    the module has ``available()``, it is asked first, so a kernel that cannot
+    be built here fails before any work.
+    """
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        raise ConfigError(f"aggregator.kwargs.kernel must be 'module:function', got {spec!r} "
+                          "(e.g. 'kernels.order_stats:rank_weighted_sum')")
+    try:
+        module = importlib.import_module(module_name)
+        fn = getattr(module, attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"aggregator.kwargs.kernel={spec!r}: {e}") from None
+    if hasattr(module, "available"):
+        ok, why = module.available()
+        if not ok:
+            raise ConfigError(f"aggregator.kwargs.kernel={spec!r} cannot be used here: {why} "
+                              "(drop the kernel to use the jnp path)")
+    return fn
+
+
 def _build_aggregator(ac, model, client_opt, unravel, data, root, val, bsz):
     """Builds the rule, handing it the server-side callables its factory asks for."""
     factory = getattr(aggregators_lib, ac["name"])
@@ -489,6 +515,8 @@ def _build_aggregator(ac, model, client_opt, unravel, data, root, val, bsz):
             return err, loss
 
         kwargs["eval_fn"] = eval_fn
+    if isinstance(kwargs.get("kernel"), str):
+        kwargs["kernel"] = _resolve_kernel(kwargs["kernel"])
     try:
         return factory(**kwargs)
     except TypeError as e:

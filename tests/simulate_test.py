@@ -117,10 +117,28 @@ def test_resume_equals_uninterrupted(tmp_path):
     ({"client.optimizer": "lion2"}, "client.optimizer"),
     ({"aggregator.name": "krum", "aggregator.kwargs": {"num_byzantine": 1}}, "n > 2"),
     ({"aggregator.name": "bulyan", "aggregator.kwargs": {"num_byzantine": 1}}, "bulyan"),
+    ({"aggregator.name": "trimmed_mean", "aggregator.kwargs": {"num_trim": 1, "kernel": "nope"}},
+     "must be 'module:function'"),
+    ({"aggregator.name": "trimmed_mean",
+      "aggregator.kwargs": {"num_trim": 1, "kernel": "kernels.order_stats:nope"}}, "nope"),
 ])
 def test_bad_configs_fail_before_training(override, needle):
     with pytest.raises(config.ConfigError, match=re.escape(needle)):
         simulate.build(small_cfg(**override))
+
+
+def test_injected_kernel_by_name_matches_the_jnp_path():
+    from kernels import order_stats
+
+    ok, why = order_stats.available()
+    if not ok:
+        pytest.skip(why)
+    plain = {"aggregator.name": "trimmed_mean", "aggregator.kwargs": {"num_trim": 1}}
+    fast = {"aggregator.name": "trimmed_mean",
+            "aggregator.kwargs": {"num_trim": 1, "kernel": "kernels.order_stats:rank_weighted_sum"}}
+    a, _ = run_rounds(small_cfg(**plain), 2)
+    b, _ = run_rounds(small_cfg(**fast), 2)
+    assert_trees_close(a.params, b.params, atol=1e-5)
 
 
 def test_unknown_field_is_rejected():

@@ -20,6 +20,7 @@ def invariant(
     method: str = "sort",
     block: int | None = None,
     batch: int | None = None,
+    kernel: _ops.OrderStatsKernel | None = None,
 ) -> Aggregator:
     """AND-mask on sign consistency, then a coordinate-wise trimmed mean.
 
@@ -43,6 +44,9 @@ def invariant(
       method: ``'sort'`` or ``'bisect'`` for the trimmed mean (both exact).
       block: column-tile width of the blocked kernel (None: the measured default).
       batch: tiles per ``lax.map`` step (None: the measured default).
+      kernel: an order-statistics kernel to use instead of the jnp path, e.g.
+        ``kernels.order_stats.rank_weighted_sum`` (it also returns the sign
+        sums, so the mask costs no extra pass); None: the jnp path.
 
     Returns:
       An :class:`Aggregator` with ``info = {'mask_density': float[]`` (fraction of
@@ -61,7 +65,8 @@ def invariant(
         m = jnp.sum(valid.astype(jnp.int32))
         lo = jnp.floor(beta * m.astype(jnp.float32)).astype(jnp.int32)
         # Sign mask and trimmed mean in one pass over each column tile.
-        out, mask = trimmed_mean_of_valid(updates, valid, lo, method, block, batch, sign_tau=tau)
+        out, mask = trimmed_mean_of_valid(updates, valid, lo, method, block, batch,
+                                          sign_tau=tau, kernel=kernel)
         info = {
             "mask_density": jnp.mean(mask.astype(jnp.float32)),
             "num_nonfinite": n - m,

@@ -17,6 +17,7 @@ def coordinate_median(
     method: str = "bisect",
     block: int | None = None,
     batch: int | None = None,
+    kernel: _ops.OrderStatsKernel | None = None,
 ) -> Aggregator:
     """The per-coordinate median of the client updates.
 
@@ -36,6 +37,9 @@ def coordinate_median(
         differ only in speed (see ``benchmarks/aggregators.py``).
       block: column-tile width of the blocked kernel (None: the measured default).
       batch: tiles per ``lax.map`` step (None: the measured default).
+      kernel: an order-statistics kernel to use instead of the jnp path, e.g.
+        ``kernels.order_stats.rank_weighted_sum`` (CPU, ~5x faster at
+        200 x 1M; see ``_ops.OrderStatsKernel``). None: the jnp path.
 
     Returns:
       An :class:`Aggregator`; ``aggregate`` maps ``float[n, d]`` to ``float[d]``
@@ -62,6 +66,10 @@ def coordinate_median(
         m = jnp.sum(valid.astype(jnp.int32))  # number of finite rows (traced)
         lo_rank = jnp.maximum(m - 1, 0) // 2
         hi_rank = jnp.maximum(m, 1) // 2
+
+        if kernel is not None:
+            out = kernel(updates, valid, _ops.median_rank_weights(n, m))
+            return out.astype(updates.dtype), state, {"num_nonfinite": (n - m).astype(jnp.int32)}
 
         if method == "bisect":
 

@@ -22,6 +22,7 @@ def trimmed_mean_of_valid(
     block: int | None = None,
     batch: int | None = None,
     sign_tau: jax.Array | None = None,
+    kernel: _ops.OrderStatsKernel | None = None,
 ) -> jax.Array:
     """Per coordinate: mean of the valid values of rank ``[t, m - t)``.
 
@@ -39,6 +40,8 @@ def trimmed_mean_of_valid(
       batch: tiles per ``lax.map`` step (None: the measured default).
       sign_tau: if given, also compute the invariant aggregator's sign mask in
         the same pass over each tile: ``|mean of valid signs| >= sign_tau``.
+      kernel: an injected order-statistics kernel (see ``_ops.OrderStatsKernel``);
+        if given, ``method``, ``block`` and ``batch`` are unused.
 
     Returns:
       ``float[d]`` (zero where no row is valid); with ``sign_tau``, a pair
@@ -49,6 +52,14 @@ def trimmed_mean_of_valid(
     t = jnp.clip(jnp.minimum(num_trim, (m - 1) // 2), 0, None)
     kept = jnp.maximum(m - 2 * t, 1)
     inv = (1.0 / kept.astype(jnp.float32)).astype(updates.dtype)
+
+    if kernel is not None:
+        weights = _ops.trimmed_rank_weights(n, m, num_trim)
+        if sign_tau is None:
+            return kernel(updates, valid, weights)
+        out, sign_sum = kernel(updates, valid, weights, with_signs=True)
+        mask = jnp.abs(sign_sum * (1.0 / jnp.maximum(m, 1).astype(jnp.float32))) >= sign_tau
+        return jnp.where(mask, out, 0.0).astype(updates.dtype), mask
 
     if method == "sort":
         rank = jnp.arange(n)
@@ -100,6 +111,7 @@ def trimmed_mean(
     method: str = "sort",
     block: int | None = None,
     batch: int | None = None,
+    kernel: _ops.OrderStatsKernel | None = None,
 ) -> Aggregator:
     """Per coordinate, drop the ``num_trim`` largest and smallest values and average the rest.
 
@@ -115,6 +127,9 @@ def trimmed_mean(
       method: ``'sort'`` (bitonic network, default) or ``'bisect'``; both exact.
       block: column-tile width of the blocked kernel (None: the measured default).
       batch: tiles per ``lax.map`` step (None: the measured default).
+      kernel: an order-statistics kernel to use instead of the jnp path, e.g.
+        ``kernels.order_stats.rank_weighted_sum`` (CPU, ~5x faster at
+        200 x 1M; see ``_ops.OrderStatsKernel``). None: the jnp path.
 
     Returns:
       An :class:`Aggregator`; ``aggregate`` maps ``float[n, d]`` to ``float[d]``
@@ -143,7 +158,8 @@ def trimmed_mean(
                 f"needs 2 * num_trim < n, got num_trim={num_trim}, n={n} "
                 f"(2 * {num_trim} = {2 * num_trim} >= {n})")
         valid = finite_rows(updates)
-        out = trimmed_mean_of_valid(updates, valid, jnp.int32(num_trim), method, block, batch)
+        out = trimmed_mean_of_valid(updates, valid, jnp.int32(num_trim), method, block, batch,
+                                    kernel=kernel)
         num_nonfinite = n - jnp.sum(valid.astype(jnp.int32))
         return out, state, {"num_nonfinite": num_nonfinite}
 

@@ -1,0 +1,152 @@
+"""The CPU order-statistics kernel against its jnp reference and NumPy."""
+
+from __future__ import annotations
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import order_stats
+
+_OK, _WHY = order_stats.available()
+needs_kernel = pytest.mark.skipif(not _OK, reason=f"kernel unavailable: {_WHY}")
+
+
+def _apply_network(pairs, x):
+    x = x.copy()
+    for a, b in pairs:
+        lo, hi = np.minimum(x[a], x[b]), np.maximum(x[a], x[b])
+        x[a], x[b] = lo, hi
+    return x
+
+
+@needs_kernel
+@pytest.mark.parametrize("n", range(1, 15))
+def test_network_sorts_every_zero_one_input(n):
+    # 0-1 principle (Knuth 5.3.4): a comparator network that sorts all 2^n
+    # zero-one inputs sorts every input.
+    pairs = order_stats.batcher_network(n)
+    assert (pairs[:, 0] < pairs[:, 1]).all() and (pairs < n).all()
+    cols = np.arange(2 ** n)
+    x = ((cols[None, :] >> np.arange(n)[:, None]) & 1).astype(np.float32)  # [n, 2^n]
+    np.testing.assert_array_equal(_apply_network(pairs, x), np.sort(x, axis=0))
+
+
+@needs_kernel
+def test_network_size_is_batchers():
+    # (p^2 - p + 4) 2^(p-2) - 1 comparators for n = 2^p (Knuth 5.3.4, eq. 9).
+    for p in range(1, 9):
+        assert len(order_stats.batcher_network(2 ** p)) == (p * p - p + 4) * 2 ** (p - 2) - 1
+    assert len(order_stats.batcher_network(200)) < len(order_stats.batcher_network(256))
+
+
+def _inputs(n, d, seed, invalid_frac=0.25):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x[rng.random((n, d)) < 0.05] = 0.0  # zeros and ties
+    x[:, :3] = 1.5  # whole columns of ties
+    valid = rng.random(n) >= invalid_frac
+    bad = np.flatnonzero(~valid)
+    for i, r in enumerate(bad):
+        x[r, rng.integers(d)] = (np.nan, np.inf, -np.inf)[i % 3]
+    w = rng.standard_normal(n).astype(np.float32)
+    w[rng.random(n) < 0.3] = 0.0
+    return x, valid, w
+
+
+def _numpy(x, valid, w):
+    s = np.sort(x[valid].astype(np.float64), axis=0)
+    m = len(s)
+    out = (w[:m, None].astype(np.float64) * s).sum(0) if m else np.zeros(x.shape[1])
+    return out, np.sign(x[valid]).sum(0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("n,d,threads", [(1, 1, 0), (2, 3, 0), (7, 130, 1), (33, 1100, 3),
+                                         (200, 700, 2)])
+def test_matches_reference_and_numpy(n, d, threads):
+    x, valid, w = _inputs(n, d, seed=n + d)
+    got, signs = order_stats.rank_weighted_sum(jnp.asarray(x), jnp.asarray(valid), jnp.asarray(w),
+                                               with_signs=True, num_threads=threads)
+    ref, ref_signs = order_stats.rank_weighted_sum_reference(
+        jnp.asarray(x), jnp.asarray(valid), jnp.asarray(w), with_signs=True)
+    want, want_signs = _numpy(x, valid, w)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * max(1, np.sqrt(n)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1, np.sqrt(n)))
+    np.testing.assert_array_equal(signs, ref_signs)
+    np.testing.assert_array_equal(signs, want_signs)
+
+
+@needs_kernel
+def test_one_hot_weights_pick_each_rank_exactly():
+    x, valid, _ = _inputs(9, 200, seed=3, invalid_frac=0.0)
+    s = np.sort(x, axis=0)
+    for r in range(9):
+        w = np.zeros(9, np.float32)
+        w[r] = 1.0
+        got = order_stats.rank_weighted_sum(jnp.asarray(x), jnp.ones(9, bool), jnp.asarray(w))
+        np.testing.assert_array_equal(got, s[r])
+
+
+@needs_kernel
+def test_no_valid_row_gives_zeros_and_huge_values_stay_finite():
+    x = np.full((4, 70), np.nan, np.float32)
+    out = order_stats.rank_weighted_sum(jnp.asarray(x), jnp.zeros(4, bool), jnp.ones(4))
+    np.testing.assert_array_equal(out, 0.0)
+    x = np.full((5, 70), 3e38, np.float32)
+    x[0] = -3e38
+    w = np.full(5, 0.2, np.float32)
+    out = np.asarray(order_stats.rank_weighted_sum(jnp.asarray(x), jnp.ones(5, bool), jnp.asarray(w)))
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, 0.2 * 3e38 * 3, rtol=1e-6)
+
+
+@needs_kernel
+def test_jit_and_vmap():
+    x, valid, w = _inputs(6, 90, seed=5)
+    f = jax.jit(order_stats.rank_weighted_sum)
+    want = order_stats.rank_weighted_sum_reference(jnp.asarray(x), jnp.asarray(valid), jnp.asarray(w))
+    np.testing.assert_allclose(f(jnp.asarray(x), jnp.asarray(valid), jnp.asarray(w)), want,
+                               rtol=1e-5, atol=1e-5)
+    xs = jnp.stack([jnp.asarray(x), -jnp.asarray(x)])
+    got = jax.vmap(order_stats.rank_weighted_sum, in_axes=(0, None, None))(
+        xs, jnp.asarray(valid), jnp.asarray(w))
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5)
+    neg = order_stats.rank_weighted_sum_reference(-jnp.asarray(x), jnp.asarray(valid), jnp.asarray(w))
+    np.testing.assert_allclose(got[1], neg, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_bad_input_is_a_clear_error():
+    with pytest.raises(TypeError, match="float32"):
+        order_stats.rank_weighted_sum(jnp.zeros((3, 4), jnp.int32), jnp.ones(3, bool), jnp.ones(3))
+    with pytest.raises(TypeError, match=r"shape \(3,\)"):
+        order_stats.rank_weighted_sum(jnp.zeros((3, 4)), jnp.ones(2, bool), jnp.ones(3))
+
+
+def test_missing_compiler_is_a_clear_error():
+    with pytest.raises(order_stats.KernelUnavailable, match="C\\+\\+17 compiler"):
+        order_stats._build(None)
+
+
+@needs_kernel
+@pytest.mark.parametrize("make", ["coordinate_median", "trimmed_mean", "invariant"])
+def test_aggregators_with_kernel_match_jnp_path(make):
+    from fljax import aggregators as agg
+
+    build = {"coordinate_median": lambda k: agg.coordinate_median(kernel=k),
+             "trimmed_mean": lambda k: agg.trimmed_mean(5, kernel=k),
+             "invariant": lambda k: agg.invariant(tau=0.2, kernel=k)}[make]
+    x, _, _ = _inputs(23, 600, seed=11)
+    key = jax.random.PRNGKey(0)
+    fast, plain = build(order_stats.rank_weighted_sum), build(None)
+    a, _, ia = jax.jit(fast.aggregate)(jnp.asarray(x), fast.init(600), key)
+    b, _, ib = jax.jit(plain.aggregate)(jnp.asarray(x), plain.init(600), key)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert set(ia) == set(ib)
+    for name in ia:
+        np.testing.assert_allclose(ia[name], ib[name])
+    if make == "coordinate_median":
+        np.testing.assert_array_equal(a, b)  # 0.5 a + 0.5 b on both paths
