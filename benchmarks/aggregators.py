@@ -14,28 +14,32 @@ same float32 matrix; a vectorised one for Bulyan) and ``byzfl_seconds``
 (ByzFL's class on a torch CPU tensor, where one exists), plus the ratios
 ``peer_seconds / seconds`` (> 1: fljax is faster).
 
-Measured on the 2-core CPU (200 x 1M, F = 40), seconds, one ``--peers
---repeats 2`` run on an otherwise idle machine (2026-11-30; single figures
-swing by 20-50 % between runs, read the ratios):
+With ``--kernel``, the rules that take a ``kernel`` argument (median, trimmed
+mean, invariant) are timed a second time with ``kernels.order_stats`` injected
+(rows with ``"kernel": "order_stats"``; the peers are timed once per rule).
 
-    rule               fljax   NumPy ref   ByzFL (torch CPU)
-    mean               0.028   0.046       0.048
-    coordinate_median  1.40    3.06        5.18
-    trimmed_mean       1.46    0.82        4.93   (1.00 s alone, same day)
-    krum               0.44    1.30        3.37
-    multi_krum         0.49    0.97        2.29
-    bulyan             2.39    9.74        -
-    geometric_median   0.52    0.93        3.91   (rerun after the copy-free rewrite)
-    invariant          1.50    1.10        -
-    centered_clipping  0.60    1.42        3.19
-    norm_clipping      0.10    0.46        -
-    weak_dp            0.12    0.59        -
-    robust_lr          0.14    0.67        -
-    fltrust            0.34    0.86        -
-    flame              1.61    55.4        -
-    foolsgold          1.84    58.4        -
-    err                1.11    113         -
-    lfr                0.75    103         -
+Measured on the 2-core CPU (200 x 1M, F = 40), seconds, one ``--peers --kernel
+--repeats 2`` run on 2026-11-30 (single figures swing by 20-50 % between runs,
+read the ratios):
+
+    rule               fljax   +kernel  NumPy ref   ByzFL (torch CPU)
+    mean               0.026            0.035       0.044
+    coordinate_median  1.40    0.28     3.17        5.29
+    trimmed_mean       1.02    0.30     0.95        4.95
+    krum               0.62             1.01        2.00
+    multi_krum         0.48             1.05        2.32
+    bulyan             2.53             9.71        -
+    geometric_median   0.53             0.99        2.76
+    invariant          0.99    0.31     0.97        -
+    centered_clipping  0.58             2.05        4.54
+    norm_clipping      0.075            1.05        -
+    weak_dp            0.083            0.46        -
+    robust_lr          0.105            0.61        -
+    fltrust            0.47             0.90        -
+    flame              1.88             69.7        -
+    foolsgold          2.09             55.9        -
+    err                0.99             132         -
+    lfr                0.87             104         -
 
 Order-statistic kernels tried (200 x 262,144 unless noted; contended machine):
 ``jnp.sort`` of transposed [block, n] tiles 6.3-7.8 s; ``lax.top_k`` on
@@ -54,7 +58,19 @@ after every stage runs 2x faster than the reshaped network at 128 rows (97 ms
 against 201 ms) and 2.3x at 32 rows, but XLA's compile time grows steeply with
 the row count (2.4 s at 128 rows, 6.5 min at 256); a hybrid (lists of 32 rows
 of [groups, b] arrays, reshapes across groups) was exact but pathologically
-slow (112 s). Left for a CPU kernel in ``kernels/``.
+slow (112 s). Also tried then: an interpolation search on values with a
+key-bisection safeguard (exact; ~24 passes per tile on Gaussian data because a
+tile waits for its slowest column, 0.78 s against the network's 0.38 s); the
+network as 16 arrays of [16, b] rows with a layout swap between the strides
+below and above 16 (0.62 s); ``jnp.where`` compare-exchange instead of
+``minimum`` / ``maximum`` and ``--xla_cpu_enable_fast_min_max`` (no change: the
+stages are bound by XLA's reshapes and copies, not by the comparisons).
+
+The CPU kernel (``kernels/order_stats.cc``: Batcher's network on 64-column
+blocks of the valid rows, one thread per core) does the trimmed mean of 200 x
+1M in 0.19-0.30 s; the copy-in of the rows costs ~0.04 s of it. Through
+``jax.pure_callback`` the same C loop took 0.94-1.57 s (the callback copies the
+800 MB input), hence an XLA FFI custom call, which reads XLA's buffer in place.
 """
 
 from __future__ import annotations

@@ -145,8 +145,10 @@ def available() -> tuple[bool, str]:
     """``(True, '')`` if the kernel builds and loads here, else ``(False, why)``."""
     try:
         _library()
-    except (KernelUnavailable, OSError) as e:
+    except KernelUnavailable as e:
         return False, str(e)
+    except Exception as e:  # e.g. a jax without jax.ffi, a library that does not load
+        return False, f"{type(e).__name__}: {e}"
     return True, ""
 
 
@@ -181,7 +183,8 @@ def rank_weighted_sum(
 
     Returns:
       ``float32[d]``, or the pair ``(float32[d], float32[d] sign sums)``.
-      Zero where ``m = 0``.
+      Zero where ``m = 0``. On a platform other than the CPU (a GPU, a TPU) the
+      call lowers to :func:`rank_weighted_sum_reference` (a ``jnp.sort``) instead.
 
     Raises:
       TypeError: ``updates`` is not float32 or not 2-D.
@@ -197,8 +200,17 @@ def rank_weighted_sum(
     _library()
     out_type = jax.ShapeDtypeStruct((d,), jnp.float32)
     call = jax.ffi.ffi_call(TARGET, (out_type, out_type), vmap_method="sequential")
-    out, signs = call(updates, valid.astype(jnp.bool_), weights.astype(jnp.float32),
-                      with_signs=np.int64(bool(with_signs)), num_threads=np.int64(num_threads))
+
+    def on_cpu(x, v, w):
+        return call(x, v, w, with_signs=np.int64(bool(with_signs)),
+                    num_threads=np.int64(num_threads))
+
+    def elsewhere(x, v, w):  # the kernel is CPU-only: a full sort on other platforms
+        return rank_weighted_sum_reference(x, v, w, with_signs=True)
+
+    out, signs = jax.lax.platform_dependent(
+        updates, valid.astype(jnp.bool_), weights.astype(jnp.float32),
+        cpu=on_cpu, default=elsewhere)
     return (out, signs) if with_signs else out
 
 

@@ -15,6 +15,11 @@ Everything here is a pure jnp function of static shapes, safe under ``jit`` and
   bitwise bisection on order-preserving integer keys. Neither needs a transpose
   or a gather. See ``benchmarks/aggregators.py`` for the measured alternatives.
 
+The order-statistic rules (median, trimmed mean, invariant) also accept an
+injected kernel that computes rank-weighted sums in one call (see
+``OrderStatsKernel`` below; ``kernels/order_stats.py`` is a compiled CPU one,
+~5x faster than these jnp paths at 200 x 1M). The jnp paths stay the default.
+
 Non-finite rows are the caller's business: the helpers take a ``valid`` row mask
 and treat invalid rows as +inf (they sort last and are never counted).
 """

@@ -150,3 +150,15 @@ def test_aggregators_with_kernel_match_jnp_path(make):
         np.testing.assert_allclose(ia[name], ib[name])
     if make == "coordinate_median":
         np.testing.assert_array_equal(a, b)  # 0.5 a + 0.5 b on both paths
+
+
+@needs_kernel
+def test_other_platforms_lower_to_the_reference():
+    # The FFI target exists for the CPU only; a GPU lowering must not name it.
+    from jax import export
+
+    f = jax.jit(lambda x, v, w: order_stats.rank_weighted_sum(x, v, w))
+    args = (jax.ShapeDtypeStruct((5, 7), jnp.float32), jax.ShapeDtypeStruct((5,), jnp.bool_),
+            jax.ShapeDtypeStruct((5,), jnp.float32))
+    text = export.export(f, platforms=["cuda"])(*args).mlir_module()
+    assert order_stats.TARGET not in text and "sort" in text
