@@ -319,23 +319,8 @@ def bitonic_sort_rows(tile: jax.Array) -> jax.Array:
 #
 # and returns, per column, sum_r weights[r] * (r-th smallest valid value),
 # ranks r >= m = sum(valid) ignored, with_signs adding the sum of the valid
-# rows' signs. The weights below are traced functions of m.
+# rows' signs. The rules build the weights from the traced m.
 OrderStatsKernel = Callable[..., jax.Array]
-
-
-def median_rank_weights(n: int, m: jax.Array) -> jax.Array:
-    """``float32[n]``: 1 at the middle rank of ``m`` values, 1/2 at both middle ranks if ``m`` is even."""
-    r = jnp.arange(n)
-    lo, hi = jnp.maximum(m - 1, 0) // 2, jnp.maximum(m, 1) // 2
-    return 0.5 * (r == lo).astype(jnp.float32) + 0.5 * (r == hi).astype(jnp.float32)
-
-
-def trimmed_rank_weights(n: int, m: jax.Array, num_trim: jax.Array) -> jax.Array:
-    """``float32[n]``: ``1 / (m - 2t)`` on ranks ``[t, m - t)``, ``t = min(num_trim, (m - 1) // 2)``."""
-    r = jnp.arange(n)
-    t = jnp.clip(jnp.minimum(num_trim, (m - 1) // 2), 0, None)
-    inv = 1.0 / jnp.maximum(m - 2 * t, 1).astype(jnp.float32)
-    return jnp.where((r >= t) & (r < m - t), inv, 0.0)
 
 
 def float_to_key(x: jax.Array) -> jax.Array:

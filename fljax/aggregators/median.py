@@ -68,7 +68,9 @@ def coordinate_median(
         hi_rank = jnp.maximum(m, 1) // 2
 
         if kernel is not None:
-            out = kernel(updates, valid, _ops.median_rank_weights(n, m))
+            rank = jnp.arange(n)  # weight 1/2 on each middle rank (1 if they coincide)
+            weights = 0.5 * (rank == lo_rank) + 0.5 * (rank == hi_rank)
+            out = kernel(updates, valid, weights.astype(jnp.float32))
             return out.astype(updates.dtype), state, {"num_nonfinite": (n - m).astype(jnp.int32)}
 
         if method == "bisect":

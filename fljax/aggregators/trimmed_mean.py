@@ -53,17 +53,22 @@ def trimmed_mean_of_valid(
     kept = jnp.maximum(m - 2 * t, 1)
     inv = (1.0 / kept.astype(jnp.float32)).astype(updates.dtype)
 
+    rank = jnp.arange(n)
+    keep = ((rank >= t) & (rank < m - t))[:, None]  # bool[n, 1]
+    inv_m = 1.0 / jnp.maximum(m, 1).astype(jnp.float32)
+
+    def sign_mask(sign_sum):  # float[b] -> bool[b]
+        return jnp.abs(sign_sum * inv_m) >= sign_tau
+
     if kernel is not None:
-        weights = _ops.trimmed_rank_weights(n, m, num_trim)
+        weights = jnp.where(keep[:, 0], inv, 0.0).astype(jnp.float32)  # float[n]
         if sign_tau is None:
             return kernel(updates, valid, weights)
         out, sign_sum = kernel(updates, valid, weights, with_signs=True)
-        mask = jnp.abs(sign_sum * (1.0 / jnp.maximum(m, 1).astype(jnp.float32))) >= sign_tau
+        mask = sign_mask(sign_sum)
         return jnp.where(mask, out, 0.0).astype(updates.dtype), mask
 
     if method == "sort":
-        rank = jnp.arange(n)
-        keep = ((rank >= t) & (rank < m - t))[:, None]  # bool[n, 1]
 
         def tile_fn(tile):  # float[n, b] -> float[b]
             s = _ops.bitonic_sort_rows(jnp.where(valid[:, None], tile, jnp.inf))
@@ -95,11 +100,8 @@ def trimmed_mean_of_valid(
         out = _ops.blockwise(tile_fn, updates, *tiles)
         return jnp.where(m > 0, out, 0.0).astype(updates.dtype)
 
-    inv_m = 1.0 / jnp.maximum(m, 1).astype(jnp.float32)
-
     def masked_fn(tile):  # float[n, b] -> float[2, b]: (masked value, mask)
-        signs = jnp.where(valid[:, None], jnp.sign(tile), 0.0)
-        mask = jnp.abs(jnp.sum(signs, axis=0) * inv_m) >= sign_tau
+        mask = sign_mask(jnp.sum(jnp.where(valid[:, None], jnp.sign(tile), 0.0), axis=0))
         return jnp.stack([jnp.where(mask, tile_fn(tile), 0.0), mask.astype(tile.dtype)])
 
     out = _ops.blockwise(masked_fn, updates, *tiles)
