@@ -12,9 +12,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from fljax.aggregators._linalg import unit_rows
+from fljax.aggregators._linalg import row_norms, unit_rows, weighted_row_sum
 from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
 from fljax.types import PRNGKey
+
+_HIGHEST = jax.lax.Precision.HIGHEST
 
 ServerUpdateFn = Callable[[jax.Array, PRNGKey], jax.Array]
 
@@ -60,12 +62,25 @@ def fltrust(server_update_fn: ServerUpdateFn) -> Aggregator:
         g0 = jnp.where(jnp.isfinite(g0), g0, 0.0)
         u0, norm0 = unit_rows(g0[None, :])  # float[1, d], float[1]
         finite = finite_rows(updates)  # bool[n]
-        unit, _ = unit_rows(jnp.where(finite[:, None], updates, 0.0))  # float[n, d]
-        cos = jnp.matmul(unit, u0[0], precision=jax.lax.Precision.HIGHEST)  # float[n]
-        trust = jnp.where(finite, jax.nn.relu(cos), 0.0)
+        # ‖g_i‖ = scale_i · base_i (scale a power of two, 1 unless the row's
+        # squares overflow or underflow); no unit-row copy of the updates.
+        scale, base = row_norms(updates, finite)  # float[n] each
+        dots = jnp.matmul(updates, u0[0], precision=_HIGHEST)  # float[n]; NaN only on bad rows
+
+        def scaled_dots():
+            return jnp.sum((updates / scale[:, None]) * u0[0][None, :], axis=1)
+
+        # Rescaled rows (huge or tiny: their products may overflow or flush to
+        # zero) and overflowed dots take the scaled pass; it is rare.
+        rescale = jnp.any(finite & (~jnp.isfinite(dots) | (scale != 1)))
+        dots = jax.lax.cond(rescale, scaled_dots, lambda: dots)  # float[n]: (g_i / scale_i) · u_0
+        safe_base = jnp.where(base > 0, base, 1.0)
+        cos = jnp.where(finite & (base > 0), dots / safe_base, 0.0)
+        trust = jax.nn.relu(cos)
         total = jnp.sum(trust)
         weights = jnp.where(total > 0, trust / jnp.where(total > 0, total, 1.0), 0.0)
-        out = (weights @ unit) * norm0[0]  # ḡ_i = unit_i · ‖g_0‖
+        # ḡ_i = g_i / ‖g_i‖ · ‖g_0‖: the weighted sum of g_i / scale_i with weight w_i / base_i.
+        out = weighted_row_sum(updates, weights / safe_base, finite, scale=scale) * norm0[0]
         info = {
             "trust": trust,
             "weights": weights,

@@ -65,6 +65,22 @@ def test_fltrust_rejects_flipped_update():
     np.testing.assert_allclose(out, ref.fltrust(np.delete(x, 3, 0), np.ones(6)), rtol=1e-5)
 
 
+@pytest.mark.parametrize("factor", [1e-37, 1e30, 3e36])
+def test_fltrust_is_blind_to_an_update_s_magnitude(factor):
+    # ḡ_i = g_i / ‖g_i‖ · ‖g_0‖: scaling one update changes nothing, also when
+    # its products with g_0 would flush to zero (1e-37) or overflow (3e36).
+    rng = np.random.default_rng(3)
+    x = _honest(rng, 5, 300).astype(np.float32)
+    agg = A.fltrust(server_update_fn=_server_fn(np.ones(300)))
+    ctx = AggregationContext(params=jnp.zeros(300))
+    want, _, want_info = _run(agg, x, ctx)
+    y = x.copy()
+    y[2] *= np.float32(factor)
+    got, _, info = _run(agg, y, ctx)
+    np.testing.assert_allclose(info["trust"], want_info["trust"], rtol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_fltrust_all_zero_trust_gives_zero_update():
     agg = A.fltrust(server_update_fn=_server_fn(np.ones(3)))
     out, _, info = _run(agg, -np.ones((4, 3)), AggregationContext(params=jnp.zeros(3)))
