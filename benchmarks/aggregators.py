@@ -35,7 +35,7 @@ read the ratios):
     norm_clipping      0.075            1.05        -
     weak_dp            0.083            0.46        -
     robust_lr          0.105            0.61        -
-    fltrust            0.47             0.90        -
+    fltrust            0.10             0.90        -   (rerun after the copy-free rewrite; 0.47 before)
     flame              1.88             69.7        -
     foolsgold          2.09             55.9        -
     err                0.99             132         -
