@@ -12,11 +12,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from fljax.aggregators._linalg import row_norms, unit_rows, weighted_row_sum
+from fljax.aggregators._linalg import _HIGHEST, row_norms, unit_rows, weighted_row_sum
 from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
 from fljax.types import PRNGKey
-
-_HIGHEST = jax.lax.Precision.HIGHEST
 
 ServerUpdateFn = Callable[[jax.Array, PRNGKey], jax.Array]
 
