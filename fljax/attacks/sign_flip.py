@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from fljax.attacks.base import UpdateAttack
 
-def sign_flip(scale: float = 1.0):
-    """Returns ``attack(updates, malicious, key)`` that replaces each malicious
-    row ``u`` by ``-scale * u``.
+
+def sign_flip(scale: float = 1.0) -> UpdateAttack:
+    """Replaces each malicious row ``u`` by ``-scale * u``.
 
     Args:
-      scale: the boost of the flipped update (1 is a plain sign flip).
+      scale: the boost of the flipped update (a value; 1 is a plain sign flip).
+
+    Returns:
+      An :class:`~fljax.attacks.base.UpdateAttack` with empty ``info``.
     """
 
-    def attack(updates, malicious, key):
-        del key
-        return jnp.where(malicious[:, None], -scale * updates, updates)
+    def craft(updates, malicious, key, context=None):
+        del key, context
+        flipped = (-scale * updates).astype(updates.dtype)
+        return jnp.where(malicious[:, None], flipped, updates), {}
 
-    return attack
+    return UpdateAttack(craft)
