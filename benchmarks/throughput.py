@@ -36,15 +36,16 @@ def fljax_rounds(args) -> dict:
                    "epochs": args.epochs},
         "execution": {"strategy": args.strategy, "client_chunk": args.chunk},
     })
-    exp = simulate.build(cfg)
-    key = jax.random.PRNGKey(0)
-    box = [exp.init_state(key)]
+    plan = simulate.prepare(cfg)
+    comp = simulate.compiled(plan.spec)
+    k_init, k_rounds = simulate.run_keys(0)
+    box = [comp.init(plan.hparams, plan.data, k_init), comp.round.new_buffer()]
 
     def one_round():
-        box[0], _ = exp.round_fn(box[0], key)
+        box[0], _, box[1] = comp.step(plan.hparams, box[0], plan.data, k_rounds, box[1])
         jax.block_until_ready(box[0].params)
 
-    meta = {"system": "fljax", "strategy": exp.strategy, "model": args.model,
+    meta = {"system": "fljax", "strategy": plan.spec.strategy, "model": args.model,
             "clients": args.clients, "examples": args.examples, "batch": args.batch,
             "epochs": args.epochs, "device": jax.devices()[0].device_kind,
             "backend": jax.default_backend()}
@@ -87,9 +88,8 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--strategy", default="auto",
-                   choices=["auto", "vmap", "map", "chunked", "sequential"])
-    p.add_argument("--chunk", type=int, default=0, help="client_chunk for map / chunked")
+    p.add_argument("--strategy", default="auto", choices=["auto", "vmap", "map"])
+    p.add_argument("--chunk", type=int, default=0, help="client_chunk for map")
     p.add_argument("--peer", choices=["fedjax"], default=None)
     args = p.parse_args()
     systems = [fljax_rounds(args)]

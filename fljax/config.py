@@ -65,10 +65,10 @@ def merge(defaults: Mapping, overrides: Mapping, prefix: str = "") -> dict:
     is_open = bool(out.pop(OPEN, False))
     for key, value in overrides.items():
         path = f"{prefix}{key}"
+        if is_open:  # free-form (keyword arguments): any key, any value
+            out[key] = copy.deepcopy(value)
+            continue
         if key not in out:
-            if is_open:
-                out[key] = copy.deepcopy(value)
-                continue
             known = ", ".join(sorted(k for k in out if k != OPEN))
             raise ConfigError(f"unknown config field '{path}'; known fields here: {known}")
         default = out[key]
@@ -100,18 +100,6 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def set_dotted(assignment: str) -> dict:
-    """Turns one ``a.b.c=value`` assignment into a nested override dict."""
-    if "=" not in assignment:
-        raise ConfigError(f"--set expects key=value, got {assignment!r}")
-    dotted, text = assignment.split("=", 1)
-    keys = dotted.strip().split(".")
-    nested: Any = parse_value(text)
-    for k in reversed(keys):
-        nested = {k: nested}
-    return nested
-
-
 def load_file(path: str) -> dict:
     """Imports a config file and returns ``get_config()``."""
     if not os.path.isfile(path):
@@ -125,36 +113,64 @@ def load_file(path: str) -> dict:
     return dict(module.get_config())
 
 
+def parse_assignment(assignment: str) -> tuple[list[str], Any]:
+    """``'a.b.c=value'`` -> ``(['a', 'b', 'c'], parsed value)``."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    dotted, text = assignment.split("=", 1)
+    keys = [k for k in dotted.strip().split(".")]
+    if not all(keys):
+        raise ConfigError(f"--set: bad field name {dotted!r}")
+    return keys, parse_value(text)
+
+
+def _default_at(defaults: Mapping, keys: list[str]):
+    node: Any = defaults
+    for k in keys:
+        if not isinstance(node, Mapping) or k not in node:
+            return None
+        node = node[k]
+    return node
+
+
+def assign(defaults: Mapping, cfg: Mapping, assignment: str) -> dict:
+    """``cfg`` with one ``--set key=value`` applied and validated (see :func:`assign_value`)."""
+    keys, value = parse_assignment(assignment)
+    return assign_value(defaults, cfg, keys, value)
+
+
+def assign_value(defaults: Mapping, cfg: Mapping, keys: list[str], value: Any) -> dict:
+    """``cfg`` with the field at ``keys`` set to ``value``, validated.
+
+    A dict value always *replaces* the field it is assigned to (the fields it
+    does not name go back to their defaults, and a free-form dict such as
+    ``aggregator.kwargs`` becomes exactly the dict); any other value replaces
+    one leaf.
+    """
+    cfg = copy.deepcopy(dict(cfg))
+    if isinstance(value, Mapping):
+        node = cfg
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, Mapping) else None
+        if isinstance(node, dict) and keys[-1] in node:
+            default = _default_at(defaults, keys)
+            if isinstance(default, Mapping) and not default.get(OPEN):
+                node[keys[-1]] = _strip_open(copy.deepcopy(dict(default)))
+            else:
+                node[keys[-1]] = {}
+    nested: Any = value
+    for k in reversed(keys):
+        nested = {k: nested}
+    return _strip_open(merge(_reopen(defaults, cfg), nested))
+
+
 def resolve(defaults: Mapping, config: Mapping | None = None,
             assignments: list[str] | tuple[str, ...] = ()) -> dict:
     """Defaults, then the config, then each ``--set`` assignment, all validated."""
-    cfg = merge(defaults, config or {})
+    cfg = _strip_open(merge(defaults, config or {}))
     for a in assignments:
-        override = set_dotted(a)
-        keys, value = _path_and_value(override)
-        target = defaults
-        for k in keys:
-            target = target.get(k) if isinstance(target, Mapping) else None
-        if isinstance(value, Mapping) and isinstance(target, Mapping) and target.get(OPEN):
-            # Assigning a whole free-form dict replaces it: `--set aggregator.kwargs={}`.
-            node = cfg
-            for k in keys[:-1]:
-                node = node[k]
-            node[keys[-1]] = copy.deepcopy(dict(value))
-            continue
-        cfg = merge(_reopen(defaults, cfg), override)
-    return _strip_open(cfg)
-
-
-def _path_and_value(nested: Mapping):
-    keys = []
-    while isinstance(nested, Mapping) and len(nested) == 1:
-        (k, v), = nested.items()
-        keys.append(k)
-        if not isinstance(v, Mapping) or len(v) != 1:
-            return keys, v
-        nested = v
-    return keys, nested
+        cfg = assign(defaults, cfg, a)
+    return cfg
 
 
 def _reopen(defaults: Mapping, cfg: Mapping) -> dict:

@@ -1,16 +1,24 @@
-"""The simulator: strategies agree, the vectorised round equals a Python loop,
-seeds are deterministic, and configs fail early with clear errors."""
+"""The round: equal to an independent Python-loop reference, the same under
+every backend, exact on resume, traced once for any hyperparameters, and
+attacks touch exactly the rows they control.
 
+Each test's docstring names the deliberate bug (mutation) it is there to catch.
+"""
+
+import json
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fljax import config, simulate
+from fljax import config, plan as plan_lib, simulate
+from fljax.attacks.attacker import Schedule
+from tests import simulate_reference
 
 
-def small_cfg(**over):
+def small_cfg(*assignments, **base_over):
     base = {
         "rounds": 2,
         "eval_every": 1,
@@ -21,110 +29,392 @@ def small_cfg(**over):
         "client": {"learning_rate": 0.1, "batch_size": 32, "epochs": 1},
     }
     cfg = config.resolve(simulate.DEFAULTS, base)
-    for k, v in over.items():
-        cfg = config.resolve(simulate.DEFAULTS, cfg, [f"{k}={v!r}"])
-    return cfg
+    return config.resolve(simulate.DEFAULTS, cfg, list(assignments))
 
 
-def run_rounds(cfg, rounds):
-    exp = simulate.build(cfg)
-    key = jax.random.PRNGKey(cfg["seed"])
-    k_init, k_rounds = jax.random.split(key)
-    state = exp.init_state(k_init)
+def run_rounds(cfg, rounds, plan=None):
+    plan = plan or plan_lib.prepare(cfg)
+    comp = simulate.compiled(plan.spec)
+    k_init, k_rounds = simulate.run_keys(cfg["seed"])
+    state = comp.init(plan.hparams, plan.data, k_init)
+    buf = comp.round.new_buffer()
+    info = None
     for _ in range(rounds):
-        state, info = exp.round_fn(state, k_rounds)
-    return state, info
+        state, info, buf = comp.step(plan.hparams, state, plan.data, k_rounds, buf)
+    return state, info, plan
 
 
-def assert_trees_close(a, b, atol=1e-5):
+def assert_trees_close(a, b, atol=1e-5, rtol=1e-4):
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-4)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol)
 
 
-def test_vectorised_round_matches_python_loop_reference():
-    cfg = small_cfg()
-    state, _ = run_rounds(cfg, 2)
-    ref = simulate.simulate_reference(cfg, 2)
-    assert_trees_close(state.params, ref)
+def assert_trees_equal(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_reference_with_uneven_clients_and_server_lr():
-    # Dirichlet clients have different sizes: masked steps must be no-ops.
-    cfg = small_cfg(**{"client.batch_size": 16, "server.learning_rate": 0.5,
-                       "client.epochs": 2})
-    state, _ = run_rounds(cfg, 2)
-    assert_trees_close(state.params, simulate.simulate_reference(cfg, 2))
+@pytest.mark.parametrize("assignments", [
+    (),
+    ("client.batch_size=16", "server.learning_rate=0.5", "client.epochs=2"),
+    ("client.steps=3", "client.batch_size=8"),
+    ("server.optimizer='adam'", "server.learning_rate=0.01"),
+    ("server.optimizer='yogi'", "server.learning_rate=0.01"),
+], ids=["fedavg", "uneven-padded", "fixed-steps", "fedadam", "fedyogi"])
+def test_round_matches_independent_reference(assignments):
+    """The round equals a plain loop written from the definitions.
+
+    Catches: the loss divided by the batch size instead of the number of real
+    examples (uneven-padded: Dirichlet clients of different sizes, two epochs
+    of batch 16 leave padded batches); a masked step that still moves the
+    parameters; fixed-step mode masking or cycling wrongly; the server
+    optimizer applied to the aggregate with the wrong sign or Adam / Yogi
+    state mishandled; the example-count weights dropped from the mean.
+    """
+    cfg = small_cfg(*assignments)
+    state, _, plan = run_rounds(cfg, 2)
+    ref = simulate_reference.fedavg(cfg, plan.federated, simulate.compiled(plan.spec).round.model,
+                                    2)
+    assert_trees_close(state.params, ref, atol=2e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("strategy,chunk", [("vmap", 0), ("map", 3), ("map", 1), ("map", 0),
-                                            ("chunked", 3), ("chunked", 1), ("sequential", 0)])
+def test_reference_sees_padding():
+    """The uneven case really has padded batches and uneven clients (else the
+    test above could not see the loss-normalisation bug)."""
+    cfg = small_cfg("client.batch_size=16", "client.epochs=2")
+    plan = plan_lib.prepare(cfg)
+    assert not plan.spec.full_batches
+    assert len(set(plan.federated.counts.tolist())) > 5
+
+
 @pytest.mark.parametrize("transformed", [False, True], ids=["tree", "flat"])
-def test_every_strategy_gives_the_same_params(strategy, chunk, transformed):
-    # K = 4 clients: chunks of 3 leave a remainder; two rounds reuse the update
-    # buffer, so stale rows would show. A client transform makes the update a
-    # flat vector rather than a pytree (the other write path).
-    extra = {"client_transforms": [{"name": "clip_by_norm", "kwargs": {"max_norm": 0.05}}]} \
-        if transformed else {}
-    base, base_info = run_rounds(small_cfg(**{"execution.strategy": "vmap"}, **extra), 2)
-    other, info = run_rounds(small_cfg(**{"execution.strategy": strategy,
-                                          "execution.client_chunk": chunk}, **extra), 2)
-    assert_trees_close(base.params, other.params)
-    np.testing.assert_allclose(np.asarray(info.update_norms), np.asarray(base_info.update_norms),
-                               rtol=1e-4)
+def test_every_backend_gives_the_same_params(transformed):
+    """``vmap``, ``map`` one at a time, in chunks of 3 (K = 4 leaves a
+    remainder) and all at once give the same parameters over two rounds.
+
+    Catches: stale rows in the reused update buffer, a wrong row offset for
+    the remainder chunk or a parameter tensor, the flat (client-transformed)
+    write path differing from the pytree one.
+    """
+    extra = ["client_transforms=[{'name': 'clip_by_norm', 'kwargs': {'max_norm': 0.05}}]"] \
+        if transformed else []
+    base, base_info, _ = run_rounds(small_cfg("execution.strategy='vmap'", *extra), 2)
+    for chunk in (1, 3, 0):
+        other, info, _ = run_rounds(small_cfg("execution.strategy='map'",
+                                              f"execution.client_chunk={chunk}", *extra), 2)
+        assert_trees_close(base.params, other.params)
+        np.testing.assert_allclose(np.asarray(info.update_norms),
+                                   np.asarray(base_info.update_norms), rtol=1e-4)
     if transformed:
-        norms = np.asarray(info.update_norms)
+        norms = np.asarray(base_info.update_norms)
         assert np.all(norms <= 0.05 + 1e-6) and norms.max() > 0.049  # the clip binds
 
 
 def test_same_seed_is_bit_identical_and_other_seed_differs():
-    cfg = small_cfg(rounds=3)
+    """Catches: any host-side randomness or a key not derived from the seed."""
+    cfg = small_cfg("rounds=3")
     a = simulate.run(cfg, progress=False, log=None).history
     b = simulate.run(cfg, progress=False, log=None).history
-    strip = lambda h: [{k: v for k, v in r.items() if k != "elapsed"} for r in h]
+    strip = lambda h: [{k: v for k, v in r.items() if k != "elapsed"} for r in h]  # noqa: E731
     assert strip(a) == strip(b)
-    c = simulate.run(small_cfg(rounds=3, seed=1), progress=False, log=None).history
+    c = simulate.run(small_cfg("rounds=3", "seed=1"), progress=False, log=None).history
     assert strip(a) != strip(c)
 
 
-def test_attack_mask_changes_only_malicious_rows_and_mean_is_poisoned():
-    cfg = small_cfg(**{"attack.name": "sign_flip", "attack.num_malicious": 40,
-                       "attack.kwargs": {"scale": 1.0}})
-    clean, _ = run_rounds(small_cfg(), 1)
-    flipped, _ = run_rounds(cfg, 1)
-    init = simulate.build(cfg).init_state(jax.random.split(jax.random.PRNGKey(0))[0])
-    # With every client malicious and mean aggregation, the step is exactly reversed.
-    for p0, a, b in zip(*(jax.tree_util.tree_leaves(t.params) for t in (init, clean, flipped))):
-        np.testing.assert_allclose(np.asarray(b - p0), -np.asarray(a - p0), atol=1e-6)
+def test_attack_changes_exactly_the_sampled_malicious_rows():
+    """Half the population is malicious and 8 of 40 clients are sampled, so a
+    round mixes benign and malicious rows; sign flipping with scale 3 must
+    triple the norm of exactly the rows of sampled malicious clients.
+
+    Catches: indexing the malicious mask with ``[:K]`` instead of the sampled
+    ids; an attack leaking into benign rows.
+    """
+    clean = small_cfg("clients_per_round=8")
+    cfg = small_cfg("clients_per_round=8", "attack.name='sign_flip'", "attack.num_malicious=20",
+                    "attack.kwargs={'scale': 3.0}")
+    _, info0, _ = run_rounds(clean, 1)
+    _, info, plan = run_rounds(cfg, 1)
+    ids = np.asarray(info.client_ids)
+    np.testing.assert_array_equal(ids, np.asarray(info0.client_ids))
+    want = ids < 20
+    assert 0 < want.sum() < 8, ids
+    np.testing.assert_array_equal(np.asarray(info.malicious), want)
+    ratio = np.asarray(info.update_norms) / np.asarray(info0.update_norms)
+    np.testing.assert_allclose(ratio, np.where(want, 3.0, 1.0), rtol=1e-5)
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    cfg = small_cfg(rounds=4, eval_every=2)
+def test_label_flip_inside_the_simulator_trains_on_flipped_labels():
+    """Every client malicious with ``label_flip``: the round equals a clean
+    round on data whose labels are ``9 - y``.
+
+    Catches: the poison not applied, applied to the wrong clients, or with the
+    poisoned labels not used by training.
+    """
+    cfg = small_cfg("attack.name='label_flip'", "attack.num_malicious=40")
+    flipped, _, _ = run_rounds(cfg, 1)
+    clean_plan = plan_lib.prepare(small_cfg())
+    data = clean_plan.data._replace(y=9 - clean_plan.data.y)
+    want, _, _ = run_rounds(small_cfg(), 1, plan=clean_plan._replace(data=data))
+    assert_trees_close(flipped.params, want, atol=1e-6)
+
+
+def test_server_transforms_reach_the_rule():
+    """Catches: server transforms skipped or applied after aggregation."""
+    cfg = small_cfg("server_transforms=[{'name': 'clip_by_norm', 'kwargs': {'max_norm': 0.01}}]")
+    _, info, _ = run_rounds(cfg, 1)
+    norms = np.asarray(info.update_norms)
+    np.testing.assert_allclose(norms, 0.01, rtol=1e-4)
+
+
+@pytest.mark.parametrize("assignments", [
+    ("server.optimizer='adam'", "server.learning_rate=0.01",
+     "aggregator={'name': 'centered_clipping', 'kwargs': {'tau': 1.0, 'iters': 2}}"),
+    ("aggregator={'name': 'foolsgold'}", "attack.name='sign_flip'", "attack.num_malicious=4",
+     "server.optimizer='momentum'"),
+], ids=["adam+centered_clipping", "foolsgold+momentum+attack"])
+def test_resume_is_exact(tmp_path, assignments):
+    """Resuming after an interruption gives bit-identical parameters, states
+    and metrics to an uninterrupted run, with stateful server optimizers and
+    stateful rules.
+
+    Catches: a resume that restores only the parameters and the round (Adam's
+    moments, the momentum, centred clipping's centre or FoolsGold's history
+    lost), a tolerance that hides it (exact equality here).
+    """
+    cfg = small_cfg("rounds=4", "eval_every=2", *assignments)
     full = simulate.run(cfg, str(tmp_path / "full"), progress=False, log=None)
     part = config.resolve(simulate.DEFAULTS, cfg, ["rounds=2"])
     simulate.run(part, str(tmp_path / "r"), progress=False, log=None)
     resumed = simulate.run(cfg, str(tmp_path / "r"), progress=False, log=None, resume=True)
-    assert_trees_close(full.state.params, resumed.state.params, atol=0)
+    assert_trees_equal(full.state, resumed.state)
+    drop = lambda h: [{k: v for k, v in r.items() if k != "elapsed"} for r in h]  # noqa: E731
+    assert drop(full.history) == drop(resumed.history)
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
-    assert [__import__("json").loads(l)["round"] for l in lines] == [0, 2, 4]
+    assert [json.loads(l)["round"] for l in lines] == [0, 2, 4]
+
+
+def test_resume_refuses_another_config(tmp_path):
+    """Catches: silently continuing a checkpoint under another config."""
+    cfg = small_cfg("rounds=2")
+    simulate.run(cfg, str(tmp_path), progress=False, log=None)
+    other = config.resolve(simulate.DEFAULTS, cfg, ["client.learning_rate=0.3", "rounds=4"])
+    with pytest.raises(config.ConfigError, match=re.escape("'client.learning_rate' differs")):
+        simulate.run(other, str(tmp_path), progress=False, log=None, resume=True)
+
+
+def test_new_hyperparameters_and_masks_do_not_retrace():
+    """Two configs that differ only in values (learning rates, a clipping
+    bound, an attack scale, the number of malicious clients, the schedule)
+    share one spec and one trace.
+
+    Catches: a value baked into the program as a Python constant.
+    """
+    a = small_cfg("aggregator={'name': 'norm_clipping', 'kwargs': {'max_norm': 1.0}}",
+                  "attack.name='sign_flip'", "attack.num_malicious=4")
+    b = config.resolve(simulate.DEFAULTS, a, [
+        "aggregator.kwargs.max_norm=0.3", "attack.kwargs={'scale': 5.0}",
+        "attack.num_malicious=12", "client.learning_rate=0.05", "server.learning_rate=0.7",
+        "attack.schedule.every=2", "seed=3"])
+    pa, pb = plan_lib.prepare(a), plan_lib.prepare(b)
+    assert pa.spec == pb.spec
+    rnd = simulate.compiled(pa.spec).round
+    traces = []
+
+    def counted(*args):
+        traces.append(1)
+        return rnd.step(*args)
+
+    step = jax.jit(counted)
+    outs = []
+    for p, seed in ((pa, 0), (pb, 3)):
+        k_init, k_rounds = simulate.run_keys(seed)
+        state = rnd.init(p.hparams, p.data, k_init)
+        outs.append(step(p.hparams, state, p.data, k_rounds, rnd.new_buffer())[0].params)
+    assert len(traces) == 1
+    assert not np.allclose(np.asarray(jax.tree_util.tree_leaves(outs[0])[0]),
+                           np.asarray(jax.tree_util.tree_leaves(outs[1])[0]))
+
+
+def test_schedule():
+    """Catches: an off-by-one in the window, ``every`` not anchored at ``start``."""
+    key = jax.random.PRNGKey(0)
+    act = lambda s: [bool(s.active(r, key)) for r in range(8)]  # noqa: E731
+    assert act(Schedule()) == [True] * 8
+    assert act(Schedule(start=2, stop=5)) == [False, False, True, True, True, False, False, False]
+    assert act(Schedule(start=1, every=3)) == [False, True, False, False, True, False, False, True]
+    assert act(Schedule(start=3, stop=4)) == [False] * 3 + [True] + [False] * 4
+    keys = jax.random.split(key, 2000)
+    rate = np.mean([bool(Schedule(probability=0.3).active(0, k)) for k in keys[:400]])
+    assert 0.2 < rate < 0.4
+
+
+def test_schedule_in_the_round():
+    """Attackers act every second round only; in the others malicious clients are honest."""
+    cfg = small_cfg("rounds=4", "attack.name='sign_flip'", "attack.num_malicious=40",
+                    "attack.schedule.every=2")
+    plan = plan_lib.prepare(cfg)
+    comp = simulate.compiled(plan.spec)
+    k_init, k_rounds = simulate.run_keys(0)
+    state = comp.init(plan.hparams, plan.data, k_init)
+    buf = comp.round.new_buffer()
+    active = []
+    for _ in range(4):
+        state, info, buf = comp.step(plan.hparams, state, plan.data, k_rounds, buf)
+        active.append((bool(info.attack_active), int(np.sum(np.asarray(info.malicious)))))
+    assert active == [(True, 4), (False, 0), (True, 4), (False, 0)]
+
+
+def test_evaluation_with_a_partial_last_batch():
+    """The test set (360 digits) does not divide into batches of 100: the
+    padded evaluation equals a direct computation.
+
+    Catches: padding counted as examples, or the last batch dropped.
+    """
+    cfg = small_cfg("execution.eval_batch=100")
+    plan = plan_lib.prepare(cfg)
+    fed = plan.federated
+    assert len(fed.y_test) % 100 != 0
+    comp = simulate.compiled(plan.spec)
+    state = comp.init(plan.hparams, plan.data, simulate.run_keys(0)[0])
+    got = jax.device_get(comp.evaluate(plan.hparams, state, plan.data))
+    logits = np.asarray(comp.round.model.apply(state.params, fed.x_test), np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) \
+        - logits.max(1, keepdims=True)
+    loss = -logp[np.arange(len(fed.y_test)), fed.y_test].mean()
+    acc = (logits.argmax(1) == fed.y_test).mean()
+    assert abs(float(got["accuracy"]) - acc) < 1e-6
+    assert abs(float(got["loss"]) - loss) < 1e-5
+
+
+def test_server_resources_use_their_own_examples():
+    """The validation function ERR / LFR get evaluates exactly the server's
+    validation examples; FLTrust's root update trains on exactly the root
+    examples and lowers their loss.
+
+    Catches: the wrong index set, the test set used instead, a root update
+    that is not a descent step.
+    """
+    cfg = small_cfg("aggregator={'name': 'err', 'kwargs': {'num_reject': 1}}",
+                    "server_data.validation_size=50", "server_data.root_size=30")
+    plan = plan_lib.prepare(cfg)
+    rnd = simulate.compiled(plan.spec).round
+    state = rnd.init(plan.hparams, plan.data, simulate.run_keys(0)[0])
+    flat, unravel = jax.flatten_util.ravel_pytree(state.params)
+    res = rnd.resources(plan.hparams, plan.data)
+    fed = plan.federated
+    val = np.asarray(plan.hparams["val_idx"])
+    err, loss = res["eval_fn"](flat)
+    logits = np.asarray(rnd.model.apply(state.params, fed.x[val]))
+    assert abs(float(err) - (1 - (logits.argmax(1) == fed.y[val]).mean())) < 1e-6
+    root = np.asarray(plan.hparams["root_idx"])
+    assert len(set(root) & set(val)) == 0 and len(root) == 30
+    g0 = res["server_update_fn"](flat, jax.random.PRNGKey(1))
+
+    def root_loss(f):
+        lg = rnd.model.apply(unravel(f), fed.x[root])
+        return float(-np.mean(jax.nn.log_softmax(lg)[np.arange(len(root)), fed.y[root]]))
+
+    assert root_loss(flat + g0) < root_loss(flat) - 1e-3
+    # Changing a non-root training example leaves the root update unchanged.
+    other = np.setdiff1d(np.arange(len(fed.y)), root)[0]
+    data2 = plan.data._replace(x=plan.data.x.at[other].set(0.5))
+    g1 = rnd.resources(plan.hparams, data2)["server_update_fn"](flat, jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(np.asarray(g0), np.asarray(g1))
+    data3 = plan.data._replace(x=plan.data.x.at[root[0]].set(0.5))
+    g2 = rnd.resources(plan.hparams, data3)["server_update_fn"](flat, jax.random.PRNGKey(1))
+    assert not np.array_equal(np.asarray(g0), np.asarray(g2))
+
+
+def test_a_run_that_turns_non_finite_says_so_and_stops(tmp_path):
+    """A finite but huge Gaussian attack (mean 3e38) against the plain mean:
+    the model turns non-finite, the run stops early, ``summary.json`` says
+    ``diverged`` with the round, and every JSON file is valid JSON.
+
+    Catches: NaN written as a bare ``NaN`` token; divergence unreported.
+    """
+    cfg = small_cfg("rounds=6", "eval_every=1", "attack.name='gaussian'",
+                    "attack.num_malicious=40", "attack.kwargs={'mean': 3e38, 'stddev': 0.0}")
+    lines = []
+    res = simulate.run(cfg, str(tmp_path), progress=False, log=lines.append)
+    assert res.summary["diverged"] and res.summary["diverged_round"] == 1
+    assert res.summary["final_round"] == 1
+    assert any("non-finite" in line for line in lines)
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+
+    summary = strict((tmp_path / "summary.json").read_text())
+    assert summary["diverged"] is True and summary["final_main_loss"] is None
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
+        strict(line)
 
 
 @pytest.mark.parametrize("override,needle", [
-    ({"model.name": "resnet"}, "model.name"),
-    ({"data.partition": "zipf"}, "data.partition"),
-    ({"aggregator.name": "nope"}, "aggregator.name"),
+    ({"model.name": "'resnet'"}, "model.name"),
+    ({"data.partition": "'zipf'"}, "data.partition"),
+    ({"aggregator.name": "'nope'"}, "aggregator.name"),
     ({"clients_per_round": 50}, "clients_per_round"),
     ({"data.num_clients": 5000}, "examples"),
-    ({"client.optimizer": "lion2"}, "client.optimizer"),
-    ({"aggregator.name": "krum", "aggregator.kwargs": {"num_byzantine": 1}}, "n > 2"),
-    ({"aggregator.name": "bulyan", "aggregator.kwargs": {"num_byzantine": 1}}, "bulyan"),
-    ({"aggregator.name": "trimmed_mean", "aggregator.kwargs": {"num_trim": 1, "kernel": "nope"}},
-     "must be 'module:function'"),
-    ({"aggregator.name": "trimmed_mean",
-      "aggregator.kwargs": {"num_trim": 1, "kernel": "kernels.order_stats:nope"}}, "nope"),
+    ({"client.optimizer": "'lion2'"}, "client.optimizer"),
+    ({"aggregator": "{'name': 'krum', 'kwargs': {'num_byzantine': 1}}"}, "n > 2"),
+    ({"aggregator": "{'name': 'bulyan', 'kwargs': {'num_byzantine': 1}}"}, "bulyan"),
+    ({"aggregator": "{'name': 'trimmed_mean', 'kwargs': {'num_trim': 1, 'kernel': 'nope:'}}"},
+     "nope"),
+    ({"aggregator": "{'name': 'trimmed_mean', 'kwargs': {'num_trim': 2.5}}"}, "num_trim"),
+    ({"aggregator": "{'name': 'trimmed_mean', 'kwargs': {'num_trm': 2}}"}, "its arguments"),
+    ({"execution.client_chunk": -2}, "execution.client_chunk"),
+    ({"client.steps": -3}, "client.steps"),
+    ({"client.epochs": 0}, "client.steps"),
+    ({"client.learning_rate": -0.1}, "client.learning_rate"),
+    ({"rounds": -1}, "'rounds' = -1"),
+    ({"aggregator.name": "'fltrust'", "server_data.root_size": 0}, "server_data.root_size"),
+    ({"aggregator": "{'name': 'err', 'kwargs': {'num_reject': 1}}",
+      "server_data.validation_size": 0}, "server_data.validation_size"),
+    ({"server_data.root_size": 5000}, "exceeds"),
+    ({"server_data.root_size": -4}, "server_data.root_size"),
+    ({"attack.num_malicious": 5}, "attack.name is 'none'"),
+    ({"attack.name": "'gaussian'", "attack.num_malicious": 2, "attack.kwargs": "{'stddev': -1.0}"},
+     "stddev"),
+    ({"attack.name": "'gaussian'", "attack.num_malicious": 2, "attack.kwargs": "{'sigma': 1.0}"},
+     "attack.kwargs.sigma"),
+    ({"attack.schedule.probability": 0.0}, "attack.schedule.probability"),
 ])
 def test_bad_configs_fail_before_training(override, needle):
+    """Catches: a bad value accepted silently or failing only inside a round."""
     with pytest.raises(config.ConfigError, match=re.escape(needle)):
-        simulate.build(small_cfg(**override))
+        plan_lib.prepare(small_cfg(*[f"{k}={v}" for k, v in override.items()]))
+
+
+def test_unknown_field_is_rejected():
+    with pytest.raises(config.ConfigError, match="unknown config field 'client.lr'"):
+        config.resolve(simulate.DEFAULTS, {"client": {"lr": 0.1}})
+    with pytest.raises(config.ConfigError, match="must be an integer"):
+        config.resolve(simulate.DEFAULTS, {}, ["rounds=ten"])
+
+
+def test_a_dict_literal_always_replaces():
+    """``--set 'aggregator.kwargs={...}'`` replaces the old kwargs whether the
+    literal has one key or two; dotted keys still set one leaf.
+
+    Catches: the one-key literal merged into the old kwargs (the bug that
+    broke three documented commands).
+    """
+    cfg = config.resolve(simulate.DEFAULTS, {"aggregator": {
+        "name": "krum", "kwargs": {"num_byzantine": 4}}})
+    one = config.resolve(simulate.DEFAULTS, cfg, [
+        "aggregator.name=trimmed_mean", 'aggregator.kwargs={"num_trim": 4}'])
+    assert one["aggregator"]["kwargs"] == {"num_trim": 4}
+    two = config.resolve(simulate.DEFAULTS, cfg, ['aggregator.kwargs={"a": 1, "b": 2}'])
+    assert two["aggregator"]["kwargs"] == {"a": 1, "b": 2}
+    leaf = config.resolve(simulate.DEFAULTS, cfg, ["aggregator.kwargs.extra=2"])
+    assert leaf["aggregator"]["kwargs"] == {"num_byzantine": 4, "extra": 2}
+    sch = config.resolve(simulate.DEFAULTS, cfg, ['attack.schedule={"every": 3}'])
+    assert sch["attack"]["schedule"] == {"start": 0, "stop": -1, "every": 3, "probability": 1.0}
+    # A value that was an int may become a float in a free-form dict.
+    f = config.resolve(simulate.DEFAULTS, {"aggregator": {"name": "norm_clipping",
+                                                          "kwargs": {"max_norm": 3}}},
+                       ["aggregator.kwargs.max_norm=2.5"])
+    assert f["aggregator"]["kwargs"]["max_norm"] == 2.5
 
 
 def test_injected_kernel_by_name_matches_the_jnp_path():
@@ -133,19 +423,11 @@ def test_injected_kernel_by_name_matches_the_jnp_path():
     ok, why = order_stats.available()
     if not ok:
         pytest.skip(why)
-    plain = {"aggregator.name": "trimmed_mean", "aggregator.kwargs": {"num_trim": 1}}
-    fast = {"aggregator.name": "trimmed_mean",
-            "aggregator.kwargs": {"num_trim": 1, "kernel": "kernels.order_stats:rank_weighted_sum"}}
-    a, _ = run_rounds(small_cfg(**plain), 2)
-    b, _ = run_rounds(small_cfg(**fast), 2)
+    a, _, _ = run_rounds(small_cfg("aggregator={'name': 'trimmed_mean', 'kwargs': "
+                                   "{'num_trim': 1}}"), 2)
+    b, _, _ = run_rounds(small_cfg("aggregator={'name': 'trimmed_mean', 'kwargs': {'num_trim': 1, "
+                                   "'kernel': 'kernels.order_stats:rank_weighted_sum'}}"), 2)
     assert_trees_close(a.params, b.params, atol=1e-5)
-
-
-def test_unknown_field_is_rejected():
-    with pytest.raises(config.ConfigError, match="unknown config field 'client.lr'"):
-        config.resolve(simulate.DEFAULTS, {"client": {"lr": 0.1}})
-    with pytest.raises(config.ConfigError, match="must be an integer"):
-        config.resolve(simulate.DEFAULTS, {}, ["rounds=ten"])
 
 
 def test_quickstart_reaches_accuracy_in_a_shrunken_run():

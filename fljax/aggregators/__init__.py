@@ -61,8 +61,22 @@ __all__ = [
     "on_pytree",
     "compose",
     "get_aggregator",
+    "resource_arguments",
     "RULES",
 ] + list(RULES)
+
+
+# Server resources a rule may take as factory arguments; the simulator builds
+# them from the model and the server's data and passes them by these names.
+RESOURCES = ("server_update_fn", "eval_fn", "num_clients")
+
+
+def resource_arguments(factory) -> tuple[str, ...]:
+    """Which of :data:`RESOURCES` ``factory`` takes."""
+    import inspect
+
+    params = inspect.signature(factory).parameters
+    return tuple(r for r in RESOURCES if r in params)
 
 
 def get_aggregator(name: str, **kwargs) -> Aggregator:

@@ -28,5 +28,21 @@ DATA_ATTACKS = {
     "label_flip": label_flip,
 }
 
-__all__ = ["DATA_ATTACKS", "UPDATE_ATTACKS", "gaussian", "label_flip", "leakage",
+# Every attack by name (what ``attack.name`` selects).
+ATTACKS = {**UPDATE_ATTACKS, **DATA_ATTACKS}
+
+
+def data_arguments(factory, num_classes: int, input_shape: tuple) -> tuple:
+    """The positional data facts an attack factory takes first: data attacks
+    (those in :data:`DATA_ATTACKS`) get ``num_classes``; factories whose second
+    parameter is ``input_shape`` also get the example shape."""
+    import inspect
+
+    if factory not in DATA_ATTACKS.values():
+        return ()
+    names = list(inspect.signature(factory).parameters)
+    return (num_classes, input_shape) if names[1:2] == ["input_shape"] else (num_classes,)
+
+
+__all__ = ["ATTACKS", "data_arguments", "DATA_ATTACKS", "UPDATE_ATTACKS", "gaussian", "label_flip", "leakage",
            "sign_flip"]

@@ -1,0 +1,132 @@
+"""Metrics as pure functions: evaluation over padded test batches, and the
+per-round diagnostics of attacks against a rule.
+
+Evaluation is jit-compiled over a :class:`~fljax.attacks.attacker.TestSet`
+(``x: float[nb, B, ...]``, ``y: int32[nb, B]``, ``mask: bool[nb, B]``): a
+``lax.scan`` over the ``nb`` batches, no host loop, so it vmaps over a
+sweep's cells and over ERR / LFR's candidate models alike.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fljax.attacks.attacker import TestSet
+
+
+def test_set(x: np.ndarray, y: np.ndarray, batch: int) -> TestSet:
+    """Pads ``(x, y)`` to whole batches of ``batch`` (host arrays, once)."""
+    n = len(y)
+    if n == 0:
+        raise ValueError("the test set is empty")
+    batch = max(1, min(int(batch), n))
+    nb = -(-n // batch)
+    pad = nb * batch - n
+    xp = np.concatenate([np.asarray(x), np.zeros((pad,) + x.shape[1:], x.dtype)])
+    yp = np.concatenate([np.asarray(y, np.int32), np.zeros((pad,), np.int32)])
+    mp = np.arange(nb * batch) < n
+    return TestSet(xp.reshape((nb, batch) + x.shape[1:]), yp.reshape(nb, batch),
+                   mp.reshape(nb, batch))
+
+
+def make_predict(apply_fn: Callable) -> Callable:
+    """``predict(params, x: float[nb, B, ...]) -> int32[nb, B]`` (argmax labels)."""
+
+    def predict(params, x):
+        return jax.lax.map(lambda xb: jnp.argmax(apply_fn(params, xb), -1).astype(jnp.int32), x)
+
+    return predict
+
+
+def make_evaluate(apply_fn: Callable) -> Callable:
+    """``evaluate(params, test: TestSet) -> {'accuracy', 'loss', 'error_rate'}``.
+
+    Mean accuracy and softmax cross-entropy over the unpadded examples; jit-
+    and vmap-friendly (one ``lax.scan`` over the batches).
+    """
+
+    def evaluate(params, test: TestSet):
+        def body(carry, batch):
+            xb, yb, mb = batch
+            logits = apply_fn(params, xb)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+            m = mb.astype(jnp.float32)
+            correct = (jnp.argmax(logits, -1) == yb).astype(jnp.float32)
+            c, l = carry
+            return (c + jnp.sum(correct * m), l + jnp.sum(ce * m)), None
+
+        zero = jnp.zeros((), jnp.float32)
+        (c, l), _ = jax.lax.scan(body, (zero, zero), (test.x, test.y, test.mask))
+        n = jnp.maximum(jnp.sum(test.mask.astype(jnp.float32)), 1.0)
+        acc = c / n
+        return {"accuracy": acc, "loss": l / n, "error_rate": 1.0 - acc}
+
+    return evaluate
+
+
+def kept_rows(info: dict, n: int):
+    """``bool[n]``: the rows a rule selected or kept, from its ``info``, or None
+    when the rule does not select (mean, median, ...).
+
+    ``accepted`` (ERR / LFR / FLTrust / FLAME), ``selected`` (Multi-Krum,
+    Bulyan: indices) and ``index`` (Krum) are understood.
+    """
+    if "accepted" in info and getattr(info["accepted"], "shape", None) == (n,):
+        return info["accepted"].astype(bool)
+    if "selected" in info:
+        sel = jnp.asarray(info["selected"]).reshape(-1)
+        return jnp.zeros((n,), bool).at[sel].set(True)
+    if "index" in info:
+        return jnp.zeros((n,), bool).at[jnp.asarray(info["index"])].set(True)
+    return None
+
+
+def round_diagnostics(updates: jax.Array, malicious: jax.Array, aggregate: jax.Array,
+                      info: dict) -> dict:
+    """What the attack did to this round's aggregate.
+
+    Args:
+      updates: ``float[K, d]`` the rows the rule received.
+      malicious: ``bool[K]`` the rows the attackers controlled this round.
+      aggregate: ``float[d]`` the rule's output.
+      info: the rule's ``info``.
+
+    Returns:
+      ``malicious_rows`` (count), ``malicious_kept`` (fraction of the
+      malicious rows the rule selected or kept; NaN when it does not select
+      or no row was malicious), ``cosine_to_honest`` and
+      ``norm_ratio_to_honest`` (the aggregate against the unweighted mean of
+      the benign, finite rows).
+    """
+    from fljax.aggregators import _linalg
+    from fljax.aggregators.base import finite_rows
+
+    k = updates.shape[0]
+    nmal = jnp.sum(malicious.astype(jnp.int32))
+    kept = kept_rows(info, k)
+    if kept is None:
+        frac = jnp.full((), jnp.nan, jnp.float32)
+    else:
+        frac = jnp.where(nmal > 0, jnp.sum((kept & malicious).astype(jnp.float32))
+                         / jnp.maximum(nmal, 1).astype(jnp.float32), jnp.nan)
+    benign = (~malicious) & finite_rows(updates)
+    w = benign.astype(updates.dtype) / jnp.maximum(jnp.sum(benign), 1).astype(updates.dtype)
+    honest = _linalg.weighted_row_sum(updates, w, benign)  # float[d]
+    both = jnp.stack([honest, aggregate.astype(updates.dtype)])
+    scale, base = _linalg.row_norms(both, jnp.all(jnp.isfinite(both), axis=1))
+    hn, an = scale[0] * base[0], scale[1] * base[1]
+    unit = both / jnp.where(scale > 0, scale, 1.0)[:, None]
+    dot = jnp.dot(unit[0], unit[1], precision=jax.lax.Precision.HIGHEST)
+    cos = dot / jnp.maximum(base[0] * base[1], 1e-30)
+    ok = (hn > 0) & (an > 0) & jnp.isfinite(cos)
+    return {
+        "malicious_rows": nmal,
+        "malicious_kept": frac,
+        "cosine_to_honest": jnp.where(ok, cos, jnp.nan),
+        "norm_ratio_to_honest": jnp.where(hn > 0, an / jnp.where(hn > 0, hn, 1.0), jnp.nan),
+    }

@@ -1,0 +1,404 @@
+"""``fljax sweep``: a grid of configs, cells that share a spec run as ONE program.
+
+The grid is the config file's optional ``get_sweep()`` (a dict from a dotted
+key to a list of values; a value may be a dict, e.g. a whole ``aggregator``
+entry) updated by ``--grid KEY=V1,V2,...`` (which replaces the file's list
+for that key). Every cell of the Cartesian product is a config; cells whose
+:class:`~fljax.plan.Spec` (and data, rounds, evaluation schedule) agree form a
+group that runs as one jitted program vmapped over a cell axis (seeds,
+learning rates, strengths, malicious masks vary inside it). Groups run one
+after another; a group too large for memory is split.
+
+Outputs in ``DIR``:
+
+* ``results.csv``: one row per cell, appended as each group finishes:
+  ``cell``, each grid key by its dotted name, ``aggregator``, ``attack``,
+  ``seed``, ``rounds`` (where not grid keys), the last evaluation's metrics
+  (``main_accuracy``, ``main_loss``, what the attack adds, the round
+  diagnostics), ``diverged``, ``seconds``;
+* ``results.md``: the same table with means and spreads over seeds;
+* ``heatmap_<metric>.png``: each metric over the two grid keys with most values;
+* ``cells/<cell>/metrics.jsonl`` (and ``config.json``) for every cell;
+* ``sweep.json``: what the results belong to. Re-running the same command
+  skips finished cells; a folder holding another sweep's results is refused.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import itertools
+import json
+import os
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fljax import config as config_lib
+from fljax import plan as plan_lib
+from fljax import results as results_lib
+from fljax import simulate
+from fljax.config import ConfigError
+
+
+def parse_grid(assignment: str) -> tuple[str, list]:
+    """``'KEY=V1,V2,...'`` -> ``(KEY, [V1, V2, ...])`` (values parsed as literals)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--grid expects KEY=V1,V2,..., got {assignment!r}")
+    key, text = assignment.split("=", 1)
+    key = key.strip()
+    try:
+        values = ast.literal_eval("[" + text + "]")
+    except (ValueError, SyntaxError):
+        values = [config_lib.parse_value(t) for t in text.split(",")]
+    if not values:
+        raise ConfigError(f"--grid {key}: the list of values is empty")
+    return key, list(values)
+
+
+def load_sweep(path: str) -> dict:
+    """The config file's ``get_sweep()`` (``{}`` if it has none)."""
+    import importlib.util
+
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"fljax_sweep_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        return {}
+    grid = module.get_sweep()
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{path}: get_sweep() must return a dict from dotted key to a list "
+                          f"of values, got {type(grid).__name__}")
+    return dict(grid)
+
+
+class Cell(NamedTuple):
+    index: int
+    values: dict  # grid key -> value
+    cfg: dict
+
+
+def expand(defaults: dict, base: dict, grid: dict) -> list[Cell]:
+    """Every cell of the grid, each a resolved, validated config."""
+    for key, values in grid.items():
+        if not isinstance(values, (list, tuple)):
+            raise ConfigError(f"grid key '{key}': values must be a list, got {values!r}")
+        if len(values) == 0:
+            raise ConfigError(f"grid key '{key}': the list of values is empty")
+    keys = list(grid)
+    cells = []
+    for i, combo in enumerate(itertools.product(*(grid[k] for k in keys))):
+        cfg = base
+        for key, value in zip(keys, combo):
+            try:
+                cfg = config_lib.assign_value(defaults, cfg, key.split("."), value)
+            except ConfigError as e:
+                raise ConfigError(f"grid key '{key}' = {value!r}: {e}") from None
+        cells.append(Cell(i, dict(zip(keys, combo)), cfg))
+    return cells
+
+
+def _cell_name(cell: Cell) -> str:
+    return f"{cell.index:04d}"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+class Group(NamedTuple):
+    spec: Any
+    cells: list  # [(Cell, Plan)]
+
+
+def group_cells(cells: list[Cell], log=None) -> list[Group]:
+    """Prepares every cell (all checks, before any runs) and groups those that
+    can share one compiled program."""
+    groups: dict = {}
+    for cell in cells:
+        try:
+            plan = plan_lib.prepare(cell.cfg)
+        except ConfigError as e:
+            where = ", ".join(f"{k}={_fmt(v)}" for k, v in cell.values.items())
+            raise ConfigError(f"cell {cell.index} ({where}): {e}") from None
+        key = (plan.spec, json.dumps(cell.cfg["data"], sort_keys=True, default=str),
+               cell.cfg["rounds"], cell.cfg["eval_every"],
+               cell.cfg["execution"]["stop_on_divergence"])
+        groups.setdefault(key, []).append((cell, plan))
+    return [Group(k[0], v) for k, v in groups.items()]
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def cells_per_program(spec, dim: int, requested: int = 0) -> int:
+    """How many cells one program holds: ``requested``, or what fits in half
+    the available memory (an estimate: four ``[K, d]`` float32 matrices and
+    the model's states per cell; see the scale issue for a measured model)."""
+    if requested:
+        return requested
+    per_cell = 4 * spec.clients_per_round * dim * 4 + 16 * dim * 4 + (1 << 20)
+    if spec.aggregator[0] == "foolsgold":
+        per_cell += spec.num_clients * dim * 4
+    return max(1, int(_available_memory() // 2 // per_cell))
+
+
+def _stack(trees: list):
+    return jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+
+def _metric_names(group: Group) -> list[str]:
+    """The metric columns a group will report (from the round's shapes)."""
+    comp = simulate.compiled(group.spec, False)
+    _, plan = group.cells[0]
+    k_init, k_rounds = simulate.run_keys(0)
+    state = jax.eval_shape(comp.round.init, plan.hparams, plan.data, k_init)
+    ev = jax.eval_shape(comp.round.evaluate, plan.hparams, state, plan.data)
+    buf = comp.round.new_buffer()
+    buf = None if buf is None else jax.ShapeDtypeStruct(buf.shape, buf.dtype)
+    _, info, _ = jax.eval_shape(comp.round.step, plan.hparams, state, plan.data, k_rounds, buf)
+    scal = jax.eval_shape(lambda i: simulate._round_scalars(i, bool(group.spec.attack)), info)
+    names = [{"accuracy": "main_accuracy", "loss": "main_loss"}.get(k, k) for k in ev]
+    return names + sorted(scal)
+
+
+class Manifest(NamedTuple):
+    path: str
+    grid: dict
+    config: dict
+
+
+def _check_manifest(out: str, config_path: str, base: dict, grid: dict) -> None:
+    path = os.path.join(out, "sweep.json")
+    mine = results_lib.clean({"config": base, "grid": grid})
+    if os.path.exists(path):
+        with open(path) as f:
+            theirs = json.load(f)
+        diff = plan_lib.first_difference(theirs.get("grid"), mine["grid"], "grid.")
+        if diff is None:
+            diff = plan_lib.first_difference(theirs.get("config"), mine["config"], "")
+        if diff is not None:
+            raise ConfigError(f"{out} holds the results of another sweep ('{diff}' differs); "
+                              "pass another --out, or delete the folder to start over")
+    elif os.path.exists(os.path.join(out, "results.csv")):
+        raise ConfigError(f"{out}/results.csv exists but no sweep.json says which sweep wrote it; "
+                          "pass another --out")
+    else:
+        results_lib.write_json(path, {**mine, "config_file": config_path})
+
+
+def _finished(csv_path: str) -> set:
+    if not os.path.exists(csv_path):
+        return set()
+    with open(csv_path, newline="") as f:
+        return {int(row["cell"]) for row in csv.DictReader(f)}
+
+
+def run(defaults: dict, base: dict, grid: dict, out: str, config_path: str = "",
+        progress: bool = True, log: Callable[[str], None] | None = print) -> dict:
+    """Runs a sweep (the Python entry point behind ``fljax sweep``).
+
+    Args:
+      defaults: the schema (``fljax.plan.DEFAULTS``).
+      base: the resolved config the grid varies.
+      grid: dotted key -> list of values.
+      out: the output folder.
+
+    Returns:
+      ``{'cells': n, 'ran': n run now, 'skipped': n finished before,
+      'groups': n, 'seconds': wall time}``.
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    results_lib.prepare_out_dir(out)
+    cells = expand(defaults, base, grid)
+    groups = group_cells(cells)  # every check, before any cell runs
+    _check_manifest(out, config_path, base, grid)
+    csv_path = os.path.join(out, "results.csv")
+    done = _finished(csv_path)
+    grid_keys = list(grid)
+    fixed = [c for c in ("aggregator", "attack", "seed", "rounds") if c not in grid_keys]
+    metric_names: list = []
+    for g in groups:
+        for name in _metric_names(g):
+            if name not in metric_names:
+                metric_names.append(name)
+    lead = [m for m in ("main_accuracy", "main_loss") if m in metric_names]
+    metric_names = lead + [m for m in metric_names if m not in lead]
+    columns = ["cell"] + grid_keys + fixed + metric_names + ["diverged", "seconds"]
+    if os.path.exists(csv_path):
+        with open(csv_path, newline="") as f:
+            header = next(csv.reader(f), None)
+        if header != columns:
+            raise ConfigError(f"{csv_path} has other columns than this sweep writes; "
+                              "pass another --out")
+    else:
+        with open(csv_path, "w", newline="") as f:
+            csv.writer(f).writerow(columns)
+
+    todo = [(g, [(c, p) for c, p in g.cells if c.index not in done]) for g in groups]
+    total = sum(c.cfg["rounds"] for g, cs in todo for c, _ in cs)
+    bar = tqdm(total=total, desc=f"sweep ({len(cells)} cells)", disable=not progress,
+               dynamic_ncols=True, leave=False, unit="cell-round")
+    ran = 0
+    for g, cs in todo:
+        if not cs:
+            continue
+        dim = simulate.compiled(g.spec, False).round.dim
+        size = cells_per_program(g.spec, dim, cs[0][0].cfg["execution"]["cells_per_program"])
+        for start in range(0, len(cs), size):
+            chunk = cs[start:start + size]
+            _run_chunk(g.spec, chunk, out, csv_path, columns, grid_keys, fixed, bar)
+            ran += len(chunk)
+    bar.close()
+    write_tables(out, grid_keys, metric_names)
+    summary = {"cells": len(cells), "ran": ran, "skipped": len(cells) - ran,
+               "groups": len(groups), "seconds": time.perf_counter() - t0}
+    if log:
+        log(f"{len(cells)} cells ({ran} run now, {len(cells) - ran} finished before) in "
+            f"{len(groups)} program group(s), {summary['seconds']:.1f}s; results in {out}")
+    return summary
+
+
+def _run_chunk(spec, chunk, out, csv_path, columns, grid_keys, fixed, bar):
+    cfg0 = chunk[0][0].cfg
+    batched = len(chunk) > 1
+    comp = simulate.compiled(spec, batched)
+    plans = [p for _, p in chunk]
+    hparams = _stack([p.hparams for p in plans]) if batched else plans[0].hparams
+    seeds = [c.cfg["seed"] for c, _ in chunk]
+    cell_dirs = []
+    for cell, _ in chunk:
+        d = os.path.join(out, "cells", _cell_name(cell))
+        os.makedirs(d, exist_ok=True)
+        results_lib.write_json(os.path.join(d, "config.json"), cell.cfg)
+        open(os.path.join(d, "metrics.jsonl"), "w").close()
+        cell_dirs.append(d)
+    last: list = [None] * len(chunk)
+    t0 = time.perf_counter()
+
+    def on_eval(state, r, records):
+        for i, rec in enumerate(records):
+            results_lib.append_jsonl(os.path.join(cell_dirs[i], "metrics.jsonl"), rec)
+            last[i] = rec
+
+    simulate.run_cells(comp, hparams, plans[0].data, seeds, cfg0["rounds"], cfg0["eval_every"],
+                       on_eval=on_eval, bar=bar,
+                       stop_on_divergence=cfg0["execution"]["stop_on_divergence"])
+    seconds = (time.perf_counter() - t0) / len(chunk)
+    with open(csv_path, "a", newline="") as f:
+        w = csv.writer(f)
+        for (cell, _), rec in zip(chunk, last):
+            row = {"cell": cell.index, **{k: _fmt(v) for k, v in cell.values.items()}}
+            row.update({"aggregator": cell.cfg["aggregator"]["name"],
+                        "attack": cell.cfg["attack"]["name"], "seed": cell.cfg["seed"],
+                        "rounds": cell.cfg["rounds"]})
+            rec = results_lib.clean(rec or {})
+            for m in columns:
+                if m not in row:
+                    v = rec.get(m)
+                    row[m] = "" if v is None else v
+            row["diverged"] = bool(rec.get("diverged"))
+            row["seconds"] = f"{seconds:.3f}"
+            w.writerow([row.get(c, "") for c in columns])
+        f.flush()
+
+
+def read_results(out: str) -> list[dict]:
+    with open(os.path.join(out, "results.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _num(v):
+    try:
+        x = float(v)
+        return x
+    except (TypeError, ValueError):
+        return None
+
+
+def write_tables(out: str, grid_keys: list, metric_names: list) -> None:
+    """``results.md`` (mean and spread over seeds) and the heatmaps, from results.csv."""
+    rows = read_results(out)
+    if not rows:
+        return
+    keys = [k for k in grid_keys if k != "seed"]
+    shown = [m for m in metric_names if any(_num(r.get(m)) is not None for r in rows)]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    lines = ["| " + " | ".join(keys + shown + ["seeds"]) + " |",
+             "|" + "---|" * (len(keys) + len(shown) + 1)]
+    for gk, rs in groups.items():
+        cells = list(gk)
+        for m in shown:
+            vals = np.array([v for v in (_num(r.get(m)) for r in rs) if v is not None])
+            if len(vals) == 0:
+                cells.append("–")
+            elif len(vals) == 1:
+                cells.append(f"{vals[0]:.4f}")
+            else:
+                cells.append(f"{vals.mean():.4f} ± {vals.std(ddof=1):.4f}")
+        cells.append(str(len(rs)))
+        lines.append("| " + " | ".join(cells) + " |")
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("Means ± sample standard deviations over seeds (one row per setting).\n\n")
+        f.write("\n".join(lines) + "\n")
+    _heatmaps(out, rows, keys, shown)
+
+
+def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not keys:
+        return
+    by_size = sorted(keys, key=lambda k: -len({r[k] for r in rows}))
+    ky = by_size[0]
+    kx = by_size[1] if len(by_size) > 1 else None
+    ys = list(dict.fromkeys(r[ky] for r in rows))
+    xs = list(dict.fromkeys(r[kx] for r in rows)) if kx else [""]
+    for m in metrics:
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for i, yv in enumerate(ys):
+            for j, xv in enumerate(xs):
+                vals = [_num(r.get(m)) for r in rows if r[ky] == yv and (not kx or r[kx] == xv)]
+                vals = [v for v in vals if v is not None]
+                if vals:
+                    grid[i, j] = float(np.mean(vals))
+        if np.all(np.isnan(grid)):
+            continue
+        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(xs), 1.0 + 0.35 * len(ys)), dpi=120)
+        im = ax.imshow(grid, aspect="auto", cmap="viridis")
+        ax.set_yticks(range(len(ys)), [y[:40] for y in ys], fontsize=7)
+        ax.set_xticks(range(len(xs)), [x[:20] for x in xs], fontsize=7, rotation=45, ha="right")
+        ax.set_ylabel(ky, fontsize=8)
+        if kx:
+            ax.set_xlabel(kx, fontsize=8)
+        for i in range(len(ys)):
+            for j in range(len(xs)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="w")
+        fig.colorbar(im, ax=ax)
+        ax.set_title(f"{m} (mean over the other keys and seeds)", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, f"heatmap_{m}.png"))
+        plt.close(fig)
