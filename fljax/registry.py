@@ -74,11 +74,19 @@ def get(kind: str, name: str, path: str) -> Callable:
 
 
 def summary(kind: str) -> list[tuple[str, str]]:
-    """``(name, first docstring line)`` for every entry of ``kind``."""
+    """``(name, the first sentence of its docstring)`` for every entry of ``kind``."""
     out = []
     for name, factory in sorted(_table(kind).items()):
-        doc = inspect.getdoc(factory) if callable(factory) else ""
-        out.append((name, (doc or "").strip().splitlines()[0] if doc else ""))
+        if kind == "optimizer":
+            import optax
+
+            factory = getattr(optax, "sgd" if name == "momentum" else name)
+        doc = inspect.getdoc(factory) if callable(factory) else None
+        para = " ".join((doc or "").strip().split("\n\n")[0].split())
+        first = para.split(". ")[0].rstrip(".")
+        if kind == "optimizer" and name == "momentum":
+            first = "SGD with momentum 0.9 (optax.sgd(momentum=0.9))"
+        out.append((name, first[:100] + ("..." if len(first) > 100 else "")))
     return out
 
 

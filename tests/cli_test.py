@@ -36,3 +36,71 @@ def test_cli_rejects_unwritable_output(tmp_path):
     blocker.write_text("x")
     rc = cli.main(["run", "configs/quickstart.py", "--out", str(blocker / "sub")])
     assert rc == 2
+
+
+import pytest
+
+BAD_RUN = [
+    (["--set", "execution.client_chunk=-2"], "execution.client_chunk"),
+    (["--set", "client.steps=-3"], "client.steps"),
+    (["--set", "aggregator.name=fltrust", "--set", "server_data.root_size=0"],
+     "server_data.root_size"),
+    (["--set", "aggregator={'name': 'lfr', 'kwargs': {'num_reject': 1}}",
+      "--set", "server_data.validation_size=0"], "server_data.validation_size"),
+    (["--set", "attack.num_malicious=5"], "attack.num_malicious"),
+    (["--set", "attack.name=gaussian", "--set", "attack.num_malicious=5",
+      "--set", "attack.kwargs={'stddev': -1}"], "stddev"),
+    (["--set", "server_data.root_size=100000"], "server_data.root_size"),
+    (["--set", "server_data.root_size=-1"], "server_data.root_size"),
+    (["--set", "client.learning_rate=-0.1"], "client.learning_rate"),
+    (["--set", "aggregator={'name': 'trimmed_mean', 'kwargs': {'num_trim': 2.5}}"], "num_trim"),
+    (["--set", "rounds=-1"], "rounds"),
+    (["--set", "aggregator.nme=krum"], "aggregator.nme"),
+]
+
+
+@pytest.mark.parametrize("extra,field", BAD_RUN, ids=[b[1] + str(i) for i, b in enumerate(BAD_RUN)])
+def test_cli_bad_input_is_one_line_before_any_round(tmp_path, capsys, extra, field):
+    """Every bad value: exit code 2, one line on stderr naming the field and
+    showing the value, no traceback, no round run (no metrics written).
+
+    Catches: a value accepted silently, or failing inside a round."""
+    out = tmp_path / "run"
+    rc = cli.main(["run", "configs/quickstart.py", "--out", str(out), "--no-progress", *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("fljax: error:"), err
+    assert field in err and "Traceback" not in err
+    assert not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text()
+
+
+def test_cli_sweep_bad_grid_key_and_debug_traceback(tmp_path, capsys):
+    rc = cli.main(["sweep", "configs/quickstart.py", "--grid", "client.lr=0.1,0.2",
+                   "--out", str(tmp_path / "s"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "client.lr" in err and len(err.splitlines()) == 1
+    with pytest.raises(Exception):
+        cli.main(["sweep", "configs/quickstart.py", "--grid", "client.lr=0.1", "--debug",
+                  "--out", str(tmp_path / "s2"), "--no-progress"])
+
+
+def test_cli_sweep_writes_results(tmp_path, capsys):
+    out = tmp_path / "s"
+    rc = cli.main(["sweep", "configs/quickstart.py", "--set", "rounds=2", "--set", "eval_every=2",
+                   "--set", "data.num_clients=20", "--grid", "seed=0,1", "--out", str(out),
+                   "--no-progress"])
+    assert rc == 0
+    text = (out / "results.csv").read_text().splitlines()
+    assert text[0].startswith("cell,seed,aggregator,attack,rounds,main_accuracy,main_loss")
+    assert len(text) == 3
+    assert "2 cells" in capsys.readouterr().out
+
+
+def test_cli_version_and_list(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert "fljax" in capsys.readouterr().out
+    assert cli.main(["list", "aggregator"]) == 0
+    listing = capsys.readouterr().out
+    assert "krum" in listing and "trimmed_mean" in listing
+    assert cli.main(["list", "nonsense"]) == 2

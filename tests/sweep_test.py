@@ -1,0 +1,131 @@
+"""``fljax sweep``: a vmapped group equals single runs, results are written
+as they finish and resumed, foreign results are refused, bad grids fail
+before any cell runs.
+
+Each test's docstring names the deliberate bug (mutation) it is there to catch.
+"""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from fljax import config, simulate, sweep
+
+BASE = {
+    "rounds": 3,
+    "eval_every": 3,
+    "clients_per_round": 5,
+    "data": {"name": "digits", "num_clients": 20, "partition": "iid"},
+    "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
+    "client": {"learning_rate": 0.1, "batch_size": 16, "epochs": 1},
+    "aggregator": {"name": "trimmed_mean", "kwargs": {"num_trim": 1}},
+    "attack": {"name": "sign_flip", "num_malicious": 4, "kwargs": {"scale": 2.0}},
+}
+
+
+def base():
+    return config.resolve(simulate.DEFAULTS, BASE)
+
+
+def rows(out):
+    with open(out / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_vmapped_group_equals_single_runs(tmp_path):
+    """Three seeds x two attack scales run as ONE program (one group); every
+    cell equals the same config run alone with ``fljax run --set``.
+
+    Catches: cells sharing keys or hyperparameters inside the vmapped
+    program, a cell's values written to another cell's row.
+    """
+    grid = {"seed": [0, 1, 2], "attack.kwargs.scale": [1.0, 4.0]}
+    summary = sweep.run(simulate.DEFAULTS, base(), grid, str(tmp_path), progress=False, log=None)
+    assert summary["groups"] == 1 and summary["ran"] == 6
+    got = rows(tmp_path)
+    assert [r["cell"] for r in got] == [str(i) for i in range(6)]
+    for r in got[::2] + got[1::4]:
+        cfg = config.resolve(simulate.DEFAULTS, base(),
+                             [f"seed={r['seed']}", f"attack.kwargs.scale={r['attack.kwargs.scale']}"])
+        alone = simulate.run(cfg, progress=False, log=None).summary
+        np.testing.assert_allclose(float(r["main_accuracy"]), alone["final_main_accuracy"],
+                                   atol=2e-3)
+        np.testing.assert_allclose(float(r["main_loss"]), alone["final_main_loss"], rtol=1e-4)
+    lines = (tmp_path / "cells" / "0004" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["round"] for l in lines] == [0, 3]
+    md = (tmp_path / "results.md").read_text()
+    assert "±" in md and "| 1.0 |" in md
+    assert (tmp_path / "heatmap_main_accuracy.png").exists()
+
+
+def test_different_specs_form_groups_and_rerun_skips_finished_cells(tmp_path):
+    """Two rules are two groups; re-running the same sweep runs nothing, and a
+    sweep whose last rows were lost reruns only those cells.
+
+    Catches: finished cells re-run (or appended twice) on resume.
+    """
+    grid = {"aggregator": [{"name": "mean"}, {"name": "trimmed_mean", "kwargs": {"num_trim": 1}}],
+            "seed": [0, 1]}
+    first = sweep.run(simulate.DEFAULTS, base(), grid, str(tmp_path), progress=False, log=None)
+    assert first["groups"] == 2 and first["ran"] == 4
+    again = sweep.run(simulate.DEFAULTS, base(), grid, str(tmp_path), progress=False, log=None)
+    assert again["ran"] == 0 and len(rows(tmp_path)) == 4
+    text = (tmp_path / "results.csv").read_text().splitlines()
+    (tmp_path / "results.csv").write_text("\n".join(text[:-2]) + "\n")  # "interrupted"
+    third = sweep.run(simulate.DEFAULTS, base(), grid, str(tmp_path), progress=False, log=None)
+    assert third["ran"] == 2
+    assert sorted(int(r["cell"]) for r in rows(tmp_path)) == [0, 1, 2, 3]
+    assert {r["aggregator"] for r in rows(tmp_path)} == {"mean", "trimmed_mean"}
+
+
+def test_a_folder_of_another_sweep_is_refused(tmp_path):
+    """Catches: appending rows of one sweep to another sweep's results."""
+    sweep.run(simulate.DEFAULTS, base(), {"seed": [0]}, str(tmp_path), progress=False, log=None)
+    before = (tmp_path / "results.csv").read_text()
+    with pytest.raises(config.ConfigError, match="another sweep"):
+        sweep.run(simulate.DEFAULTS, base(), {"seed": [0, 1]}, str(tmp_path), progress=False,
+                  log=None)
+    other = config.resolve(simulate.DEFAULTS, base(), ["client.learning_rate=0.2"])
+    with pytest.raises(config.ConfigError, match="client.learning_rate"):
+        sweep.run(simulate.DEFAULTS, other, {"seed": [0]}, str(tmp_path), progress=False,
+                  log=None)
+    assert (tmp_path / "results.csv").read_text() == before
+
+
+@pytest.mark.parametrize("grid,needle", [
+    ({"client.lr": [0.1]}, "client.lr"),
+    ({"seed": []}, "empty"),
+    ({"rounds": ["ten"]}, "rounds"),
+    ({"seed": [0], "aggregator.kwargs.num_trim": [1, 3]}, "num_trim"),
+])
+def test_bad_grids_fail_before_any_cell_runs(tmp_path, grid, needle):
+    """Catches: a bad cell found only after earlier cells ran (num_trim=3 with
+    5 clients per round fails the trimming bound in its second cell)."""
+    with pytest.raises(config.ConfigError, match=needle):
+        sweep.run(simulate.DEFAULTS, base(), grid, str(tmp_path), progress=False, log=None)
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_a_cell_that_turns_nan_is_recorded_and_the_sweep_goes_on(tmp_path):
+    """Catches: one diverging cell aborting the grid or writing invalid JSON."""
+    b = config.resolve(simulate.DEFAULTS, base(), ["aggregator={'name': 'mean'}",
+                                                   "attack.name='gaussian'",
+                                                   "attack.kwargs={'stddev': 0.0}"])
+    sweep.run(simulate.DEFAULTS, b, {"attack.kwargs.mean": [0.0, 3e38]}, str(tmp_path),
+              progress=False, log=None)
+    got = rows(tmp_path)
+    assert [r["diverged"] for r in got] == ["False", "True"]
+    assert got[1]["main_loss"] == "" and float(got[0]["main_accuracy"]) > 0
+    for line in (tmp_path / "cells" / "0001" / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+
+
+def test_parse_grid():
+    assert sweep.parse_grid("seed=0,1,2") == ("seed", [0, 1, 2])
+    assert sweep.parse_grid("aggregator.name=krum,mean") == ("aggregator.name", ["krum", "mean"])
+    assert sweep.parse_grid('aggregator={"name": "krum"},{"name": "mean"}') == (
+        "aggregator", [{"name": "krum"}, {"name": "mean"}])
+    with pytest.raises(config.ConfigError):
+        sweep.parse_grid("seed")
