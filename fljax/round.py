@@ -281,7 +281,14 @@ def make_round(spec) -> Round:
             sent, attack_info = attacker.craft(updates, malicious, k_attack, actx)
         if comp.server_tf is not None:
             sent = transforms_lib.apply_rows(comp.server_tf, sent, k_tf)
-        ctx = AggregationContext(weights=weights, params=flat_params, client_ids=ids)
+
+        def server_step(flat_aggregate):  # the server's real step, for rules that score models
+            g = jax.tree_util.tree_map(jnp.negative, unravel(flat_aggregate.astype(dtype)))
+            u, _ = comp.server_opt.update(g, state.opt_state, params)
+            return ravel_pytree(optax.apply_updates(params, u))[0]
+
+        ctx = AggregationContext(weights=weights, params=flat_params, client_ids=ids,
+                                 server_step=server_step)
         agg_delta, agg_state, agg_info = comp.aggregator.aggregate(sent, state.agg_state, k_agg,
                                                                    ctx)
         grads = jax.tree_util.tree_map(jnp.negative, unravel(agg_delta.astype(dtype)))

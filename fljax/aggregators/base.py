@@ -44,11 +44,16 @@ class AggregationContext(NamedTuple):
       client_ids: ``int[n]`` which client (in ``[0, num_clients)``) sent each
         row; stateful per-client rules (FoolsGold's history) index their state
         with it. ``None`` means row ``i`` is client ``i`` (full participation).
+      server_step: ``(aggregate float[d]) -> float[d]``, the flat global
+        parameters the server's real step (its optimizer, learning rate and
+        state) would produce from an aggregate; rules that score candidate
+        models (ERR / LFR) use it. ``None`` means ``params + aggregate``.
     """
 
     weights: Optional[jax.Array] = None
     params: Optional[jax.Array] = None
     client_ids: Optional[jax.Array] = None
+    server_step: Optional[Callable] = None
 
 
 class AggregateFn(Protocol):
