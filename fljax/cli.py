@@ -100,7 +100,7 @@ def _sweep(args) -> None:
     grid = sweep.load_sweep(args.config)
     for g in args.grid:
         key, values = sweep.parse_grid(g)
-        grid[key] = values
+        grid = sweep.set_axis(grid, key, values)
     if not grid:
         raise config_lib.ConfigError(f"{args.config} defines no get_sweep() and no --grid was "
                                      "given: nothing to sweep (use fljax run for one config)")

@@ -426,28 +426,48 @@ def _attack_parts(ac: dict, fed) -> tuple[tuple, list]:
     return tuple(parts), values
 
 
+def build_rule(name: str, kwargs: dict, resources: dict, path: str = "aggregator",
+               check: bool = False):
+    """Builds a rule by name: kernel names resolved, nested rules (a kwarg that
+    is a dict with ``name``, e.g. ERR's ``base``) built recursively, and the
+    server resources the factory names (:data:`fljax.aggregators.RESOURCES`)
+    filled in from ``resources``. ``check`` turns errors into one
+    :class:`ConfigError` naming ``path``."""
+    from fljax import aggregators as aggregators_lib
+
+    factory = registry.get("aggregator", name, f"{path}.name")
+    kwargs = dict(kwargs)
+    needs = aggregators_lib.resource_arguments(factory)
+    for r in needs:
+        if r in kwargs and r != "num_clients":
+            raise ConfigError(f"{path}.kwargs.{r} is supplied by the simulator; drop it")
+    for k_, v in list(kwargs.items()):
+        if k_ == "kernel" and isinstance(v, str) and ":" in v:
+            kwargs[k_] = resolve_kernel(v, f"{path}.kwargs.kernel")
+        elif isinstance(v, dict) and "name" in v:
+            extra = set(v) - {"name", "kwargs"}
+            if extra:
+                raise ConfigError(f"{path}.kwargs.{k_} has unknown fields {sorted(extra)}; use "
+                                  "'name' and 'kwargs'")
+            kwargs[k_] = build_rule(v["name"], v.get("kwargs") or {}, resources,
+                                    f"{path}.kwargs.{k_}", check)
+    for r in needs:
+        kwargs.setdefault(r, resources[r])
+    if check:
+        return call_factory(factory, f"{path}.kwargs", **kwargs)
+    return factory(**kwargs)
+
+
 def _aggregator_part(ac: dict, fed, k: int):
     from fljax import aggregators as aggregators_lib
 
     name = ac["name"]
     factory = registry.get("aggregator", name, "aggregator.name")
     kwargs = dict(ac["kwargs"])
+    placeholders = {"server_update_fn": _placeholder_resource, "eval_fn": _placeholder_resource,
+                    "num_clients": fed.num_clients}
+    rule = build_rule(name, kwargs, placeholders, "aggregator", check=True)
     resources = aggregators_lib.resource_arguments(factory)
-    for r in resources:
-        if r in kwargs and r != "num_clients":
-            raise ConfigError(f"aggregator.kwargs.{r} is supplied by the simulator; drop it")
-    if isinstance(kwargs.get("kernel"), str) and ":" in kwargs["kernel"]:
-        resolve_kernel(kwargs["kernel"], "aggregator.kwargs.kernel")  # fails early if unusable
-    build_kwargs = dict(kwargs)
-    if "kernel" in build_kwargs and isinstance(build_kwargs["kernel"], str) \
-            and ":" in build_kwargs["kernel"]:
-        build_kwargs["kernel"] = resolve_kernel(build_kwargs["kernel"], "aggregator.kwargs.kernel")
-    for r in resources:  # placeholders for the check-only build
-        if r == "num_clients":
-            build_kwargs.setdefault(r, fed.num_clients)
-        else:
-            build_kwargs[r] = _placeholder_resource
-    rule = call_factory(factory, "aggregator.kwargs", **build_kwargs)
     value_kwargs = {k_: v for k_, v in kwargs.items() if k_ not in resources}
     part, vals = _part(factory, name, value_kwargs)
     return part, _f32(vals), rule

@@ -127,10 +127,9 @@ def _transforms(parts, values, shapes):
 
 def make_round(spec) -> Round:
     """Builds the pure round functions of a :class:`~fljax.plan.Spec`."""
-    from fljax import aggregators as aggregators_lib
     from fljax import attacks as attacks_lib
     from fljax import models as models_lib
-    from fljax.plan import _thaw, resolve_kernel
+    from fljax.plan import _thaw, build_rule
 
     model = models_lib.get_model(spec.model[0], spec.input_shape, spec.num_classes,
                                  **_thaw(spec.model[1]))
@@ -146,16 +145,8 @@ def make_round(spec) -> Round:
     predict_fn = metrics_lib.make_predict(model.apply)
 
     def build_aggregator(hp, data, client_opt):
-        name = spec.aggregator[0]
-        factory = registry.get("aggregator", name, "aggregator.name")
         kwargs = _part_kwargs(spec.aggregator, hp["aggregator"])
-        if isinstance(kwargs.get("kernel"), str) and ":" in kwargs["kernel"]:
-            kwargs["kernel"] = resolve_kernel(kwargs["kernel"], "aggregator.kwargs.kernel")
-        needs = aggregators_lib.resource_arguments(factory)
-        res = _resources(hp, data, client_opt)
-        for r in needs:
-            kwargs.setdefault(r, res[r])
-        return factory(**kwargs)
+        return build_rule(spec.aggregator[0], kwargs, _resources(hp, data, client_opt))
 
     def _resources(hp, data, client_opt):
         """What the server has besides the updates, for the rules that use it."""

@@ -2,8 +2,9 @@
 
 The grid is the config file's optional ``get_sweep()`` (a dict from a dotted
 key to a list of values; a value may be a dict, e.g. a whole ``aggregator``
-entry) updated by ``--grid KEY=V1,V2,...`` (which replaces the file's list
-for that key). Every cell of the Cartesian product is a config; cells whose
+entry; or a list of such dicts, whose products are joined) updated by
+``--grid KEY=V1,V2,...`` (which replaces the file's list for that key). Every
+cell of the Cartesian product is a config; cells whose
 :class:`~fljax.plan.Spec` (and data, rounds, evaluation schedule) agree form a
 group that runs as one jitted program vmapped over a cell axis (seeds,
 learning rates, strengths, malicious masks vary inside it). Groups run one
@@ -59,8 +60,9 @@ def parse_grid(assignment: str) -> tuple[str, list]:
     return key, list(values)
 
 
-def load_sweep(path: str) -> dict:
-    """The config file's ``get_sweep()`` (``{}`` if it has none)."""
+def load_sweep(path: str):
+    """The config file's ``get_sweep()``: a dict (one grid) or a list of dicts
+    (several grids whose cells are joined); ``{}`` if it has none."""
     import importlib.util
 
     name = os.path.splitext(os.path.basename(path))[0]
@@ -70,10 +72,32 @@ def load_sweep(path: str) -> dict:
     if not hasattr(module, "get_sweep"):
         return {}
     grid = module.get_sweep()
-    if not isinstance(grid, dict):
-        raise ConfigError(f"{path}: get_sweep() must return a dict from dotted key to a list "
-                          f"of values, got {type(grid).__name__}")
-    return dict(grid)
+    if isinstance(grid, dict):
+        return dict(grid)
+    if isinstance(grid, (list, tuple)) and grid and all(isinstance(g, dict) for g in grid):
+        return [dict(g) for g in grid]
+    raise ConfigError(f"{path}: get_sweep() must return a dict from dotted key to a list of "
+                      f"values, or a list of such dicts; got {type(grid).__name__}")
+
+
+def set_axis(grid, key: str, values: list):
+    """``grid`` with ``key``'s values replaced (in every sub-grid that has the
+    key; added to all when none has it)."""
+    grids = [dict(g) for g in (grid if isinstance(grid, list) else [grid])]
+    if not any(key in g for g in grids):
+        for g in grids:
+            g[key] = values
+    for g in grids:
+        if key in g:
+            g[key] = values
+    return grids if isinstance(grid, list) else grids[0]
+
+
+def grid_keys(grid) -> list[str]:
+    keys: list = []
+    for g in (grid if isinstance(grid, list) else [grid]):
+        keys += [k for k in g if k not in keys]
+    return keys
 
 
 class Cell(NamedTuple):
@@ -82,28 +106,43 @@ class Cell(NamedTuple):
     cfg: dict
 
 
-def expand(defaults: dict, base: dict, grid: dict) -> list[Cell]:
-    """Every cell of the grid, each a resolved, validated config."""
-    for key, values in grid.items():
-        if not isinstance(values, (list, tuple)):
-            raise ConfigError(f"grid key '{key}': values must be a list, got {values!r}")
-        if len(values) == 0:
-            raise ConfigError(f"grid key '{key}': the list of values is empty")
-    keys = list(grid)
+def expand(defaults: dict, base: dict, grid) -> list[Cell]:
+    """Every cell of the grid (or of each grid of a list), each a resolved,
+    validated config."""
+    grids = grid if isinstance(grid, list) else [grid]
     cells = []
-    for i, combo in enumerate(itertools.product(*(grid[k] for k in keys))):
-        cfg = base
-        for key, value in zip(keys, combo):
-            try:
-                cfg = config_lib.assign_value(defaults, cfg, key.split("."), value)
-            except ConfigError as e:
-                raise ConfigError(f"grid key '{key}' = {value!r}: {e}") from None
-        cells.append(Cell(i, dict(zip(keys, combo)), cfg))
+    for g in grids:
+        for key, values in g.items():
+            if not isinstance(values, (list, tuple)):
+                raise ConfigError(f"grid key '{key}': values must be a list, got {values!r}")
+            if len(values) == 0:
+                raise ConfigError(f"grid key '{key}': the list of values is empty")
+        keys = list(g)
+        for combo in itertools.product(*(g[k] for k in keys)):
+            cfg = base
+            for key, value in zip(keys, combo):
+                try:
+                    cfg = config_lib.assign_value(defaults, cfg, key.split("."), value)
+                except ConfigError as e:
+                    raise ConfigError(f"grid key '{key}' = {value!r}: {e}") from None
+            cells.append(Cell(len(cells), dict(zip(keys, combo)), cfg))
     return cells
 
 
 def _cell_name(cell: Cell) -> str:
     return f"{cell.index:04d}"
+
+
+_MISSING = object()
+
+
+def _value_at(cfg: dict, dotted: str):
+    node = cfg
+    for k in dotted.split("."):
+        if not isinstance(node, dict) or k not in node:
+            return _MISSING
+        node = node[k]
+    return node
 
 
 def _fmt(value) -> str:
@@ -182,7 +221,7 @@ class Manifest(NamedTuple):
     config: dict
 
 
-def _check_manifest(out: str, config_path: str, base: dict, grid: dict) -> None:
+def _check_manifest(out: str, config_path: str, base: dict, grid) -> None:
     path = os.path.join(out, "sweep.json")
     mine = results_lib.clean({"config": base, "grid": grid})
     if os.path.exists(path):
@@ -208,14 +247,14 @@ def _finished(csv_path: str) -> set:
         return {int(row["cell"]) for row in csv.DictReader(f)}
 
 
-def run(defaults: dict, base: dict, grid: dict, out: str, config_path: str = "",
+def run(defaults: dict, base: dict, grid, out: str, config_path: str = "",
         progress: bool = True, log: Callable[[str], None] | None = print) -> dict:
     """Runs a sweep (the Python entry point behind ``fljax sweep``).
 
     Args:
       defaults: the schema (``fljax.plan.DEFAULTS``).
       base: the resolved config the grid varies.
-      grid: dotted key -> list of values.
+      grid: dotted key -> list of values (or a list of such dicts).
       out: the output folder.
 
     Returns:
@@ -231,8 +270,8 @@ def run(defaults: dict, base: dict, grid: dict, out: str, config_path: str = "",
     _check_manifest(out, config_path, base, grid)
     csv_path = os.path.join(out, "results.csv")
     done = _finished(csv_path)
-    grid_keys = list(grid)
-    fixed = [c for c in ("aggregator", "attack", "seed", "rounds") if c not in grid_keys]
+    keys = grid_keys(grid)
+    fixed = [c for c in ("aggregator", "attack", "seed", "rounds") if c not in keys]
     metric_names: list = []
     for g in groups:
         for name in _metric_names(g):
@@ -240,7 +279,7 @@ def run(defaults: dict, base: dict, grid: dict, out: str, config_path: str = "",
                 metric_names.append(name)
     lead = [m for m in ("main_accuracy", "main_loss") if m in metric_names]
     metric_names = lead + [m for m in metric_names if m not in lead]
-    columns = ["cell"] + grid_keys + fixed + metric_names + ["diverged", "seconds"]
+    columns = ["cell"] + keys + fixed + metric_names + ["diverged", "seconds"]
     if os.path.exists(csv_path):
         with open(csv_path, newline="") as f:
             header = next(csv.reader(f), None)
@@ -263,10 +302,10 @@ def run(defaults: dict, base: dict, grid: dict, out: str, config_path: str = "",
         size = cells_per_program(g.spec, dim, cs[0][0].cfg["execution"]["cells_per_program"])
         for start in range(0, len(cs), size):
             chunk = cs[start:start + size]
-            _run_chunk(g.spec, chunk, out, csv_path, columns, grid_keys, fixed, bar)
+            _run_chunk(g.spec, chunk, out, csv_path, columns, bar)
             ran += len(chunk)
     bar.close()
-    write_tables(out, grid_keys, metric_names)
+    write_tables(out, keys, metric_names)
     summary = {"cells": len(cells), "ran": ran, "skipped": len(cells) - ran,
                "groups": len(groups), "seconds": time.perf_counter() - t0}
     if log:
@@ -275,7 +314,7 @@ def run(defaults: dict, base: dict, grid: dict, out: str, config_path: str = "",
     return summary
 
 
-def _run_chunk(spec, chunk, out, csv_path, columns, grid_keys, fixed, bar):
+def _run_chunk(spec, chunk, out, csv_path, columns, bar):
     cfg0 = chunk[0][0].cfg
     batched = len(chunk) > 1
     comp = simulate.compiled(spec, batched)
@@ -304,7 +343,12 @@ def _run_chunk(spec, chunk, out, csv_path, columns, grid_keys, fixed, bar):
     with open(csv_path, "a", newline="") as f:
         w = csv.writer(f)
         for (cell, _), rec in zip(chunk, last):
-            row = {"cell": cell.index, **{k: _fmt(v) for k, v in cell.values.items()}}
+            row = {"cell": cell.index}
+            for c in columns:  # grid keys of other sub-grids: this cell's own value
+                v = _value_at(cell.cfg, c)
+                if v is not _MISSING and c not in ("aggregator", "attack"):
+                    row[c] = _fmt(v)
+            row.update({k: _fmt(v) for k, v in cell.values.items()})
             row.update({"aggregator": cell.cfg["aggregator"]["name"],
                         "attack": cell.cfg["attack"]["name"], "seed": cell.cfg["seed"],
                         "rounds": cell.cfg["rounds"]})

@@ -129,3 +129,19 @@ def test_parse_grid():
         "aggregator", [{"name": "krum"}, {"name": "mean"}])
     with pytest.raises(config.ConfigError):
         sweep.parse_grid("seed")
+
+
+def test_a_list_of_grids_joins_their_cells(tmp_path):
+    """``get_sweep()`` may return several grids (e.g. every rule x every
+    attack, plus ERR only against some attacks); their cells are joined, and a
+    key of one grid shows the other cells' own value.
+
+    Catches: only the first grid run; a missing key written as empty."""
+    grid = [{"seed": [0, 1]},
+            {"aggregator.kwargs.num_trim": [2], "seed": [0]}]
+    sweep.run(simulate.DEFAULTS, base(), grid, str(tmp_path), progress=False, log=None)
+    got = rows(tmp_path)
+    assert [(r["seed"], r["aggregator.kwargs.num_trim"]) for r in got] == [
+        ("0", "1"), ("1", "1"), ("0", "2")]
+    assert sweep.set_axis(grid, "seed", [5]) == [{"seed": [5]},
+                                                  {"aggregator.kwargs.num_trim": [2], "seed": [5]}]
