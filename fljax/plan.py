@@ -499,6 +499,17 @@ def _trace_rule(spec: Spec, hparams: dict, data) -> None:
         msg = f"aggregator with clients_per_round = {spec.clients_per_round}: {e}"
         _TRACE_CACHE[key] = msg
         raise ConfigError(msg) from None
+    if spec.attack:
+        akey = ("attack", spec.attack, spec.aggregator, spec.clients_per_round, spec.model,
+                spec.input_shape, spec.num_classes)
+        if akey not in _TRACE_CACHE:
+            try:
+                round_lib.trace_attack(spec, hparams, data)
+                _TRACE_CACHE[akey] = None
+            except ValueError as e:
+                _TRACE_CACHE[akey] = f"attack with clients_per_round = {spec.clients_per_round}: {e}"
+        if _TRACE_CACHE[akey] is not None:
+            raise ConfigError(_TRACE_CACHE[akey])
 
 
 def prepare(cfg: dict, check: bool = True) -> Plan:

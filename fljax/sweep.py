@@ -211,7 +211,7 @@ def _metric_names(group: Group) -> list[str]:
     buf = None if buf is None else jax.ShapeDtypeStruct(buf.shape, buf.dtype)
     _, info, _ = jax.eval_shape(comp.round.step, plan.hparams, state, plan.data, k_rounds, buf)
     scal = jax.eval_shape(lambda i: simulate._round_scalars(i, bool(group.spec.attack)), info)
-    names = [{"accuracy": "main_accuracy", "loss": "main_loss"}.get(k, k) for k in ev]
+    names = [{"accuracy": "main_accuracy", "loss": "main_loss", "error_rate": "main_error_rate"}.get(k, k) for k in ev]
     return names + sorted(scal)
 
 

@@ -378,6 +378,12 @@ def test_a_run_that_turns_non_finite_says_so_and_stops(tmp_path):
     ({"attack.name": "'gaussian'", "attack.num_malicious": 2, "attack.kwargs": "{'sigma': 1.0}"},
      "attack.kwargs.sigma"),
     ({"attack.schedule.probability": 0.0}, "attack.schedule.probability"),
+    ({"clients_per_round": 10, "aggregator": "{'name': 'krum', 'kwargs': {'num_byzantine': 2}}",
+      "attack": "{'name': 'fang_krum', 'num_malicious': 4, 'kwargs': {'num_byzantine': 4}}"},
+     "attack with clients_per_round = 10: fang_krum"),
+    ({"attack": "{'name': 'fang_trimmed_mean', 'num_malicious': 4, 'kwargs': {'b': 1.0}}"}, "b="),
+    ({"attack": "{'name': 'alie', 'num_malicious': 4, 'kwargs': {'z': -1.0}}"}, "z"),
+    ({"attack": "{'name': 'ipm', 'num_malicious': 4, 'kwargs': {'epsilon': -0.1}}"}, "epsilon"),
 ])
 def test_bad_configs_fail_before_training(override, needle):
     """Catches: a bad value accepted silently or failing only inside a round."""
