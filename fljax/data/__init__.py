@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fljax.data import cache, partition, tfds
+from fljax.data import cache, fed_emnist, partition, tfds
 from fljax.data.cache import DataError
 from fljax.data.datasets import breast_cancer, digits, random_images, synthetic_fedprox
 from fljax.data.federated import (
@@ -18,21 +18,25 @@ from fljax.data.federated import (
     num_local_steps,
 )
 
+#: Federated EMNIST by writer (``data.name``) -> ``only_digits``.
+FED_EMNIST = {"fed_emnist_digits": True, "fed_emnist": False}
+
 # Data sets selectable by name (``data.name``). Offline: the first five. The
-# TFDS names need the ``tfds`` extra; ``tfds`` loads any TFDS image set by
-# ``dataset_kwargs.tfds_name``.
+# TFDS names need the ``tfds`` extra, federated EMNIST the ``fed-emnist`` one;
+# ``tfds`` loads any TFDS image set by ``dataset_kwargs.tfds_name``.
 DATASETS = (("digits", "breast_cancer", "synthetic", "random_emnist", "random_cifar")
-            + tuple(tfds.NAMES) + ("tfds",))
+            + tuple(tfds.NAMES) + tuple(FED_EMNIST) + ("tfds",))
 PARTITIONS = tuple(partition.PARTITIONERS) + ("natural",)
 
 # The dataset_kwargs each real-data loader takes (checked before loading).
 _TFDS_KWARGS = ("data_dir", "train_split", "test_split", "version", "download", "cache",
                 "image_key", "label_key", "id_key")
+_FED_EMNIST_KWARGS = ("data_dir", "download", "cache", "invert", "url", "sha256")
 
 __all__ = [
     "FederatedData", "build", "client_batch_indices", "from_partition", "num_local_steps",
     "partition", "digits", "breast_cancer", "random_images", "synthetic_fedprox",
-    "DATASETS", "PARTITIONS", "DataError", "cache", "tfds",
+    "DATASETS", "PARTITIONS", "FED_EMNIST", "DataError", "cache", "fed_emnist", "tfds",
 ]
 
 
@@ -56,8 +60,10 @@ def build(name: str, num_clients: int, partition_name: str = "iid", seed: int = 
         ``emnist_digits``, ``emnist_balanced``, ``emnist_byclass``, ``cifar10``
         and ``cifar100`` load through TensorFlow Datasets (the ``tfds`` extra;
         :mod:`fljax.data.tfds`), and ``tfds`` loads any TFDS image set
-        (``dataset_kwargs={'tfds_name': 'kmnist'}``). These convert once and then
-        read an ``.npz`` cache.
+        (``dataset_kwargs={'tfds_name': 'kmnist'}``). ``fed_emnist_digits`` and
+        ``fed_emnist`` are federated EMNIST by writer (:mod:`fljax.data.fed_emnist`;
+        ``partition='natural'``: one client per writer, ``num_clients`` writers
+        drawn with ``seed``). These convert once and then read an ``.npz`` cache.
       num_clients: number of clients.
       partition_name: one of :data:`PARTITIONS`.
       seed: seed of the split and the partition.
@@ -93,6 +99,9 @@ def build(name: str, num_clients: int, partition_name: str = "iid", seed: int = 
     elif name == "tfds":
         _check_kwargs(name, dk, ("tfds_name",) + _TFDS_KWARGS)
         x, y, xt, yt, c, ids = tfds.load(**dk)
+    elif name in FED_EMNIST:
+        _check_kwargs(name, dk, _FED_EMNIST_KWARGS)
+        x, y, xt, yt, c, ids = fed_emnist.load(only_digits=FED_EMNIST[name], **dk)
     else:
         loader = {"digits": digits, "breast_cancer": breast_cancer}[name]
         x, y, xt, yt, c = loader(seed=seed, **dk)
