@@ -283,3 +283,11 @@ def test_one_round_on_a_mocked_set_and_bad_split_fails_before_training(data_dir)
                    "dataset_kwargs": _kw(data_dir, train_split="valid")}
     with pytest.raises(config.ConfigError, match="^data: data set 'fljax_test_writers' has no"):
         simulate.build(config.resolve(simulate.DEFAULTS, cfg))
+
+
+def test_bucket_data_dir_writes_no_local_cache(tmp_path, monkeypatch):
+    """Bug: a gs:// data folder makes the cache write a local 'gs:' folder."""
+    monkeypatch.chdir(tmp_path)
+    with tfds.testing.mock_data(num_examples=10):
+        fd = data.build("mnist", 2, "iid", dataset_kwargs={"data_dir": "gs://bucket/tfds"})
+    assert fd.counts.sum() == 10 and os.listdir(tmp_path) == []

@@ -73,7 +73,8 @@ def load(tfds_name: str = "mnist", data_dir: str | None = None, train_split: str
         current one. Train and test always come from the same version.
       download: let TFDS download and prepare the set if it is not prepared
         (needs TensorFlow and a network).
-      cache: read and write the ``.npz`` array cache.
+      cache: read and write the ``.npz`` array cache (never for a ``gs://``
+        data folder).
       image_key, label_key: the features holding the image and the class label
         (``label_key='coarse_label'`` gives CIFAR-100's 20 super-classes).
       id_key: a feature that identifies the client (e.g. a writer id), for
@@ -90,6 +91,9 @@ def load(tfds_name: str = "mnist", data_dir: str | None = None, train_split: str
     """
     name, version = _parse_name(tfds_name, version)
     root = cache_lib.data_root(data_dir)
+    if "://" in root:  # a bucket (gs://...): TFDS reads it; the cache is local files only
+        log.info("no array cache for %s in %s (not a local folder)", name, root)
+        cache = False
     keys = {"image_key": image_key, "label_key": label_key}
     train, version = _split_arrays(name, version, train_split, root, data_dir, download, cache,
                                    dict(keys, id_key=id_key))
