@@ -226,9 +226,9 @@ def _diagnose(tfds, e: Exception) -> str | None:
         return "unknown"  # a ValueError or an AssertionError, depending on the case
     if isinstance(e, ValueError) and ("Unknown split" in msg or "Error parsing split" in msg):
         return "split"
-    if ("already set to FileFormat.TFRECORD" in msg
-            or (isinstance(e, NotImplementedError) and "TFRECORD" in msg.upper())):
-        return "tfrecord"  # prepared by tfds.load (tfrecord files)
+    if "TFRECORD" in msg.upper() and ("FILE FORMAT" in msg.upper()
+                                      or isinstance(e, NotImplementedError)):
+        return "tfrecord"  # prepared by tfds.load (tfrecord files); the wording varies
     if (isinstance(e, KeyError) and "splits" in msg) or "could not find data" in msg:
         return "unprepared"
     return None
