@@ -283,7 +283,7 @@ def test_one_round_on_a_mocked_set_and_bad_split_fails_before_training(data_dir)
     cfg["data"] = {"name": "tfds", "num_clients": 4,
                    "dataset_kwargs": _kw(data_dir, train_split="valid")}
     with pytest.raises(config.ConfigError, match="^data: data set 'fljax_test_writers' has no"):
-        simulate.build(config.resolve(simulate.DEFAULTS, cfg))
+        simulate.prepare(config.resolve(simulate.DEFAULTS, cfg))
 
 
 def test_bucket_data_dir_writes_no_local_cache(tmp_path, monkeypatch):
