@@ -348,10 +348,10 @@ def _run_chunk(spec, chunk, out, csv_path, columns, bar):
                 v = _value_at(cell.cfg, c)
                 if v is not _MISSING and c not in ("aggregator", "attack"):
                     row[c] = _fmt(v)
-            row.update({k: _fmt(v) for k, v in cell.values.items()})
             row.update({"aggregator": cell.cfg["aggregator"]["name"],
                         "attack": cell.cfg["attack"]["name"], "seed": cell.cfg["seed"],
                         "rounds": cell.cfg["rounds"]})
+            row.update({k: _fmt(v) for k, v in cell.values.items()})  # grid keys win
             rec = results_lib.clean(rec or {})
             for m in columns:
                 if m not in row:
