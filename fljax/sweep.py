@@ -406,6 +406,20 @@ def write_tables(out: str, grid_keys: list, metric_names: list) -> None:
     _heatmaps(out, rows, keys, shown)
 
 
+def short_label(text: str, width: int = 36) -> str:
+    """A grid value for a plot axis: ``{"name": "krum", "kwargs": {...}}`` ->
+    ``krum(num_byzantine=20)``."""
+    try:
+        v = json.loads(text)
+    except (TypeError, ValueError):
+        return text[:width]
+    if isinstance(v, dict) and "name" in v:
+        kw = v.get("kwargs") or {}
+        inner = ",".join(f"{k}={kw[k]}" for k in sorted(kw))
+        text = v["name"] + (f"({inner})" if inner else "")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
     import matplotlib
 
@@ -429,10 +443,12 @@ def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
                     grid[i, j] = float(np.mean(vals))
         if np.all(np.isnan(grid)):
             continue
-        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(xs), 1.0 + 0.35 * len(ys)), dpi=120)
+        fig, ax = plt.subplots(figsize=(3.5 + 0.7 * len(xs), 1.5 + 0.3 * len(ys)), dpi=120,
+                               layout="constrained")
         im = ax.imshow(grid, aspect="auto", cmap="viridis")
-        ax.set_yticks(range(len(ys)), [y[:40] for y in ys], fontsize=7)
-        ax.set_xticks(range(len(xs)), [x[:20] for x in xs], fontsize=7, rotation=45, ha="right")
+        ax.set_yticks(range(len(ys)), [short_label(y) for y in ys], fontsize=7)
+        ax.set_xticks(range(len(xs)), [short_label(x, 24) for x in xs], fontsize=7, rotation=45,
+                      ha="right")
         ax.set_ylabel(ky, fontsize=8)
         if kx:
             ax.set_xlabel(kx, fontsize=8)
@@ -443,6 +459,5 @@ def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
                             color="w")
         fig.colorbar(im, ax=ax)
         ax.set_title(f"{m} (mean over the other keys and seeds)", fontsize=8)
-        fig.tight_layout()
         fig.savefig(os.path.join(out, f"heatmap_{m}.png"))
         plt.close(fig)
