@@ -461,3 +461,28 @@ def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
         ax.set_title(f"{m} (mean over the other keys and seeds)", fontsize=8)
         fig.savefig(os.path.join(out, f"heatmap_{m}.png"))
         plt.close(fig)
+
+
+def pivot(out: str, rows: str, cols: str, metric: str, digits: int = 3) -> str:
+    """A markdown table of ``metric`` from ``out/results.csv``: one row per value
+    of grid key ``rows``, one column per value of ``cols``, each cell the mean ±
+    sample standard deviation over the cells that share both (seeds and any
+    other key), e.g. ``pivot(out, 'aggregator', 'attack', 'main_error_rate')``."""
+    data = read_results(out)
+    rv = list(dict.fromkeys(r[rows] for r in data))
+    cv = list(dict.fromkeys(r[cols] for r in data))
+    lines = ["| " + " | ".join([rows] + [short_label(c, 40) for c in cv]) + " |",
+             "|" + "---|" * (len(cv) + 1)]
+    for a in rv:
+        cells = [short_label(a, 40)]
+        for b in cv:
+            vals = np.array([v for v in (_num(r.get(metric)) for r in data
+                                         if r[rows] == a and r[cols] == b) if v is not None])
+            if len(vals) == 0:
+                cells.append("–")
+            elif len(vals) == 1:
+                cells.append(f"{vals[0]:.{digits}f}")
+            else:
+                cells.append(f"{vals.mean():.{digits}f} ± {vals.std(ddof=1):.{digits}f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
