@@ -60,7 +60,8 @@ def _first_alive(masks, ptr, pa, pb):
     return ptr
 
 
-def min_diameter_subset(dists: jax.Array, num_removed: int) -> tuple[jax.Array, jax.Array]:
+def min_diameter_subset(dists: jax.Array, num_removed: int,
+                        key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The exact minimum-diameter subset of ``n - num_removed`` rows.
 
     Branch on the current diameter pair ``(u, v)``: a best subset never keeps
@@ -70,13 +71,16 @@ def min_diameter_subset(dists: jax.Array, num_removed: int) -> tuple[jax.Array, 
     distances assumed; with exact ties the search still returns a subset of
     minimal diameter). Among leaves of equal diameter (common: two subsets
     that share their farthest pair), the one with the smallest sum of squared
-    pairwise distances wins. All ``2^f`` branches advance together; each
+    pairwise distances wins, and exact ties in both (symmetric
+    configurations) are broken by a random order of the leaves drawn from
+    ``key``. All ``2^f`` branches advance together; each
     keeps a pointer into the pairs sorted by descending distance, which only
     moves forward along a branch.
 
     Args:
       dists: ``float[n, n]`` squared distances (+inf allowed, e.g. invalid rows).
       num_removed: ``f`` (static).
+      key: PRNG key of the last tie-break.
 
     Returns:
       ``(keep bool[n], diameter float[])`` (the squared diameter).
@@ -101,7 +105,8 @@ def min_diameter_subset(dists: jax.Array, num_removed: int) -> tuple[jax.Array, 
     finite_d = jnp.where(jnp.isfinite(dists), dists, 0.0)
     m = masks.astype(dists.dtype)  # float[L, n]
     spread = jnp.sum(jnp.matmul(m, finite_d, precision=lax.Precision.HIGHEST) * m, axis=1)
-    best = jnp.lexsort((spread, diam))[0]
+    shuffle = jax.random.permutation(key, masks.shape[0])
+    best = jnp.lexsort((shuffle, spread, diam))[0]
     return masks[best], diam[best]
 
 
@@ -124,8 +129,9 @@ def mda(num_byzantine: int, max_work: int = MAX_WORK) -> Aggregator:
     farthest pair); the definition leaves the choice open and ByzFL takes the
     first in ``itertools.combinations`` order, which depends on client order.
     Here the one with the smallest sum of squared pairwise distances wins,
-    which depends on the data only. With a unique minimal subset (e.g. ``f``
-    clear outliers) the two agree (tested).
+    which depends on the data only (exact ties in both, as in symmetric
+    configurations, are broken with the key). With a unique minimal subset
+    (e.g. ``f`` clear outliers) the two agree (tested).
 
     Non-finite rows are at infinite distance from every row, so they are
     dropped first and count towards ``f``; with more than ``f`` of them the
@@ -142,9 +148,9 @@ def mda(num_byzantine: int, max_work: int = MAX_WORK) -> Aggregator:
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> agg = mda(1)
-      >>> x = jnp.array([[1., 2.], [4., 5.], [7., 8.]])
+      >>> x = jnp.array([[0., 1.], [1., 1.], [9., 1.]])
       >>> agg.aggregate(x, agg.init(2), jax.random.PRNGKey(0))[0].tolist()
-      [2.5, 3.5]
+      [0.5, 1.0]
 
     References:
       El Mhamdi et al., "Genuinely Distributed Byzantine Machine Learning",
@@ -154,13 +160,13 @@ def mda(num_byzantine: int, max_work: int = MAX_WORK) -> Aggregator:
             f"num_byzantine={num_byzantine!r} must be an int >= 0")
 
     def aggregate(updates, state, key, context=None):
-        del key, context
+        del context
         n = updates.shape[0]
         check_majority("mda", n, num_byzantine)
         check_mda_size("mda", n, num_byzantine, max_work)
         valid = finite_rows(updates)  # bool[n]
         dists = _ops.pairwise_sq_dists(updates, valid)  # float[n, n], +inf for invalid rows
-        keep, diam = min_diameter_subset(dists, num_byzantine)
+        keep, diam = min_diameter_subset(dists, num_byzantine, key)
         keep = keep & valid
         count = jnp.maximum(jnp.sum(keep), 1).astype(updates.dtype)
         out = weighted_row_sum(updates, jnp.where(keep, 1.0 / count, 0.0), valid)
