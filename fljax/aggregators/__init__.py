@@ -30,6 +30,15 @@ from fljax.aggregators.krum import krum, multi_krum
 from fljax.aggregators.median import coordinate_median
 from fljax.aggregators.trimmed_mean import trimmed_mean
 from fljax.aggregators.arc import arc
+from fljax.aggregators.caf import caf
+from fljax.aggregators.crfl import crfl
+from fljax.aggregators.dnc import dnc
+from fljax.aggregators.mda import mda
+from fljax.aggregators.meamed import meamed
+from fljax.aggregators.monna import monna
+from fljax.aggregators.multi_metrics import multi_metrics
+from fljax.aggregators.signguard import signguard
+from fljax.aggregators.smea import smea
 from fljax.aggregators.bucketing import bucketing
 from fljax.aggregators.nnm import nnm
 
@@ -55,6 +64,17 @@ RULES = (
     "bulyan",
     "geometric_median",
     "invariant",
+    # Round two (issue 15): ByzFL's and FLPoison's rules. multi_metrics (on='models')
+    # and crfl need context.params.
+    "mda",
+    "monna",
+    "meamed",
+    "caf",
+    "smea",
+    "dnc",
+    "signguard",
+    "multi_metrics",
+    "crfl",
 )
 
 # Pre-aggregators (float[n, d] -> float[m, d]), composed in front of a rule with
