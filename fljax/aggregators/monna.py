@@ -74,8 +74,9 @@ def monna(num_byzantine: int, pivot: int = 0) -> Aggregator:
         scale, base = row_norms(updates, valid, centre)  # ‖x_i - centre‖ = scale_i · base_i
         log_dist = jnp.where(base > 0, jnp.log2(scale) + jnp.log2(jnp.where(base > 0, base, 1.0)),
                              -jnp.inf)
+        log_dist = jnp.where(valid, log_dist, jnp.inf)
         # The pivot first even against duplicates of it; invalid rows last.
-        log_dist = jnp.where(jnp.arange(n) == pivot, -jnp.inf, log_dist)
+        log_dist = jnp.where((jnp.arange(n) == pivot) & valid, -jnp.inf, log_dist)
         order = _ops.tie_break_order(log_dist, valid, key)
         selected = jnp.zeros((n,), bool).at[order[: n - num_byzantine]].set(True) & valid
         count = jnp.maximum(jnp.sum(selected), 1).astype(updates.dtype)
