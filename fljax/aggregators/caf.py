@@ -65,7 +65,10 @@ def caf_weights(gram: jax.Array, usable: jax.Array, threshold: jax.Array):
         w_best = jnp.where(better, w, w_best)
         lam_best = jnp.where(better, lam, lam_best)
         tau_max = jnp.max(jnp.where(c > 0, tau, 0.0))
-        c = jnp.where(tau_max > 0, c * (1.0 - tau / jnp.where(tau_max > 0, tau_max, 1.0)), c)
+        ratio = tau / jnp.where(tau_max > 0, tau_max, 1.0)
+        # The row(s) at the maximum drop to exactly 0 (XLA may divide through a
+        # reciprocal, leaving 1 - ratio at ~1e-8 and the row in play forever).
+        c = jnp.where(tau_max > 0, jnp.where(tau >= tau_max, 0.0, c * (1.0 - ratio)), c)
         c = jnp.maximum(c, 0.0)
         return c, w_best, lam_best, it + 1, tau_max <= 0
 
