@@ -322,3 +322,14 @@ def test_model_rows_bounded_near_float32_max(name):
     x[:harness.F] = 3e38 * np.sign(np.random.default_rng(3).standard_normal((harness.F, harness.D)))
     out, _ = harness._call(case, x, params)
     assert np.all(np.isfinite(out)) and np.max(np.abs(out)) < 100, name
+
+
+def test_vectorised_numpy_peers_match_the_loop_references():
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((8, 6))
+    np.testing.assert_allclose(ref.mda_fast_ref(x, 2), ref.mda_ref(x, 2), rtol=1e-9)
+    np.testing.assert_allclose(ref.smea_fast_ref(x, 2), ref.smea_ref(x, 2), rtol=1e-9)
+    np.testing.assert_allclose(ref.meamed_fast_ref(x, 3), ref.meamed_ref(x, 3), rtol=1e-9)
+    p = rng.standard_normal(6)
+    np.testing.assert_allclose(ref.multi_metrics_fast_ref(x, p, 0.5),
+                               ref.multi_metrics_ref(x, p, 0.5), rtol=1e-9)
