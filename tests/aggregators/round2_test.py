@@ -333,3 +333,20 @@ def test_vectorised_numpy_peers_match_the_loop_references():
     p = rng.standard_normal(6)
     np.testing.assert_allclose(ref.multi_metrics_fast_ref(x, p, 0.5),
                                ref.multi_metrics_ref(x, p, 0.5), rtol=1e-9)
+
+
+def test_value_arguments_may_be_traced():
+    x = jax.ShapeDtypeStruct((9, 4), jnp.float32)
+    ctx = AggregationContext(params=jnp.zeros(4))
+    builds = [
+        lambda v: A.crfl(v, v, clip_growth=v),
+        lambda v: A.signguard(lower=v, upper=3.0 * v),
+        lambda v: A.multi_metrics(p=v),
+        lambda v: A.dnc(2, filter_frac=v),
+    ]
+    for build in builds:
+        def run(v, build=build):
+            rule = build(v)
+            return rule.aggregate(jnp.zeros((9, 4)), rule.init(4), KEY, ctx)[0]
+        assert jax.eval_shape(run, jax.ShapeDtypeStruct((), jnp.float32)).shape == (4,)
+    del x
