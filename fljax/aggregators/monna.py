@@ -71,12 +71,15 @@ def monna(num_byzantine: int, pivot: int = 0) -> Aggregator:
         valid = finite_rows(updates)  # bool[n]
         centre = lax.cond(valid[pivot], lambda: updates[pivot],
                           lambda: median.aggregate(updates, EmptyState(), key)[0])  # float[d]
-        scale, base = row_norms(updates, valid, centre)  # ‖x_i - centre‖ = scale_i · base_i
+        # ‖x_i - centre‖ = scale_i · base_i. The pivot (distance 0) is left out: a zero
+        # distance would send every row through row_norms' rescaling pass.
+        is_pivot = jnp.arange(n) == pivot
+        scale, base = row_norms(updates, valid & ~(is_pivot & valid[pivot]), centre)
         log_dist = jnp.where(base > 0, jnp.log2(scale) + jnp.log2(jnp.where(base > 0, base, 1.0)),
                              -jnp.inf)
         log_dist = jnp.where(valid, log_dist, jnp.inf)
         # The pivot first even against duplicates of it; invalid rows last.
-        log_dist = jnp.where((jnp.arange(n) == pivot) & valid, -jnp.inf, log_dist)
+        log_dist = jnp.where(is_pivot & valid, -jnp.inf, log_dist)
         order = _ops.tie_break_order(log_dist, valid, key)
         selected = jnp.zeros((n,), bool).at[order[: n - num_byzantine]].set(True) & valid
         count = jnp.maximum(jnp.sum(selected), 1).astype(updates.dtype)
