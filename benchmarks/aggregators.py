@@ -150,7 +150,8 @@ def numpy_peer(name, f):
         "mda": lambda x: ref2.mda_fast_ref(x, min(f, COMBINATORIAL_F["mda"])),
         "smea": lambda x: ref2.smea_fast_ref(x, min(f, COMBINATORIAL_F["smea"])),
         "meamed": lambda x: ref2.meamed_fast_ref(x, f),
-        "multi_metrics": lambda x: ref2.multi_metrics_fast_ref(x, np.zeros(x.shape[1])),
+        "caf": lambda x: ref2.caf_fast_ref(x, f),
+        "multi_metrics": lambda x: ref2.multi_metrics_fast_ref(x, np.zeros(x.shape[1], x.dtype)),
     }
     if name in fast:
         return fast[name]

@@ -209,6 +209,30 @@ def meamed_fast_ref(x, f):
     return np.take_along_axis(x, idx, axis=0).mean(0)
 
 
+def caf_fast_ref(x, f):
+    """:func:`caf_ref` on the [n, n] Gram matrix (float64), without d x d or [n, d] float64 work."""
+    n = len(x)
+    c0 = x - x.mean(0)
+    g = (c0 @ c0.T).astype(np.float64)
+    c = np.ones(n)
+    best = (np.inf, np.full(n, 1.0 / n))
+    while c.sum() > n - 2 * f:
+        w = c / c.sum()
+        gw = g @ w
+        k = g - gw[:, None] - gw[None, :] + w @ gw
+        sw = np.sqrt(w)
+        ev, vec = np.linalg.eigh(sw[:, None] * k * sw[None, :])
+        lam, a = ev[-1], vec[:, -1]
+        if lam < best[0]:
+            best = (lam, w)
+        tau = (k @ (sw * a)) ** 2 / lam
+        tau_max = tau[c > 0].max()
+        if tau_max <= 0:
+            break
+        c = np.where(tau >= tau_max, 0.0, np.maximum(c * (1 - tau / tau_max), 0.0))
+    return best[1].astype(x.dtype) @ x
+
+
 def multi_metrics_fast_ref(updates, params, p=0.3):
     w = updates + params
     n = len(w)

@@ -330,6 +330,9 @@ def test_vectorised_numpy_peers_match_the_loop_references():
     np.testing.assert_allclose(ref.mda_fast_ref(x, 2), ref.mda_ref(x, 2), rtol=1e-9)
     np.testing.assert_allclose(ref.smea_fast_ref(x, 2), ref.smea_ref(x, 2), rtol=1e-9)
     np.testing.assert_allclose(ref.meamed_fast_ref(x, 3), ref.meamed_ref(x, 3), rtol=1e-9)
+    y = rng.standard_normal((10, 7))
+    y[:3] += 6.0
+    np.testing.assert_allclose(ref.caf_fast_ref(y, 3), ref.caf_ref(y, 3), rtol=1e-7, atol=1e-9)
     p = rng.standard_normal(6)
     np.testing.assert_allclose(ref.multi_metrics_fast_ref(x, p, 0.5),
                                ref.multi_metrics_ref(x, p, 0.5), rtol=1e-9)
