@@ -41,6 +41,22 @@ read the ratios):
     err                0.99             132         -
     lfr                0.87             104         -
 
+Round-two rules (issue 15), the same command with ``--rules`` restricted to
+them, 2026-11-30, on a machine shared with other jobs (load average 11-17 on
+2 cores: absolute figures are several times the idle ones, read the ratios,
+taken in the same run); MDA and SMEA at f = 1 (``COMBINATORIAL_F``), the others
+at f = 40; NumPy peers vectorised (``references_round2.*_fast_ref``):
+
+    rule               fljax    NumPy ref   ByzFL (torch CPU)
+    meamed             2.38     83.5        111   (torch.quantile)
+    monna              0.70      9.96       9.41  (after the pivot fix; 3.78 before)
+    dnc                0.74    114          -
+    signguard          2.73     10.8        -     (both cluster with scikit-learn)
+    crfl               0.41     18.9        -
+    caf                2.93     64.0        49.8
+    mda                2.89     57.6        44.8
+    multi_metrics     37.1     987          -     (O(n^2 d) Manhattan sums)
+
 Order-statistic kernels tried (200 x 262,144 unless noted; contended machine):
 ``jnp.sort`` of transposed [block, n] tiles 6.3-7.8 s; ``lax.top_k`` on
 transposed tiles 2.9-3.1 s; bisection on order-preserving uint32 keys, [n, b]
