@@ -56,6 +56,9 @@ at f = 40; NumPy peers vectorised (``references_round2.*_fast_ref``):
     caf                2.93     64.0        49.8
     mda                2.89     57.6        44.8
     multi_metrics     37.1     987          -     (O(n^2 d) Manhattan sums)
+    smea               not finished: the run was stopped after ~17 min inside the
+                       peers (ByzFL's SMEA copies the 199 x 1M subset for each of the
+                       200 subsets); fljax's SMEA took 0.84 s at 200 x 1,000 (f = 1)
 
 Order-statistic kernels tried (200 x 262,144 unless noted; contended machine):
 ``jnp.sort`` of transposed [block, n] tiles 6.3-7.8 s; ``lax.top_k`` on
