@@ -68,6 +68,9 @@ DEFAULTS: dict = {
         "optimizer_kwargs": dict(OPEN),
     },
     "aggregator": {"name": "mean", "kwargs": dict(OPEN)},
+    # Pre-aggregators that see all rows and return rows, run in front of the
+    # rule (after the server transforms): [{'name': 'nnm', 'kwargs': {...}}]
+    "pre_aggregation": [],
     # Per-client transforms of the update, applied by the client before it
     # sends it (clipping, noise, leakage defences): [{'name': ..., 'kwargs': {...}}]
     "client_transforms": [],
@@ -133,6 +136,7 @@ class Spec:
     client_optimizer: Part
     server_optimizer: Part
     aggregator: Part
+    pre_aggregation: tuple  # of Parts
     client_transforms: tuple
     server_transforms: tuple
     attack: tuple  # of Parts; () = no attack
@@ -372,9 +376,8 @@ def _check_scalars(cfg: dict) -> None:
         _fail("attack.schedule.probability", p, "it must be a number in (0, 1]")
 
 
-def _transform_parts(specs, path: str, shapes) -> tuple[tuple, list]:
-    from fljax import transforms as transforms_lib
-
+def _transform_parts(specs, path: str, shapes, kind: str = "transform") -> tuple[tuple, list]:
+    """The parts of a list of ``{'name', 'kwargs'}`` stages (transforms or pre-aggregators)."""
     parts, values = [], []
     if not isinstance(specs, list):
         _fail(path, specs, "it must be a list of {'name': ..., 'kwargs': {...}}")
@@ -385,7 +388,7 @@ def _transform_parts(specs, path: str, shapes) -> tuple[tuple, list]:
         extra = set(spec) - {"name", "kwargs"}
         if extra:
             raise ConfigError(f"{p} has unknown fields {sorted(extra)}; use 'name' and 'kwargs'")
-        factory = registry.get("transform", spec["name"], f"{p}.name")
+        factory = registry.get(kind, spec["name"], f"{p}.name")
         kwargs = dict(spec.get("kwargs") or {})
         full = dict(kwargs)
         if "shapes" in inspect.signature(factory).parameters:
@@ -498,8 +501,8 @@ def _trace_rule(spec: Spec, hparams: dict, data) -> None:
     2b < n) fail before training. Cached per (rule part, K, d)."""
     from fljax import round as round_lib
 
-    key = (spec.aggregator, spec.clients_per_round, spec.model, spec.input_shape,
-           spec.num_classes, spec.root_size, spec.validation_size)
+    key = (spec.aggregator, spec.pre_aggregation, spec.clients_per_round, spec.model,
+           spec.input_shape, spec.num_classes, spec.root_size, spec.validation_size)
     if key in _TRACE_CACHE:
         if _TRACE_CACHE[key] is not None:
             raise ConfigError(_TRACE_CACHE[key])
@@ -565,6 +568,8 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
 
     ct_parts, ct_values = _transform_parts(cfg["client_transforms"], "client_transforms", shapes)
     st_parts, st_values = _transform_parts(cfg["server_transforms"], "server_transforms", shapes)
+    pa_parts, pa_values = _transform_parts(cfg["pre_aggregation"], "pre_aggregation", shapes,
+                                           "pre_aggregator")
     a_parts, a_values = _attack_parts(ac, fed)
     agg_part, agg_values, _ = _aggregator_part(cfg["aggregator"], fed, k)
 
@@ -620,13 +625,14 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
         unroll=unroll, input_shape=tuple(fed.input_shape), num_classes=fed.num_classes,
         model=(cfg["model"]["name"], registry.freeze(cfg["model"]["kwargs"]), ()),
         client_optimizer=c_part, server_optimizer=s_part, aggregator=agg_part,
-        client_transforms=ct_parts, server_transforms=st_parts, attack=a_parts,
+        pre_aggregation=pa_parts, client_transforms=ct_parts, server_transforms=st_parts, attack=a_parts,
         strategy=strategy, chunk=chunk, root_size=int(root_size),
         validation_size=int(val_size))
     hparams = {
         "client": _f32(c_values),
         "server": _f32(s_values),
         "aggregator": agg_values,
+        "pre_aggregation": pa_values,
         "client_transforms": ct_values,
         "server_transforms": st_values,
         "attack": a_values,

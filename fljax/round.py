@@ -127,6 +127,7 @@ def _transforms(parts, values, shapes):
 
 def make_round(spec) -> Round:
     """Builds the pure round functions of a :class:`~fljax.plan.Spec`."""
+    from fljax import aggregators as aggregators_lib
     from fljax import attacks as attacks_lib
     from fljax import models as models_lib
     from fljax.plan import _thaw, build_rule
@@ -146,7 +147,11 @@ def make_round(spec) -> Round:
 
     def build_aggregator(hp, data, client_opt):
         kwargs = _part_kwargs(spec.aggregator, hp["aggregator"])
-        return build_rule(spec.aggregator[0], kwargs, _resources(hp, data, client_opt))
+        rule = build_rule(spec.aggregator[0], kwargs, _resources(hp, data, client_opt))
+        stages = [registry.get("pre_aggregator", part[0], "pre_aggregation")(
+            **_part_kwargs(part, vals)) for part, vals in zip(spec.pre_aggregation,
+                                                               hp["pre_aggregation"])]
+        return aggregators_lib.compose(*stages, aggregator=rule) if stages else rule
 
     def _resources(hp, data, client_opt):
         """What the server has besides the updates, for the rules that use it."""
@@ -288,7 +293,10 @@ def make_round(spec) -> Round:
         if attacker.end_round is not None:
             attack_state = attacker.end_round(attack_state, RoundView(
                 state.round, params, ids, malicious, new_params, agg_delta))
-        diag = metrics_lib.round_diagnostics(sent, malicious, agg_delta, dict(agg_info))
+        # Buckets merge rows: the rule's selections then name buckets, not clients.
+        merged = any(part[0] == "bucketing" for part in spec.pre_aggregation)
+        diag = metrics_lib.round_diagnostics(sent, malicious, agg_delta,
+                                             {} if merged else dict(agg_info))
         new_state = SimState(new_params, opt_state, agg_state, attack_state, state.round + 1)
         info = RoundInfo(ids, jnp.mean(losses), _norms(sent), malicious, active, dict(agg_info),
                          dict(attack_info), diag)

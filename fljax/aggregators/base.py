@@ -75,6 +75,42 @@ class Aggregator(NamedTuple):
     aggregate: AggregateFn
 
 
+class PreAggregateFn(Protocol):
+
+    def __call__(
+        self,
+        updates: Updates,
+        key: PRNGKey,
+        context: Optional[AggregationContext] = None,
+    ) -> tuple[jax.Array, Optional[AggregationContext], Info]:
+        ...
+
+
+class PreAggregator(NamedTuple):
+    """A server-side stage that maps the update matrix to another matrix.
+
+    Unlike a per-client transform (:mod:`fljax.transforms`), a pre-aggregator
+    sees every row at once: ``apply(updates float[n, d], key, context=None) ->
+    (float[m, d], context, info)``. It is stateless and pure (safe to
+    ``jit``); ``m`` depends only on ``n`` (static). The returned context is the
+    one the next stage sees: rows that keep their client (nearest-neighbour
+    mixing, clipping) pass it through, rows that merge clients (buckets) drop
+    the per-row fields (``weights``, ``client_ids``) and keep ``params``.
+    ``info`` is a dict of arrays; :func:`fljax.aggregators.compose` puts it in
+    the rule's ``info`` under ``'<name>/<key>'``.
+
+    Non-finite rows are passed on, never hidden: a row (or a bucket) that was
+    non-finite stays non-finite, so the rule after the stage screens it.
+
+    Attributes:
+      name: the factory's name (``'nnm'``, ``'bucketing'``, ``'arc'``).
+      apply: the stage.
+    """
+
+    name: str
+    apply: PreAggregateFn
+
+
 def init_empty(dim: int) -> EmptyState:
     del dim
     return EmptyState()

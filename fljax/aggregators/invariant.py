@@ -12,11 +12,12 @@ import jax.numpy as jnp
 from fljax.aggregators import _ops
 from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
 from fljax.aggregators.trimmed_mean import trimmed_mean_of_valid
+from fljax.types import StaticFloat
 
 
 def invariant(
     tau: float = 0.6,
-    beta: float = 0.45,
+    beta: StaticFloat = 0.45,
     method: str = "sort",
     block: int | None = None,
     batch: int | None = None,

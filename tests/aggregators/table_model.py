@@ -129,3 +129,8 @@ TABLE = [
         reference=lambda x, p, f: ref.centered_clipping_rounds([x], 10.0, 3)[0],
     ),
 ]
+
+# Round two (issue 15): tests/aggregators/table_round2.py.
+from tests.aggregators import table_round2  # noqa: E402
+
+TABLE += table_round2.model_rows(Case)

@@ -63,3 +63,8 @@ TABLE = [
     Entry("invariant+kernel", lambda n, f: agg.invariant(kernel=_kernel()),
           lambda x, n, f: ref.invariant_ref(x), f_max=lambda n: int(0.45 * n)),
 ]
+
+# Round two (issue 15): tests/aggregators/table_round2.py.
+from tests.aggregators import table_round2  # noqa: E402
+
+TABLE += table_round2.STATS
