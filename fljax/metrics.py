@@ -74,17 +74,20 @@ def kept_rows(info: dict, n: int):
     when the rule does not select (mean, median, ...).
 
     ``accepted`` (ERR / LFR / FLTrust / FoolsGold), ``admitted`` (FLAME),
-    ``selected`` (Multi-Krum, Bulyan: indices) and ``index`` (Krum) are
-    understood.
+    ``selected`` (Multi-Krum, Bulyan: indices; SignGuard, Multi-Metrics: a
+    mask) and ``index`` (Krum) are understood: a ``bool[n]`` mask or integer
+    row indices.
     """
-    for name in ("accepted", "admitted"):
-        if name in info and getattr(info[name], "shape", None) == (n,):
-            return info[name].astype(bool)
-    if "selected" in info:
-        sel = jnp.asarray(info["selected"]).reshape(-1)
-        return jnp.zeros((n,), bool).at[sel].set(True)
-    if "index" in info:
-        return jnp.zeros((n,), bool).at[jnp.asarray(info["index"])].set(True)
+    for name in ("accepted", "admitted", "selected", "index"):
+        if name not in info:
+            continue
+        v = jnp.asarray(info[name])
+        if v.dtype == jnp.bool_:
+            if v.shape == (n,):  # a mask over the rows
+                return v
+            continue
+        if jnp.issubdtype(v.dtype, jnp.integer):  # row indices
+            return jnp.zeros((n,), bool).at[v.reshape(-1)].set(True)
     return None
 
 

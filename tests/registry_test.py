@@ -29,7 +29,7 @@ REQUIRED = {
     "meamed": dict(num_byzantine=1), "caf": dict(num_byzantine=1), "smea": dict(num_byzantine=1),
     "dnc": dict(num_byzantine=1), "centered_clipping": dict(tau=1.0),
     "norm_clipping": dict(max_norm=1.0), "weak_dp": dict(max_norm=1.0, sigma=0.1),
-    "crfl": dict(clip=1.0, sigma=0.1), "scaling": dict(factor=2.0),
+    "crfl": dict(clip=1.0, sigma=0.1), "scaling": dict(factor=2.0), "robust_lr": dict(threshold=2.0),
     "fang_krum": dict(num_byzantine=1), "clip_by_norm": dict(max_norm=1.0),
     "gaussian_noise": dict(stddev=0.1), "laplace_noise": dict(scale=0.1),
     "row_noise": dict(scale=0.1), "prune": dict(percent=10.0),

@@ -473,3 +473,29 @@ def test_pre_aggregation_from_the_config():
         plan_lib.prepare(small_cfg("pre_aggregation=[{'name': 'nope'}]"))
     with pytest.raises(config.ConfigError):
         plan_lib.prepare(small_cfg("pre_aggregation=[{'name': 'nnm', 'kwargs': {'num_byzantine': 4}}]"))
+
+
+def _rule_kwargs(name):
+    from tests.registry_test import REQUIRED
+
+    return {k: v for k, v in REQUIRED.get(name, {}).items()
+            if k not in ("eval_fn", "server_update_fn", "num_clients")}
+
+
+@pytest.mark.parametrize("name", __import__("fljax.aggregators").aggregators.RULES)
+def test_every_rule_traces_inside_the_round(name):
+    """Every rule, with an attack, traces through the whole round (the step and
+    its diagnostics), not only on its own.
+
+    Catches: a rule whose ``info`` the round cannot read (SignGuard's
+    ``selected`` is a mask where Multi-Krum's holds indices)."""
+    cfg = small_cfg("clients_per_round=12", "attack.name='sign_flip'", "attack.num_malicious=8",
+                    f"aggregator={{'name': {name!r}, 'kwargs': {_rule_kwargs(name)!r}}}")
+    plan = plan_lib.prepare(cfg)
+    rnd = simulate.compiled(plan.spec).round
+    k_init, k_rounds = simulate.run_keys(0)
+    state = jax.eval_shape(rnd.init, plan.hparams, plan.data, k_init)
+    buf = rnd.new_buffer()
+    buf = None if buf is None else jax.ShapeDtypeStruct(buf.shape, buf.dtype)
+    _, info, _ = jax.eval_shape(rnd.step, plan.hparams, state, plan.data, k_rounds, buf)
+    assert info.update_norms.shape == (12,)
