@@ -195,6 +195,30 @@ def test_foolsgold_nonfinite_rows_keep_history_clean():
     assert float(info["weights"][0]) == 0.0 and int(info["num_nonfinite"]) == 2
 
 
+
+def test_foolsgold_history_saturates_instead_of_overflowing():
+    """A client sending a 3e38 update twice: its history saturates at float32's
+    largest value (same direction) instead of turning inf.
+
+    Catches: an unclipped ``history.at[ids].add``: the inf history gave NaN
+    cosines and zero weight to every client in every later round.
+    """
+    rng = np.random.default_rng(30)
+    agg = A.foolsgold(num_clients=6, normalize=True)
+    state = agg.init(4)
+    history = np.zeros((6, 4))
+    attack = np.float32(3e38) * np.array([1, -1, -1, 1], np.float32)
+    for _ in range(3):
+        x = rng.standard_normal((6, 4)).astype(np.float32)
+        x[0] = attack
+        history += x.astype(np.float64)
+        out, state, info = _run(agg, x, state=state)
+        assert np.all(np.isfinite(np.asarray(state.history))) and np.all(np.isfinite(out))
+        # Saturation keeps the attacker's direction here (the same update each round).
+        want = ref.foolsgold_weights(history)
+        np.testing.assert_allclose(info["weights"], want, rtol=1e-4, atol=1e-5)
+    assert float(jnp.sum(info["weights"])) > 0
+
 # ---------------------------------------------------------------- ERR / LFR
 
 def _linear_task(seed=10, m=64, d=5):
