@@ -274,9 +274,109 @@ def test_lfr_with_wrapped_rule_and_nonfinite():
     accepted = np.asarray(info["accepted"])
     assert not accepted[[0, 2, 5]].any() and accepted.sum() == 4
     np.testing.assert_allclose(out, ref.norm_clipping(x[accepted], 10.0), rtol=1e-5)
-    # The mean base screens non-finite rows the same way.
+    # The mean base screens non-finite rows the same way: with num_reject=1 the
+    # budget goes to one of them and the other is still left out of the mean.
     out, _, info = _run(A.lfr(eval_fn=eval_fn, num_reject=1), x, ctx)
-    assert np.all(np.isfinite(out))
+    finite = np.isfinite(x).all(1)
+    np.testing.assert_allclose(out, x[finite].astype(np.float64).mean(0), rtol=1e-5, atol=1e-6)
+    assert int(info["num_nonfinite"]) == 2
+
+
+@pytest.mark.parametrize("rule", ["err", "lfr"])
+def test_err_lfr_screen_rows_whose_own_model_cannot_be_scored(rule):
+    """Two finite rows near float32's largest: every candidate model's loss overflows.
+
+    Their own models cannot be scored either, so they are screened like NaN
+    rows; the result is the mean of the six honest rows (equal or random-signed
+    attackers, 3e38 and float32's largest).
+
+    Catches: unscorable metrics ranked as harmless (``NaN -> -inf``: ERR kept
+    both attackers and rejected two honest rows, the output was inf), skipping
+    the own-model screen (all impacts undetermined: the key picks), and means
+    that sum before dividing (inf).
+    """
+    eval_fn, _, w_true = _linear_task()
+    agg = getattr(A, rule)(eval_fn=eval_fn, num_reject=2)
+    fn = jax.jit(agg.aggregate)
+    rng = np.random.default_rng(20)
+    honest = np.delete(np.arange(8), [2, 6])
+    for kind in ("same", "signs"):
+        for magnitude in (3e38, float(np.finfo(np.float32).max)):
+            x = (w_true + 0.3 * rng.standard_normal((8, 5))).astype(np.float32)
+            signs = np.sign(rng.standard_normal((2, 5))) if kind == "signs" else np.ones((2, 5))
+            x[[2, 6]] = np.float32(magnitude) * signs
+            out, _, info = fn(jnp.asarray(x), agg.init(5), KEY,
+                              AggregationContext(params=jnp.zeros(5)))
+            where = (kind, magnitude)
+            np.testing.assert_array_equal(np.flatnonzero(np.asarray(info["accepted"])), honest,
+                                          err_msg=str(where))
+            assert int(info["num_unscorable"]) == 2 and int(info["num_nonfinite"]) == 0, where
+            np.testing.assert_allclose(out, x[honest].astype(np.float64).mean(0), rtol=1e-5,
+                                       atol=1e-6, err_msg=str(where))
+
+
+def test_lfr_rejects_huge_rows_whose_loss_stays_finite():
+    """Two equal rows at 1e30: the logistic loss stays finite, so nothing is
+    screened; the loss impacts alone reject them (leaving one out divides the
+    attack by ~2), as in the float64 reference."""
+    eval_fn, eval_np, w_true = _linear_task()
+    rng = np.random.default_rng(21)
+    x = (w_true + 0.3 * rng.standard_normal((8, 5))).astype(np.float32)
+    x[[0, 5]] = np.float32(1e30) * np.sign(rng.standard_normal(5))
+    out, _, info = _run(A.lfr(eval_fn=eval_fn, num_reject=2), x,
+                        AggregationContext(params=jnp.zeros(5)))
+    assert int(info["num_unscorable"]) == 0
+    _, impact, kept = ref.loo_rejection(x, np.zeros(5), eval_np, 2, 1)
+    assert kept == [1, 2, 3, 4, 6, 7]
+    np.testing.assert_allclose(info["impact"], impact, rtol=1e-4)
+    np.testing.assert_array_equal(np.flatnonzero(np.asarray(info["accepted"])), [1, 2, 3, 4, 6, 7])
+    np.testing.assert_allclose(out, np.delete(x, [0, 5], 0).astype(np.float64).mean(0),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("magnitude", [1e3, 1e12, 1e30, 3e38])
+def test_leave_one_out_means_exact_under_one_dominant_row(magnitude):
+    """The mean without a row that dwarfs the others is the others' mean, to float32 accuracy.
+
+    Catches: the closed form ``(S - w_i x_i) / (W - w_i)`` used unguarded
+    (``DOMINANCE = inf``): it cancels every digit of the other rows (at 1e30
+    the honest mean came out as ~1e23 noise).
+    """
+    from fljax.aggregators import _rejection
+
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((6, 40)).astype(np.float32)
+    x[3] = np.float32(magnitude) * np.sign(rng.standard_normal(40))
+    w = np.arange(1.0, 7.0, dtype=np.float32)
+    valid = np.ones(6, bool)
+    got = np.asarray(jax.jit(_rejection.mean_and_leave_one_out)(
+        jnp.asarray(x), jnp.asarray(w), jnp.asarray(valid), jnp.max(jnp.abs(jnp.asarray(x)), 1)))
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    np.testing.assert_allclose(got[0], w64 @ x64 / w64.sum(), rtol=1e-5, atol=1e-6 * magnitude)
+    for i in range(6):
+        keep = np.delete(np.arange(6), i)
+        want = w64[keep] @ x64[keep] / w64[keep].sum()
+        scale = np.max(np.abs(x64[keep]))  # float32 can do no better than eps * this
+        np.testing.assert_allclose(got[1 + i], want, rtol=1e-5, atol=1e-6 * scale,
+                                   err_msg=f"without row {i}")
+
+
+@pytest.mark.parametrize("rule", ["err", "lfr"])
+def test_err_lfr_break_ties_with_the_key(rule):
+    """Identical rows tie on every impact: which ones are rejected follows the key.
+
+    Catches: a stable argsort by impact (rows 4 and 5 were rejected for every
+    key, the README said ties follow the key).
+    """
+    eval_fn, _, _ = _linear_task()
+    agg = getattr(A, rule)(eval_fn=eval_fn, num_reject=2)
+    ctx = AggregationContext(params=jnp.zeros(5))
+    x = np.ones((6, 5), np.float32)
+    rejected = set()
+    for seed in range(8):
+        _, _, info = _run(agg, x, ctx, key=jax.random.PRNGKey(seed))
+        rejected.add(tuple(np.flatnonzero(~np.asarray(info["accepted"]))))
+    assert len(rejected) > 3, rejected
 
 
 def test_err_validates():
