@@ -282,6 +282,30 @@ def test_lfr_with_wrapped_rule_and_nonfinite():
     assert int(info["num_nonfinite"]) == 2
 
 
+def test_lfr_with_nonfinite_rows_is_lfr_on_the_finite_rows():
+    """Impacts and output equal the reference run on the five finite rows.
+
+    Catches: non-finite rows keeping their weight in the candidate means
+    (``jnp.where(usable, w, 0.0)`` -> ``w``: every impact shifts) or in the
+    final mean (``accepted & usable`` -> ``accepted``: the output shrinks by
+    the screened rows' share, ~17 % here).
+    """
+    eval_fn, eval_np, w_true = _linear_task()
+    rng = np.random.default_rng(12)
+    x = (w_true + 0.3 * rng.standard_normal((7, 5))).astype(np.float32)
+    x[5] = -3.0 * w_true
+    x = _with_nonfinite(x, rows=(0, 2))
+    finite = np.flatnonzero(np.isfinite(x).all(1))
+    ctx = AggregationContext(params=jnp.zeros(5))
+    for num_reject in (1, 3):  # budget below and above the two screened rows
+        out, _, info = _run(A.lfr(eval_fn=eval_fn, num_reject=num_reject), x, ctx)
+        want, impact, _ = ref.loo_rejection(x[finite], np.zeros(5), eval_np,
+                                            max(num_reject - 2, 0), 1)
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(info["impact"])[finite], impact, rtol=1e-3,
+                                   atol=1e-5)
+
+
 @pytest.mark.parametrize("rule", ["err", "lfr"])
 def test_err_lfr_screen_rows_whose_own_model_cannot_be_scored(rule):
     """Two finite rows near float32's largest: every candidate model's loss overflows.
@@ -314,6 +338,29 @@ def test_err_lfr_screen_rows_whose_own_model_cannot_be_scored(rule):
             np.testing.assert_allclose(out, x[honest].astype(np.float64).mean(0), rtol=1e-5,
                                        atol=1e-6, err_msg=str(where))
 
+
+
+@pytest.mark.parametrize("rule", ["err", "lfr"])
+def test_err_lfr_unscorable_model_is_the_worst(rule):
+    """A validation function that is NaN for 5 < w_0 < 50: the model with
+    everyone (w_0 ~ 14) cannot be scored, the one without the attacker can,
+    and the attacker's own model (w_0 = 100) can too, so nothing is screened.
+
+    Catches: a NaN metric ranked as harmless (``-inf``): the attacker's impact
+    became -inf and it was kept.
+    """
+    def eval_fn(w):
+        bad = (w[0] > 5.0) & (w[0] < 50.0)
+        value = jnp.sum(jnp.square(w))
+        return jnp.where(bad, jnp.nan, value / (1.0 + value)), jnp.where(bad, jnp.nan, value)
+
+    x = np.full((7, 3), 0.1, np.float32) + np.arange(7, dtype=np.float32)[:, None] / 100
+    x[3, 0] = 100.0
+    agg = getattr(A, rule)(eval_fn=eval_fn, num_reject=1)
+    out, _, info = _run(agg, x, AggregationContext(params=jnp.zeros(3)))
+    assert not bool(info["accepted"][3]) and int(info["num_unscorable"]) == 0
+    assert float(info["impact"][3]) == np.inf
+    np.testing.assert_allclose(out, np.delete(x, 3, 0).astype(np.float64).mean(0), rtol=1e-6)
 
 def test_lfr_rejects_huge_rows_whose_loss_stays_finite():
     """Two equal rows at 1e30: the logistic loss stays finite, so nothing is
