@@ -132,11 +132,29 @@ def test_flame_noise_scale_and_nonfinite():
 
 
 def test_flame_vmaps_and_validates():
-    x = jnp.asarray(np.random.default_rng(5).standard_normal((2, 5, 3)), jnp.float32)
-    agg = A.flame(cluster_on="updates")
+    """Under vmap every instance is clustered on its own (the HDBSCAN callback sees
+    one instance's distances): values equal the unbatched calls and the reference.
+
+    Catches: a batched callback that clusters the stacked instances together or
+    returns instance 0's labels for all (the old test checked the shape only).
+    """
+    rng = np.random.default_rng(5)
+    x = 1.0 + 0.2 * rng.standard_normal((2, 7, 6))
+    x[0, :3] = -2.0 + 0.05 * rng.standard_normal((3, 6))  # a different minority per instance
+    x[1, 4:] = -2.0 + 0.05 * rng.standard_normal((3, 6))
+    x = jnp.asarray(x, jnp.float32)
     keys = jax.random.split(KEY, 2)
-    out, _, _ = jax.jit(jax.vmap(lambda u, k: agg.aggregate(u, agg.init(3), k)))(x, keys)
-    assert out.shape == (2, 3)
+    for noise in (0.0, 0.01):
+        agg = A.flame(cluster_on="updates", noise_lambda=noise)
+        out, _, info = jax.jit(jax.vmap(lambda u, k: agg.aggregate(u, agg.init(6), k)))(x, keys)
+        for i in range(2):
+            one, _, one_info = jax.jit(agg.aggregate)(x[i], agg.init(6), keys[i])
+            np.testing.assert_allclose(out[i], one, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(info["admitted"][i], one_info["admitted"])
+            if noise == 0.0:
+                np.testing.assert_allclose(out[i], ref.flame_no_noise(np.asarray(x[i]))[0],
+                                           rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(info["admitted"], [[0, 0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]])
     with pytest.raises(ValueError, match="flame"):
         A.flame(cluster_on="gradients")
     with pytest.raises(ValueError, match="flame"):
@@ -544,7 +562,9 @@ def test_compose_applies_per_client_transforms_first():
     manual = x + np.asarray(noise)
     np.testing.assert_allclose(out1, out2)
     np.testing.assert_allclose(out1, manual.mean(0), rtol=1e-5, atol=1e-6)
-    assert A.compose(aggregator=A.mean()) is not None
+    # No transforms: exactly the aggregator (was only checked `is not None`).
+    bare = A.compose(aggregator=A.trimmed_mean(1))
+    np.testing.assert_array_equal(_run(bare, x)[0], _run(A.trimmed_mean(1), x)[0])
 
 
 def test_every_model_rule_is_registered():
