@@ -74,7 +74,8 @@ def foolsgold(num_clients: int, kappa: float = 1.0, normalize: bool = False) -> 
     ``normalize=True``, which divides by ``Σ_i w_i`` (zero if all weights are
     zero). Non-finite rows get weight 0, leave the history untouched and take
     no part in the other clients' weights this round.
-    Histories saturate at float32's largest value instead of overflowing.
+    A history entry beyond float32's range is stored as ``±inf`` and read as
+    ``±`` float32's largest value (never NaN).
     Not a defence against scale: a huge update that looks like no other
     keeps its weight, and the weighted sum follows it (clip in front with
     ``compose`` to bound it); with ``normalize=False`` the sum overflows to
@@ -125,13 +126,15 @@ def foolsgold(num_clients: int, kappa: float = 1.0, normalize: bool = False) -> 
                     f"got n={n} rows but num_clients={num_clients}")
         finite = finite_rows(updates)  # bool[n]
         x = jnp.where(finite[:, None], updates, 0.0)  # float[n, d]
-        added = state.history.at[ids].add(x.astype(state.history.dtype))
-        # Saturating sums: two finite updates near float32's largest would
-        # overflow a history to inf, and an inf history gives NaN cosines and
-        # zero weights to every client in every later round.
+        history = state.history.at[ids].add(x.astype(state.history.dtype))
+        # Two finite updates near float32's largest overflow a history to
+        # ±inf (never NaN: screened rows add 0). Read as ±float32's largest, so
+        # the direction survives: an inf history gave NaN cosines and zero
+        # weight to every client in every later round. (Saturating the stored
+        # sums instead cost a second [n, d] pass.)
         big = jnp.finfo(state.history.dtype).max
-        rows = jnp.clip(added[ids], -big, big)  # float[n, d]
-        history = added.at[ids].set(rows)
+        rows = history[ids]  # float[n, d]
+        rows = jnp.where(jnp.isinf(rows), jnp.sign(rows) * big, rows)
         w = foolsgold_weights(rows.astype(updates.dtype), kappa, finite)  # float[n]
         total = jnp.sum(w)
         # The weighted mean first (a convex combination cannot overflow), then
