@@ -165,6 +165,12 @@ def test_mixed_scale_rows(entry):
 
 @pytest.mark.parametrize("entry", TABLE, ids=lambda e: e.name)
 def test_nonfinite_rows_are_screened(entry):
+    """f rows with NaN / ±inf: finite output equal to the reference on the other rows.
+
+    Catches: a rule that stops reporting ``num_nonfinite`` (the old
+    ``if "num_nonfinite" in info`` guard skipped the count silently), and the
+    mean's unscreened ``w @ updates``.
+    """
     if not entry.robust:
         pytest.skip("not robust: one NaN row poisons it (documented)")
     for n in entry.ns:
