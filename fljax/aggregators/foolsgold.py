@@ -48,7 +48,7 @@ def foolsgold_weights(history: jax.Array, kappa: float = 1.0,
     unit, _ = unit_rows(history)
     cs = cosine_similarity(unit) - jnp.eye(n, dtype=history.dtype)  # float[n, n]
     # Invalid rows are nobody's neighbour: -inf drops them from every max
-    # (a row with no valid neighbour keeps the reference's diagonal, -1 + 1 = 0).
+    # (the diagonal stays the reference's cos(i, i) - 1).
     cs = jnp.where(pair | jnp.eye(n, dtype=bool), cs, -jnp.inf)
     v = jnp.max(cs, axis=1)  # float[n]
     pardon = (v[:, None] < v[None, :]) & (v[None, :] != 0)
