@@ -25,6 +25,10 @@ def robust_lr(threshold: float, server_lr: float = 1.0) -> Aggregator:
     mean), unweighted otherwise. Signs of non-finite rows are not counted and
     those rows are left out of the mean.
 
+    Not a defence against scale: like the mean inside it, the result follows
+    a huge finite row (it stays finite, up to float32's largest value). Put a
+    clipping transform in front (``compose``) to bound it.
+
     The result already carries ``server_lr``: run the simulator with its own
     server learning rate 1 (or leave ``server_lr=1`` here and use the
     simulator's), not both.
@@ -69,7 +73,10 @@ def robust_lr(threshold: float, server_lr: float = 1.0) -> Aggregator:
         else:
             w = jnp.ones((n,), updates.dtype)
         w = jnp.where(finite, w, 0.0)
-        avg = weighted_row_sum(updates, w, finite) / jnp.maximum(jnp.sum(w), 1e-12)
+        # Weights normalised first: a convex combination of finite rows cannot
+        # overflow (summing first gave inf for two rows near float32's largest).
+        w = w / jnp.maximum(jnp.sum(w), jnp.finfo(updates.dtype).tiny)
+        avg = weighted_row_sum(updates, w, finite)  # float[d]
         info = {
             "flipped_fraction": jnp.mean(agreement < threshold),
             "num_nonfinite": n - jnp.sum(finite),
