@@ -499,3 +499,18 @@ def test_every_rule_traces_inside_the_round(name):
     buf = None if buf is None else jax.ShapeDtypeStruct(buf.shape, buf.dtype)
     _, info, _ = jax.eval_shape(rnd.step, plan.hparams, state, plan.data, k_rounds, buf)
     assert info.update_norms.shape == (12,)
+
+
+def test_err_scores_the_models_the_server_really_makes():
+    """Under server Adam (lr 0.01) ERR's candidate with every row is scored
+    exactly at the parameters the server then adopts (num_reject = 0).
+
+    Catches: candidates scored as ``params + aggregate`` (ERR / LFR's old
+    ``server_lr`` default), which the server never makes under Adam."""
+    cfg = small_cfg("server.optimizer='adam'", "server.learning_rate=0.01",
+                    "aggregator={'name': 'err', 'kwargs': {'num_reject': 0}}")
+    state, info, plan = run_rounds(cfg, 1)
+    rnd = simulate.compiled(plan.spec).round
+    flat = jax.flatten_util.ravel_pytree(state.params)[0]
+    err, _ = rnd.resources(plan.hparams, plan.data)["eval_fn"](flat)
+    assert float(info.agg_info["metric_full"]) == pytest.approx(float(err), abs=1e-6)

@@ -137,7 +137,13 @@ def loo_rejection(rule: str, metric: int, eval_fn: EvalFn, num_reject: int,
         w = _client_weights(updates, context)  # float[n]
         k_all, k_loo, k_final, k_tie = jax.random.split(key, 4)
 
+        step = getattr(context, "server_step", None)
+
         def evaluate(cands):  # float[m, d] -> (error float[m], loss float[m])
+            # The models the server would make: its real step (optimizer and
+            # state) when the simulator hands it over, else params + lr * aggregate.
+            if step is not None:
+                return jax.vmap(lambda c: eval_fn(step(c)))(cands)
             return jax.vmap(eval_fn)(params[None, :] + server_lr * cands)
 
         def candidates(usable, screened):  # -> float[n+1, d]: all usable rows, then each left out

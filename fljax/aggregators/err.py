@@ -57,8 +57,10 @@ def err(eval_fn: EvalFn, num_reject: int, base: Union[str, Aggregator] = "mean",
         :class:`Aggregator`. A stateful base keeps its state through the final
         aggregate; the leave-one-out calls see the same input state and their
         new states are dropped. Memory for a wrapped rule is ``n·(n−1)·d``.
-      server_lr: the server learning rate the simulator will apply, so the
-        candidate models are the ones the server would actually get.
+      server_lr: the server learning rate, for direct calls: candidates are
+        scored as ``params + server_lr * aggregate``. Inside the simulator
+        ``context.server_step`` is used instead (the server's real step, its
+        optimizer and state included), and this value is ignored.
 
     Returns:
       An :class:`Aggregator` that needs ``context.params``. ``info`` holds
