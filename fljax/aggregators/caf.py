@@ -42,6 +42,12 @@ def caf_weights(gram: jax.Array, usable: jax.Array, threshold: jax.Array):
     """
     n = gram.shape[0]
     c0 = usable.astype(gram.dtype)
+    # The filter is scale-invariant: work on G / max diag(G) so that rows of
+    # norm up to ~1e19 (whose Gram entries are finite) do not overflow the
+    # squared projections (τ ~ G²), and scale λ back at the end.
+    scale = jnp.max(jnp.where(usable, jnp.abs(jnp.diagonal(gram)), 0.0))
+    scale = jnp.where(scale > 0, scale, 1.0)
+    gram = gram / scale
 
     def stats(c):
         w = c / jnp.maximum(jnp.sum(c), 1e-30)
@@ -75,7 +81,7 @@ def caf_weights(gram: jax.Array, usable: jax.Array, threshold: jax.Array):
     w0 = c0 / jnp.maximum(jnp.sum(c0), 1.0)
     _, w_best, lam_best, iters, _ = lax.while_loop(
         cond, body, (c0, w0, jnp.asarray(jnp.inf, gram.dtype), jnp.int32(0), jnp.bool_(False)))
-    return w_best, lam_best, iters
+    return w_best, lam_best * scale, iters
 
 
 def caf(num_byzantine: int) -> Aggregator:

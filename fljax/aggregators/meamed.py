@@ -30,9 +30,11 @@ def meamed(num_byzantine: int, block: int | None = None, batch: int | None = Non
 
     The ``n - f`` values closest to the median are a contiguous window of the
     sorted column, the one (of the ``f + 1`` windows) whose farther end is
-    nearest to the median; a tie between two windows takes the lower one (the
-    two sets are then equally close: ByzFL's ``argpartition`` leaves this
-    case to the sort). Columns are sorted on tiles by the bitonic network of
+    nearest to the median; where several windows tie there (one value repeated
+    at that end), the one whose nearer end is farthest, which holds every
+    value strictly closer than the repeated one; a tie of two distinct values
+    equally far on either side takes the lower window (the two sets are then
+    equally close: ByzFL's ``argpartition`` leaves this case to the sort). Columns are sorted on tiles by the bitonic network of
     :mod:`fljax.aggregators._ops`; every kept value is divided by ``n - f``
     before it is added, so values near float32's largest never overflow.
 
@@ -82,9 +84,13 @@ def meamed(num_byzantine: int, block: int | None = None, batch: int | None = Non
             low = s[: f + 1]  # float[f+1, b]: window starts
             high = jnp.take(s, keep - 1 + starts, axis=0)  # float[f+1, b]: window ends
             # Halved differences never overflow.
-            cost = jnp.maximum(0.5 * med - 0.5 * low, 0.5 * high - 0.5 * med)
-            cost = jnp.where((starts <= m - keep)[:, None], cost, jnp.inf)
-            best = jnp.argmin(cost, axis=0)  # int[b]: first (lowest) window on ties
+            left, right = 0.5 * med - 0.5 * low, 0.5 * high - 0.5 * med
+            cost = jnp.where((starts <= m - keep)[:, None], jnp.maximum(left, right), jnp.inf)
+            # Among windows whose farther end is equally far (a repeated value
+            # there), the one whose nearer end is farther holds more of the
+            # values strictly closer than that: the n - f closest.
+            near = jnp.where(cost == jnp.min(cost, axis=0), jnp.minimum(left, right), -jnp.inf)
+            best = jnp.argmax(near, axis=0)  # int[b]: first (lowest) window on full ties
             inside = (rank >= best[None, :]) & (rank < best[None, :] + keep)
             return jnp.sum(jnp.where(inside, s * inv, 0.0), axis=0)
 
