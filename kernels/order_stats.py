@@ -11,21 +11,22 @@ invariant aggregator are rank-weighted sums, so one kernel serves
     from kernels import order_stats
     rule = agg.trimmed_mean(40, kernel=order_stats.rank_weighted_sum)
 
-The kernel (``order_stats.cc``) copies W = 64 columns of the valid rows into a
-buffer and runs Batcher's odd-even merge sort network over the rows, each
-comparator a vectorised min/max across the 64 columns, with the columns split
-over the available CPUs. On the 2-core development machine it takes a trimmed
-mean of 200 x 1,000,000 float32 in ~0.2 s, where the jnp path (a bitonic
-network written in jnp, tiled) takes ~1 s: XLA:CPU spends most of that in
-the reshapes and copies around each of the 36 network stages, which a
-hand-written loop does not need (see ``benchmarks/aggregators.py``).
+The kernel (``order_stats.cc``) copies a super-block of columns of the valid
+rows into a buffer and runs a bitonic sorting network over the rows on every
+group of 16 columns, register-blocked (each step holds 16 rows in vector
+registers through 4 layers of comparators), pruned to the ranks that carry
+weight (a median keeps the middle one or two, a trimmed mean only separates
+the extremes from the middle), with the columns split over the available CPUs.
+XLA:CPU's own sort or a network written in jnp is several times slower: it
+spends most of its time in the reshapes and copies around each network stage
+(see ``benchmarks/aggregators.py`` for the measured figures).
 
 It is compiled on first use with the system C++ compiler (``$CXX``, else
 ``c++``/``g++``/``clang++``) against the XLA FFI headers that ship with
-jaxlib, with ``-O3 -march=native``, and cached under
-``$FLJAX_KERNEL_CACHE`` (default ``~/.cache/fljax/kernels``), keyed by the
-source, the flags, the jaxlib version and the CPU. :func:`available` says
-whether it can be built here and, if not, why.
+jaxlib, with ``-O3 -march=native``, printing one line while it does, and
+cached under ``$FLJAX_KERNEL_CACHE`` (default ``~/.cache/fljax/kernels``),
+keyed by the source, the flags, the jaxlib version and the CPU.
+:func:`available` says whether it can be built here and, if not, why.
 
 Per DESIGN.md the jnp path stays the default: ``fljax`` never imports this
 module, a caller injects it. :func:`rank_weighted_sum_reference` is the plain
@@ -41,6 +42,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -117,6 +119,7 @@ def _build(cxx: str | None) -> Path:
     import jaxlib
 
     errors = []
+    announced = False
     for flags in (FLAGS + ARCH_FLAGS, FLAGS):  # -march=native is not known everywhere
         key = hashlib.sha256("\0".join(
             [SOURCE.read_text(), cxx, *flags, jaxlib.__version__, platform.machine(),
@@ -124,6 +127,10 @@ def _build(cxx: str | None) -> Path:
         path = cache_dir() / f"order_stats-{key}.so"
         if path.exists():
             return path
+        if not announced:  # the one line a first use prints (a few seconds of compiling)
+            print(f"kernels.order_stats: compiling the CPU kernel with {cxx} (once; cached in "
+                  f"{cache_dir()})", file=sys.stderr, flush=True)
+            announced = True
         err = _compile(cxx, flags, path)
         if err is None:
             return path
@@ -136,8 +143,9 @@ def _library() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(build()))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.FljaxRankWeightedSum),
                                 platform="cpu")
-    lib.fljax_batcher_network.restype = ctypes.c_int32
-    lib.fljax_batcher_network.argtypes = [ctypes.c_int32, ctypes.c_void_p]
+    lib.fljax_order_network.restype = ctypes.c_int64
+    lib.fljax_order_network.argtypes = [ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32,
+                                        ctypes.c_void_p, ctypes.c_void_p]
     return lib
 
 
@@ -152,13 +160,28 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
-def batcher_network(n: int) -> np.ndarray:
-    """The kernel's comparator network for ``n`` inputs: ``int32[c, 2]`` pairs (min to column 0)."""
+def network(m: int, weights=None, prune: bool = True) -> tuple[np.ndarray, int]:
+    """The comparator network the kernel runs for ``m`` valid rows, for the tests.
+
+    Args:
+      m: number of valid rows.
+      weights: ``float32[m]`` rank weights (None: all distinct, i.e. a full sort).
+      prune: drop the comparators that cannot change ``sum_r weights[r] * sorted[r]``.
+
+    Returns:
+      ``(pairs, padded)``: ``int32[c, 2]`` comparators (minimum to column 0) in
+      execution order over ``padded`` rows; rows ``m..padded-1`` hold +inf.
+    """
     lib = _library()
-    count = lib.fljax_batcher_network(n, None)
+    w = np.arange(1, m + 1, dtype=np.float32) if weights is None else np.asarray(weights, np.float32)
+    if w.shape != (m,):
+        raise ValueError(f"network: weights must have shape ({m},), got {w.shape}")
+    w = np.ascontiguousarray(w)
+    padded = ctypes.c_int32()
+    count = lib.fljax_order_network(m, w.ctypes.data, int(prune), ctypes.byref(padded), None)
     pairs = np.zeros((max(count, 1), 2), np.int32)
-    lib.fljax_batcher_network(n, pairs.ctypes.data)
-    return pairs[:count]
+    lib.fljax_order_network(m, w.ctypes.data, int(prune), None, pairs.ctypes.data)
+    return pairs[:count], padded.value
 
 
 def rank_weighted_sum(

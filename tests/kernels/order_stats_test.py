@@ -22,24 +22,87 @@ def _apply_network(pairs, x):
     return x
 
 
-@needs_kernel
-@pytest.mark.parametrize("n", range(1, 15))
-def test_network_sorts_every_zero_one_input(n):
-    # 0-1 principle (Knuth 5.3.4): a comparator network that sorts all 2^n
-    # zero-one inputs sorts every input.
-    pairs = order_stats.batcher_network(n)
-    assert (pairs[:, 0] < pairs[:, 1]).all() and (pairs < n).all()
-    cols = np.arange(2 ** n)
-    x = ((cols[None, :] >> np.arange(n)[:, None]) & 1).astype(np.float32)  # [n, 2^n]
-    np.testing.assert_array_equal(_apply_network(pairs, x), np.sort(x, axis=0))
+def _zero_one_inputs(m, padded):
+    """Every 0-1 input of m rows as columns, padded with rows of 2 (the +inf rows)."""
+    cols = np.arange(2 ** m)
+    x = ((cols[None, :] >> np.arange(m)[:, None]) & 1).astype(np.int8)  # [m, 2^m]
+    return np.concatenate([x, np.full((padded - m, 2 ** m), 2, np.int8)])
+
+
+def _check_classes(pairs, padded, m, weights, x):
+    """Every rank class (rows of equal weight) holds the multiset a full sort puts there."""
+    got = _apply_network(pairs, x)[:m]
+    want = np.sort(x[:m], axis=0)
+    for w in np.unique(weights):
+        rows = weights == w
+        np.testing.assert_array_equal(np.sort(got[rows], axis=0), np.sort(want[rows], axis=0),
+                                      err_msg=f"m={m} weight={w}")
+
+
+def _weight_patterns(m):
+    """Median, every trim of a trimmed mean, and ties among arbitrary weights."""
+    rank = np.arange(m)
+    yield 0.5 * (rank == (m - 1) // 2) + 0.5 * (rank == m // 2)
+    for t in range((m + 1) // 2):
+        yield ((rank >= t) & (rank < m - t)) / max(m - 2 * t, 1)
+    yield np.random.default_rng(m).integers(0, 3, m).astype(np.float32)
 
 
 @needs_kernel
-def test_network_size_is_batchers():
-    # (p^2 - p + 4) 2^(p-2) - 1 comparators for n = 2^p (Knuth 5.3.4, eq. 9).
-    for p in range(1, 9):
-        assert len(order_stats.batcher_network(2 ** p)) == (p * p - p + 4) * 2 ** (p - 2) - 1
-    assert len(order_stats.batcher_network(200)) < len(order_stats.batcher_network(256))
+@pytest.mark.parametrize("m", range(1, 15))
+def test_network_sorts_every_zero_one_input(m):
+    """0-1 principle (Knuth 5.3.4): a comparator network that sorts all 2^m zero-one
+    inputs sorts every input. Catches a wrong comparator, a missing step or a
+    wrong register order in the network the kernel runs."""
+    pairs, padded = order_stats.network(m, prune=False)
+    assert padded >= max(m, 8) and padded & (padded - 1) == 0  # a power of two
+    assert (pairs[:, 0] < pairs[:, 1]).all() and (pairs < padded).all()
+    x = _zero_one_inputs(m, padded)
+    np.testing.assert_array_equal(_apply_network(pairs, x)[:m], np.sort(x[:m], axis=0))
+
+
+@needs_kernel
+@pytest.mark.parametrize("m", [1, 2, 5, 8, 9, 12, 14, 17])
+def test_pruned_network_keeps_every_weighted_rank_class(m):
+    """0-1 principle for the pruned networks: for every 0-1 input, each class of
+    equally weighted ranks (the median's middle pair, a trimmed mean's kept
+    middle, ties among arbitrary weights) holds what a full sort puts there.
+    (The class property is a conjunction of comparisons between outputs, so it
+    holds for all inputs iff it holds for 0-1 inputs.) Catches a pruner that
+    drops a comparator the weighted sum depends on."""
+    for weights in _weight_patterns(m):
+        weights = weights.astype(np.float32)
+        pairs, padded = order_stats.network(m, weights)
+        _check_classes(pairs, padded, m, weights, _zero_one_inputs(m, padded))
+
+
+@needs_kernel
+@pytest.mark.parametrize("m", [33, 65, 130, 200, 257])
+def test_pruned_networks_on_random_zero_one_and_real_inputs(m):
+    """The same property for sizes with register steps of every kind (too many rows
+    for all 2^m inputs): random 0-1 columns with every count of ones, and floats."""
+    rng = np.random.default_rng(m)
+    ones = rng.integers(0, m + 1, 600)
+    x01 = (rng.random((m, 600)).argsort(axis=0) < ones[None, :]).astype(np.float32)
+    for weights in list(_weight_patterns(m))[:3] + [np.arange(m)]:
+        weights = np.asarray(weights, np.float32)
+        pairs, padded = order_stats.network(m, weights)
+        pad = np.full((padded - m, 600), np.inf, np.float32)
+        _check_classes(pairs, padded, m, weights, np.concatenate([x01, pad]))
+        xr = np.concatenate([rng.standard_normal((m, 600)).astype(np.float32), pad])
+        _check_classes(pairs, padded, m, weights, xr)
+
+
+@needs_kernel
+def test_pruning_prunes():
+    """Pruning must remove work where the weights allow it (a no-op pruner fails):
+    the median and trimmed mean drop steps; equal weights need no network at all."""
+    full, _ = order_stats.network(200, prune=False)
+    rank = np.arange(200)
+    median, _ = order_stats.network(200, (0.5 * (rank == 99) + 0.5 * (rank == 100)).astype(np.float32))
+    trimmed, _ = order_stats.network(200, (((rank >= 40) & (rank < 160)) / 120).astype(np.float32))
+    assert len(median) < 0.95 * len(full) and len(trimmed) < 0.95 * len(full)
+    assert len(order_stats.network(200, np.ones(200, np.float32))[0]) == 0
 
 
 def _inputs(n, d, seed, invalid_frac=0.25):
@@ -65,7 +128,7 @@ def _numpy(x, valid, w):
 
 @needs_kernel
 @pytest.mark.parametrize("n,d,threads", [(1, 1, 0), (2, 3, 0), (7, 130, 1), (33, 1100, 3),
-                                         (200, 700, 2)])
+                                         (200, 700, 2), (300, 1037, 2), (1100, 300, 0)])
 def test_matches_reference_and_numpy(n, d, threads):
     x, valid, w = _inputs(n, d, seed=n + d)
     got, signs = order_stats.rank_weighted_sum(jnp.asarray(x), jnp.asarray(valid), jnp.asarray(w),
