@@ -7,9 +7,11 @@
 //   signs[j] = sum_i sign(x[i, j])                 (valid rows only; if asked)
 //
 // A median, a trimmed mean and the invariant aggregator's trimmed mean are all
-// rank-weighted sums (kernels/order_stats.py builds the weights). Invalid rows
-// (non-finite updates, screened by the caller) are never read, so the network
-// only ever compares finite values.
+// rank-weighted sums (kernels/order_stats.py builds the weights). A second
+// entry point, closest_to_median_mean, is Bulyan's coordinate-wise step (the
+// mean of the beta values closest to the median) on the same network. Invalid
+// rows (non-finite updates, screened by the caller) are never read, so the
+// network only ever compares finite values.
 //
 // How. A thread copies a super-block of columns (up to 512) of the m valid
 // rows into a buffer [P][super-block], P = m rounded up to a power of two (at
@@ -344,18 +346,23 @@ static_assert(Kind(4, true) + 1 == kNumKinds, "step kinds");
 // ---------------------------------------------------------------------------
 // The columns.
 
+// What the network is run for, and what is done with each sorted group of
+// columns (one per output).
 struct Plan {
   const float* x;
   int64_t d;
   std::vector<int32_t> rows;  // valid row indices, m of them
   int32_t padded;             // P
   std::vector<Run> runs;      // the pruned network
-  const float* weights;       // [n], read at ranks [r0, r1)
-  int32_t r0, r1;
   int64_t super;              // columns per super-block (a multiple of kLanes)
   int64_t stride;             // floats between buffer rows: super + kLanes (spreads cache sets)
   float* out;
   float* signs;               // nullptr: not asked for
+  // Rank-weighted sum: weights [n], read at ranks [r0, r1).
+  const float* weights = nullptr;
+  int32_t r0 = 0, r1 = 0;
+  // Closest to the median: how many values to average (0: not this output).
+  int64_t beta = 0;
 };
 
 struct AlignedBuffer {
@@ -366,6 +373,73 @@ struct AlignedBuffer {
   }
   ~AlignedBuffer() { std::free(data); }
 };
+
+inline const Vec& Row(const float* col, int64_t r, int64_t stride) {
+  return *reinterpret_cast<const Vec*>(col + r * stride);
+}
+
+inline Vec Abs(Vec v) {
+  Vec r;
+  for (int l = 0; l < kLanes; l++) r[l] = v[l] < 0.0f ? -v[l] : v[l];
+  return r;
+}
+
+// sum_r weights[r] * sorted[r] for one group of columns.
+Vec WeightedSum(const Plan& plan, const float* col) {
+  Vec acc = {};
+  for (int64_t r = plan.r0; r < plan.r1; r++) acc += plan.weights[r] * Row(col, r, plan.stride);
+  return acc;
+}
+
+// Bulyan's coordinate-wise step for one group of columns: the mean of the b
+// values closest to the median, values tied at the b-th distance sharing the
+// remaining slots (as fljax/aggregators/bulyan.py's jnp path). The b-th
+// smallest distance is min over i + j = b of max(A_i, B_j), where A_i (B_j) is
+// the i-th (j-th) smallest distance among the sorted values at or below (above)
+// rank lo -- the network only sorts the ranks lo - b + 1 .. lo + b; the sums
+// then take one pass over all m values (in any order).
+Vec ClosestToMedian(const Plan& plan, const float* col) {
+  const int64_t m = static_cast<int64_t>(plan.rows.size());
+  const int64_t stride = plan.stride;
+  const int64_t lo = (m - 1) / 2, hi = m / 2;
+  const int64_t b = std::max<int64_t>(1, std::min(plan.beta, m));
+  const Vec med = 0.5f * Row(col, lo, stride) + 0.5f * Row(col, hi, stride);
+  const float inf = std::numeric_limits<float>::infinity();
+  Vec r;
+  for (int l = 0; l < kLanes; l++) r[l] = inf;
+  // i values at or below rank lo (at most lo + 1), b - i above (at most m - 1 - lo).
+  for (int64_t i = std::max<int64_t>(0, b - (m - 1 - lo)); i <= std::min(b, lo + 1); i++) {
+    const int64_t j = b - i;
+    Vec v;
+    if (i == 0) {
+      v = Abs(Row(col, lo + j, stride) - med);
+    } else if (j == 0) {
+      v = Abs(Row(col, lo - i + 1, stride) - med);
+    } else {
+      v = Max(Abs(Row(col, lo - i + 1, stride) - med), Abs(Row(col, lo + j, stride) - med));
+    }
+    r = Min(r, v);
+  }
+  const float bf = static_cast<float>(b);
+  Vec n_closer = {}, n_tied = {}, s_closer = {}, s_tied = {};
+  const Vec zero = {};
+  for (int64_t q = 0; q < m; q++) {
+    const Vec x = Row(col, q, stride);
+    const Vec dist = Abs(x - med);
+    for (int l = 0; l < kLanes; l++) {
+      n_closer[l] += dist[l] < r[l] ? 1.0f : 0.0f;
+      n_tied[l] += dist[l] == r[l] ? 1.0f : 0.0f;
+      s_closer[l] += dist[l] < r[l] ? x[l] / bf : 0.0f;
+    }
+  }
+  const Vec share = Max(n_tied, zero + 1.0f);
+  for (int64_t q = 0; q < m; q++) {
+    const Vec x = Row(col, q, stride);
+    const Vec dist = Abs(x - med);
+    for (int l = 0; l < kLanes; l++) s_tied[l] += dist[l] == r[l] ? x[l] / share[l] : 0.0f;
+  }
+  return s_closer + s_tied * ((bf - n_closer) / bf);
+}
 
 void RunColumns(const Plan& plan, int64_t c0, int64_t c1) {
   const int64_t m = static_cast<int64_t>(plan.rows.size());
@@ -383,10 +457,10 @@ void RunColumns(const Plan& plan, int64_t c0, int64_t c1) {
       if (width < ng * kLanes) std::fill(buf + r * stride + width, buf + r * stride + ng * kLanes, 0.0f);
     }
     if (plan.signs != nullptr) {
-      for (int64_t c = 0; c < width; c++) plan.signs[cs + c] = 0.0f;
+      float* s = plan.signs + cs;
+      std::fill(s, s + width, 0.0f);
       for (int64_t r = 0; r < m; r++) {
         const float* v = buf + r * stride;
-        float* s = plan.signs + cs;
         for (int64_t c = 0; c < width; c++)
           s[c] += static_cast<float>(v[c] > 0.0f) - static_cast<float>(v[c] < 0.0f);
       }
@@ -394,9 +468,7 @@ void RunColumns(const Plan& plan, int64_t c0, int64_t c1) {
     for (int64_t g = 0; g < ng; g++) {
       float* col = buf + g * kLanes;
       Execute(col, plan.runs, stride);
-      Vec acc = {};
-      for (int64_t r = plan.r0; r < plan.r1; r++)
-        acc += plan.weights[r] * *reinterpret_cast<const Vec*>(col + r * stride);
+      const Vec acc = plan.beta > 0 ? ClosestToMedian(plan, col) : WeightedSum(plan, col);
       const int64_t lanes = std::min<int64_t>(kLanes, width - g * kLanes);
       for (int64_t l = 0; l < lanes; l++) plan.out[cs + g * kLanes + l] = acc[l];
     }
@@ -409,40 +481,33 @@ int64_t AvailableCpus() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-// out[d] (and signs[d] if not null) for x[n, d]; the whole computation.
-void RankWeightedSum(const float* x, int64_t n, int64_t d, const bool* valid, const float* weights,
-                     float* out, float* signs, int64_t num_threads) {
+// Valid rows, the network pruned for `weights` (ranks < m), buffer geometry.
+Plan MakePlan(const float* x, int64_t n, int64_t d, const bool* valid, const float* weights) {
   Plan plan;
   plan.x = x;
   plan.d = d;
   for (int64_t i = 0; i < n; i++)
     if (valid[i]) plan.rows.push_back(static_cast<int32_t>(i));
   const int32_t m = static_cast<int32_t>(plan.rows.size());
-  plan.weights = weights;
-  plan.r0 = m;
-  plan.r1 = 0;
-  for (int32_t r = 0; r < m; r++)
-    if (weights[r] != 0.0f) {
-      plan.r0 = std::min(plan.r0, r);
-      plan.r1 = r + 1;
-    }
-  if (plan.r1 < plan.r0) plan.r0 = plan.r1 = 0;
-  plan.out = out;
-  plan.signs = signs;
-  if (d == 0) return;
-  if (m == 0) {
-    std::fill(out, out + d, 0.0f);
-    if (signs != nullptr) std::fill(signs, signs + d, 0.0f);
-    return;
-  }
-  const Network net = Prune(Bitonic(m), m, weights);
+  const Network net = Prune(Bitonic(std::max(m, 1)), m, weights);
   plan.padded = net.padded;
   plan.super = std::clamp<int64_t>(kBufferBytes / (4 * net.padded) / kLanes * kLanes, kLanes,
                                    kMaxSuperBlock);
   plan.stride = plan.super + kLanes;
   plan.runs = Runs(net, plan.stride);
+  return plan;
+}
 
-  // Threads get whole super-blocks; one thread per available CPU by default.
+// Runs the plan over all d columns; one thread per available CPU by default.
+void RunPlan(const Plan& plan, int64_t num_threads) {
+  const int64_t d = plan.d;
+  if (d == 0) return;
+  if (plan.rows.empty()) {  // no valid row: zeros
+    std::fill(plan.out, plan.out + d, 0.0f);
+    if (plan.signs != nullptr) std::fill(plan.signs, plan.signs + d, 0.0f);
+    return;
+  }
+  // Threads get whole super-blocks.
   const int64_t blocks = (d + plan.super - 1) / plan.super;
   int64_t threads = num_threads > 0 ? num_threads : AvailableCpus();
   threads = std::max<int64_t>(1, std::min(threads, blocks));
@@ -454,6 +519,48 @@ void RankWeightedSum(const float* x, int64_t n, int64_t d, const bool* valid, co
   }
   RunColumns(plan, 0, std::min(d, per));
   for (auto& th : pool) th.join();
+}
+
+// out[j] = sum_r weights[r] * (r-th smallest valid x[:, j]); signs[j] (if not null).
+void RankWeightedSum(const float* x, int64_t n, int64_t d, const bool* valid, const float* weights,
+                     float* out, float* signs, int64_t num_threads) {
+  Plan plan = MakePlan(x, n, d, valid, weights);
+  const int32_t m = static_cast<int32_t>(plan.rows.size());
+  plan.out = out;
+  plan.signs = signs;
+  plan.weights = weights;
+  plan.r0 = m;
+  plan.r1 = 0;
+  for (int32_t r = 0; r < m; r++)
+    if (weights[r] != 0.0f) {
+      plan.r0 = std::min(plan.r0, r);
+      plan.r1 = r + 1;
+    }
+  if (plan.r1 < plan.r0) plan.r0 = plan.r1 = 0;
+  RunPlan(plan, num_threads);
+}
+
+// Rank classes the Bulyan step needs sorted: ranks lo - b + 1 .. lo + b, each
+// on its own (distinct weights); every other rank in one class.
+std::vector<float> WindowWeights(int64_t m, int64_t beta) {
+  std::vector<float> w(std::max<int64_t>(m, 1), 0.0f);
+  const int64_t lo = (m - 1) / 2, b = std::max<int64_t>(1, std::min(beta, m));
+  for (int64_t r = std::max<int64_t>(0, lo - b + 1); r <= std::min(m - 1, lo + b); r++)
+    w[r] = static_cast<float>(r + 1);
+  return w;
+}
+
+// out[j] = mean of the beta valid x[:, j] closest to their median (Bulyan).
+void ClosestToMedianMean(const float* x, int64_t n, int64_t d, const bool* valid, int64_t beta,
+                         float* out, int64_t num_threads) {
+  int64_t m = 0;
+  for (int64_t i = 0; i < n; i++) m += valid[i] ? 1 : 0;
+  const std::vector<float> w = WindowWeights(m, beta);
+  Plan plan = MakePlan(x, n, d, valid, w.data());
+  plan.out = out;
+  plan.signs = nullptr;
+  plan.beta = std::max<int64_t>(beta, 1);
+  RunPlan(plan, num_threads);
 }
 
 }  // namespace
@@ -481,7 +588,31 @@ ffi::Error RankWeightedSumImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::PRED> v
   return ffi::Error::Success();
 }
 
+ffi::Error ClosestToMedianMeanImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::PRED> valid,
+                                   ffi::ResultBuffer<ffi::F32> out, int64_t beta,
+                                   int64_t num_threads) {
+  const auto dims = x.dimensions();
+  if (dims.size() != 2) return ffi::Error::InvalidArgument("closest_to_median_mean: x must be 2-D");
+  const int64_t n = dims[0], d = dims[1];
+  if (valid.element_count() != static_cast<size_t>(n))
+    return ffi::Error::InvalidArgument("closest_to_median_mean: valid must have n entries");
+  if (out->element_count() != static_cast<size_t>(d))
+    return ffi::Error::InvalidArgument("closest_to_median_mean: out must have d entries");
+  if (beta < 1) return ffi::Error::InvalidArgument("closest_to_median_mean: beta must be >= 1");
+  ClosestToMedianMean(x.typed_data(), n, d, valid.typed_data(), beta, out->typed_data(),
+                      num_threads);
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FljaxClosestToMedianMean, ClosestToMedianMeanImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // x: float[n, d]
+                                  .Arg<ffi::Buffer<ffi::PRED>>()  // valid: bool[n]
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // out: float[d]
+                                  .Attr<int64_t>("beta")
+                                  .Attr<int64_t>("num_threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FljaxRankWeightedSum, RankWeightedSumImpl,
                               ffi::Ffi::Bind()

@@ -194,14 +194,69 @@ def test_missing_compiler_is_a_clear_error():
         order_stats._build(None)
 
 
+def test_first_build_says_one_line_and_a_cached_one_nothing(tmp_path, monkeypatch, capsys):
+    """Compiling on first use must not surprise: one line while it compiles (even if
+    the -march=native attempt fails and a second one runs), none once cached."""
+    monkeypatch.setenv("FLJAX_KERNEL_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_compile(cxx, flags, out):  # first attempt fails, second "compiles"
+        calls.append(flags)
+        if len(calls) == 1:
+            return "unknown flag -march=native"
+        out.write_bytes(b"")
+        return None
+
+    monkeypatch.setattr(order_stats, "_compile", fake_compile)
+    path = order_stats._build("c++")
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "compiling" in err and str(tmp_path) in err, err
+    assert order_stats._build("c++") == path and len(calls) == 2
+    assert capsys.readouterr().err == ""
+
+
 @needs_kernel
-@pytest.mark.parametrize("make", ["coordinate_median", "trimmed_mean", "invariant"])
+@pytest.mark.parametrize("n", [9, 12])
+@pytest.mark.parametrize("beta", [1, 3, 100])
+def test_closest_to_median_mean_matches_reference_and_bulyans_jnp_step(n, beta):
+    """Bulyan's coordinate step (odd and even counts, NaN rows, ties at the
+    boundary distance, beta above the count) against its jnp definition and
+    fljax's jnp path. Catches a wrong b-th distance (the min-max identity over
+    the sorted window), a wrong tie share, or a window the pruned network
+    leaves unsorted."""
+    from fljax.aggregators.bulyan import closest_to_median_mean as jnp_step
+
+    rng = np.random.default_rng(n + beta)
+    x = rng.integers(-3, 4, (n, 301)).astype(np.float32) * 0.5  # many exact ties
+    x[:, :100] = rng.standard_normal((n, 100)).astype(np.float32)
+    valid = np.ones(n, bool)
+    valid[[1, 4]] = False
+    x[1, 5], x[4] = np.nan, np.inf
+    args = (jnp.asarray(x), jnp.asarray(valid))
+    got = order_stats.closest_to_median_mean(*args, beta)
+    np.testing.assert_allclose(got, order_stats.closest_to_median_mean_reference(*args, beta),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got, jnp_step(*args, beta), rtol=1e-6, atol=1e-6)
+
+
+@needs_kernel
+def test_closest_to_median_mean_without_valid_rows_and_bad_beta():
+    out = order_stats.closest_to_median_mean(jnp.full((3, 40), jnp.nan), jnp.zeros(3, bool), 2)
+    np.testing.assert_array_equal(out, 0.0)
+    with pytest.raises(ValueError, match="beta"):
+        order_stats.closest_to_median_mean(jnp.zeros((3, 4)), jnp.ones(3, bool), 0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("make", ["coordinate_median", "trimmed_mean", "invariant", "bulyan"])
 def test_aggregators_with_kernel_match_jnp_path(make):
+    """The kernels injected by hand (as a config or a Pallas kernel would be)."""
     from fljax import aggregators as agg
 
     build = {"coordinate_median": lambda k: agg.coordinate_median(kernel=k),
              "trimmed_mean": lambda k: agg.trimmed_mean(5, kernel=k),
-             "invariant": lambda k: agg.invariant(tau=0.2, kernel=k)}[make]
+             "invariant": lambda k: agg.invariant(tau=0.2, kernel=k),
+             "bulyan": lambda k: agg.bulyan(4, kernel=k and order_stats.closest_to_median_mean)}[make]
     x, _, _ = _inputs(23, 600, seed=11)
     key = jax.random.PRNGKey(0)
     fast, plain = build(order_stats.rank_weighted_sum), build(None)
@@ -225,3 +280,6 @@ def test_other_platforms_lower_to_the_reference():
             jax.ShapeDtypeStruct((5,), jnp.float32))
     text = export.export(f, platforms=["cuda"])(*args).mlir_module()
     assert order_stats.TARGET not in text and "sort" in text
+    g = jax.jit(lambda x, v: order_stats.closest_to_median_mean(x, v, 2))
+    text = export.export(g, platforms=["cuda"])(*args[:2]).mlir_module()
+    assert order_stats.TARGET_CLOSEST not in text and "sort" in text
