@@ -105,16 +105,13 @@ def _model_table():
     return {c.name: c for c in table_model.TABLE}
 
 
-def build_rule(name, n, f, d, kernel=None):
+def build_rule(name, n, f, d, kernel="auto"):
     """``(rule, context, None)``, or ``(None, None, reason)`` if (n, f, d) cannot build it.
 
-    ``kernel`` is passed to factories with a ``kernel`` argument (and makes the
-    others return ``(None, None, reason)``).
+    ``kernel`` is passed to factories with a ``kernel`` argument (``"auto"``,
+    their default, or None for the jnp path).
     """
     table = _model_table()
-    if kernel is not None and (name in table or "kernel" not in inspect.signature(
-            getattr(aggregators, name)).parameters):
-        return None, None, "takes no kernel"
     if name in table:
         context = aggregators.AggregationContext(params=jnp.zeros((d,), jnp.float32))
         return table[name].build(n, d, f), context, None
@@ -126,7 +123,7 @@ def build_rule(name, n, f, d, kernel=None):
             kwargs[p.name] = f
         elif p.default is inspect.Parameter.empty:
             return None, None, f"needs argument {p.name!r}"
-    if kernel is not None:
+    if "kernel" in params:
         kwargs["kernel"] = kernel
     return factory(**kwargs), None, None
 
@@ -196,6 +193,22 @@ def best_of(fn, repeats):
     return min(times)
 
 
+def floor_seconds(x, x_np, repeats):
+    """The memory floor of one pass over the input: ``(copy, column sum)`` seconds.
+
+    The copy is NumPy's ``copyto`` into a buffer allocated (and touched) once:
+    one read and one write of every entry, no page faults. The column sum is
+    one XLA matvec ``ones[n] @ x``: one read.
+    """
+    dst = np.empty_like(x_np)
+    np.copyto(dst, x_np)
+    copy = best_of(lambda: np.copyto(dst, x_np), repeats)
+    ones = jnp.ones((x.shape[0],), x.dtype)
+    colsum = jax.jit(lambda x: ones @ x)
+    jax.block_until_ready(colsum(x))
+    return copy, best_of(lambda: jax.block_until_ready(colsum(x)), repeats)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=200)
@@ -203,9 +216,13 @@ def main(argv=None):
     parser.add_argument("--byzantine", type=int, default=40)
     parser.add_argument("--rules", default="", help="comma-separated subset of RULES")
     parser.add_argument("--peers", action="store_true", help="also time NumPy and ByzFL")
-    parser.add_argument("--kernel", action="store_true",
-                        help="also time the rules that take a kernel with kernels.order_stats "
-                             "injected (one more row each, with 'kernel': 'order_stats')")
+    parser.add_argument("--jnp", action="store_true",
+                        help="also time the rules that take a kernel on their jnp paths "
+                             "(kernel=None; one more row each, with 'path': 'jnp')")
+    parser.add_argument("--floor", action="store_true",
+                        help="print the memory floor first (a copy and a column sum of the "
+                             "matrix) and NumPy's np.sort(x, axis=0); the order-statistic rows "
+                             "get ratios to both")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -216,25 +233,31 @@ def main(argv=None):
     x = jax.device_put(x_np)
     device = str(jax.devices()[0].device_kind if hasattr(jax.devices()[0], "device_kind") else jax.devices()[0])
     key = jax.random.PRNGKey(args.seed)
-    kernels = {None: None}
-    if args.kernel:
-        from kernels import order_stats
+    floor = {}
+    if args.floor:
+        copy, colsum = floor_seconds(x, x_np, args.repeats)
+        np.sort(x_np[:, :1000], axis=0)
+        floor = {"copy_seconds": copy, "column_sum_seconds": colsum,
+                 "numpy_sort_seconds": best_of(lambda: np.sort(x_np, axis=0),
+                                               max(1, args.repeats - 1))}
+        print(json.dumps({"floor": {k: round(v, 4) for k, v in floor.items()}, "clients": n,
+                          "dim": d, "device": device}), flush=True)
+    from fljax.aggregators import _kernels
 
-        ok, why = order_stats.available()
-        if not ok:
-            parser.error(f"--kernel: {why}")
-        kernels["order_stats"] = order_stats.rank_weighted_sum
     for name in names:
         peers = {}  # timed once per rule, reported on each of its rows
-        for kernel_name, kernel in kernels.items():
+        takes_kernel = "kernel" in inspect.signature(getattr(aggregators, name)).parameters
+        paths = ("auto", None) if args.jnp and takes_kernel else ("auto",)
+        for path in paths:
             row = {"rule": name, "clients": n, "dim": d, "byzantine": f, "device": device}
-            if kernel_name:
-                row["kernel"] = kernel_name
-            rule, context, why = build_rule(name, n, f, d, kernel)
+            if takes_kernel:
+                kind = "closest_to_median_mean" if name == "bulyan" else "rank_weighted_sum"
+                uses = path == "auto" and _kernels.resolve("auto", kind) is not None
+                row["path"] = "kernel" if uses else "jnp"
+            rule, context, why = build_rule(name, n, f, d, kernel=path)
             if rule is None:
-                if not kernel_name:
-                    row["skipped"] = why
-                    print(json.dumps(row), flush=True)
+                row["skipped"] = why
+                print(json.dumps(row), flush=True)
                 continue
             state = rule.init(d)
             fn = jax.jit(functools.partial(rule.aggregate, context=context))
@@ -246,6 +269,9 @@ def main(argv=None):
                 continue
             seconds = best_of(lambda: jax.block_until_ready(fn(x, state, key)), args.repeats)
             row["seconds"] = round(seconds, 4)
+            if floor and takes_kernel:
+                row["copies"] = round(seconds / floor["copy_seconds"], 2)
+                row["numpy_sort_ratio"] = round(floor["numpy_sort_seconds"] / seconds, 2)
             if args.peers and not peers:
                 for peer, make in (("numpy", numpy_peer), ("byzfl", byzfl_peer)):
                     peer_fn = make(name, f)

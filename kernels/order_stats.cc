@@ -82,16 +82,20 @@ constexpr int kMaxLayers = 3;
 constexpr int kSortRows = 1 << kMaxLayers;    // rows of the first step (a full sort)
 constexpr int64_t kBufferBytes = 512 * 1024;  // super-block buffer per thread (in L2)
 constexpr int64_t kMaxSuperBlock = 512;       // columns per super-block, at most
+constexpr int64_t kMinPerThread = 1 << 18;    // values per extra thread, at least (~1 MB)
 
 typedef float Vec __attribute__((vector_size(4 * kLanes)));
+typedef int32_t Mask __attribute__((vector_size(4 * kLanes)));  // lanes all ones or zeros
+
+// v where mask, else +0.0 (bitwise, so the compiler keeps it in vector registers).
+inline Vec Where(Mask mask, Vec v) { return reinterpret_cast<Vec>(reinterpret_cast<Mask>(v) & mask); }
 
 inline Vec Min(Vec a, Vec b) {
 #if defined(__AVX512F__)
   return (Vec)_mm512_min_ps((__m512)a, (__m512)b);
 #else
-  Vec r;
-  for (int l = 0; l < kLanes; l++) r[l] = a[l] < b[l] ? a[l] : b[l];
-  return r;
+  const Mask lt = a < b;
+  return reinterpret_cast<Vec>((reinterpret_cast<Mask>(a) & lt) | (reinterpret_cast<Mask>(b) & ~lt));
 #endif
 }
 
@@ -99,11 +103,12 @@ inline Vec Max(Vec a, Vec b) {
 #if defined(__AVX512F__)
   return (Vec)_mm512_max_ps((__m512)a, (__m512)b);
 #else
-  Vec r;
-  for (int l = 0; l < kLanes; l++) r[l] = a[l] < b[l] ? b[l] : a[l];
-  return r;
+  const Mask lt = a < b;
+  return reinterpret_cast<Vec>((reinterpret_cast<Mask>(b) & lt) | (reinterpret_cast<Mask>(a) & ~lt));
 #endif
 }
+
+inline Vec Abs(Vec v) { return reinterpret_cast<Vec>(reinterpret_cast<Mask>(v) & 0x7fffffff); }
 
 // ---------------------------------------------------------------------------
 // Register-blocked steps. A step of C layers holds 2^C rows in registers
@@ -378,12 +383,6 @@ inline const Vec& Row(const float* col, int64_t r, int64_t stride) {
   return *reinterpret_cast<const Vec*>(col + r * stride);
 }
 
-inline Vec Abs(Vec v) {
-  Vec r;
-  for (int l = 0; l < kLanes; l++) r[l] = v[l] < 0.0f ? -v[l] : v[l];
-  return r;
-}
-
 // sum_r weights[r] * sorted[r] for one group of columns.
 Vec WeightedSum(const Plan& plan, const float* col) {
   Vec acc = {};
@@ -420,23 +419,20 @@ Vec ClosestToMedian(const Plan& plan, const float* col) {
     }
     r = Min(r, v);
   }
-  const float bf = static_cast<float>(b);
+  const Vec zero = {}, one = zero + 1.0f, bf = zero + static_cast<float>(b);
   Vec n_closer = {}, n_tied = {}, s_closer = {}, s_tied = {};
-  const Vec zero = {};
   for (int64_t q = 0; q < m; q++) {
     const Vec x = Row(col, q, stride);
     const Vec dist = Abs(x - med);
-    for (int l = 0; l < kLanes; l++) {
-      n_closer[l] += dist[l] < r[l] ? 1.0f : 0.0f;
-      n_tied[l] += dist[l] == r[l] ? 1.0f : 0.0f;
-      s_closer[l] += dist[l] < r[l] ? x[l] / bf : 0.0f;
-    }
+    const Mask closer = dist < r, tied = dist == r;
+    n_closer += Where(closer, one);
+    n_tied += Where(tied, one);
+    s_closer += Where(closer, x / bf);  // scaled before the sum: no overflow
   }
-  const Vec share = Max(n_tied, zero + 1.0f);
+  const Vec share = Max(n_tied, one);
   for (int64_t q = 0; q < m; q++) {
     const Vec x = Row(col, q, stride);
-    const Vec dist = Abs(x - med);
-    for (int l = 0; l < kLanes; l++) s_tied[l] += dist[l] == r[l] ? x[l] / share[l] : 0.0f;
+    s_tied += Where(Abs(x - med) == r, x / share);
   }
   return s_closer + s_tied * ((bf - n_closer) / bf);
 }
@@ -507,9 +503,11 @@ void RunPlan(const Plan& plan, int64_t num_threads) {
     if (plan.signs != nullptr) std::fill(plan.signs, plan.signs + d, 0.0f);
     return;
   }
-  // Threads get whole super-blocks.
+  // Threads get whole super-blocks; small inputs are not worth a thread start.
   const int64_t blocks = (d + plan.super - 1) / plan.super;
-  int64_t threads = num_threads > 0 ? num_threads : AvailableCpus();
+  const int64_t values = static_cast<int64_t>(plan.rows.size()) * d;
+  int64_t threads = num_threads > 0 ? num_threads
+                                    : std::min(AvailableCpus(), values / kMinPerThread + 1);
   threads = std::max<int64_t>(1, std::min(threads, blocks));
   const int64_t per = (blocks + threads - 1) / threads * plan.super;
   std::vector<std::thread> pool;
