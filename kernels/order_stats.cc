@@ -13,7 +13,7 @@
 // rows (non-finite updates, screened by the caller) are never read, so the
 // network only ever compares finite values.
 //
-// How. A thread copies a super-block of columns (up to 512) of the m valid
+// How. A thread copies a super-block of columns (up to 256) of the m valid
 // rows into a buffer [P][super-block], P = m rounded up to a power of two (at
 // least 16); rows m..P-1 hold +inf and never move. Then a bitonic sorting
 // network (Batcher 1968; Knuth, TAOCP vol. 3, section 5.3.4), in the form
@@ -80,8 +80,8 @@ constexpr int kLanes = 8;
 constexpr int kMaxLayers = 3;
 #endif
 constexpr int kSortRows = 1 << kMaxLayers;    // rows of the first step (a full sort)
-constexpr int64_t kBufferBytes = 512 * 1024;  // super-block buffer per thread (in L2)
-constexpr int64_t kMaxSuperBlock = 512;       // columns per super-block, at most
+constexpr int64_t kBufferBytes = 256 * 1024;  // super-block buffer per thread (in L2)
+constexpr int64_t kMaxSuperBlock = 256;       // columns per super-block, at most
 constexpr int64_t kMinPerThread = 1 << 18;    // values per extra thread, at least (~1 MB)
 
 typedef float Vec __attribute__((vector_size(4 * kLanes)));
