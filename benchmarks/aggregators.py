@@ -193,20 +193,32 @@ def best_of(fn, repeats):
     return min(times)
 
 
-def floor_seconds(x, x_np, repeats):
-    """The memory floor of one pass over the input: ``(copy, column sum)`` seconds.
+def floor_fns(x, x_np):
+    """The memory floor of one pass over the input, and NumPy's sort, as timeable functions.
 
-    The copy is NumPy's ``copyto`` into a buffer allocated (and touched) once:
-    one read and one write of every entry, no page faults. The column sum is
-    one XLA matvec ``ones[n] @ x``: one read.
+    ``copy``: NumPy's ``copyto`` into a buffer allocated (and touched) once, one
+    read and one write of every entry, no page faults; ``column_sum``: one XLA
+    matvec ``ones[n] @ x``, one read; ``numpy_sort``: ``np.sort(x, axis=0)``.
     """
     dst = np.empty_like(x_np)
     np.copyto(dst, x_np)
-    copy = best_of(lambda: np.copyto(dst, x_np), repeats)
     ones = jnp.ones((x.shape[0],), x.dtype)
     colsum = jax.jit(lambda x: ones @ x)
     jax.block_until_ready(colsum(x))
-    return copy, best_of(lambda: jax.block_until_ready(colsum(x)), repeats)
+    return {"copy": lambda: np.copyto(dst, x_np),
+            "column_sum": lambda: jax.block_until_ready(colsum(x)),
+            "numpy_sort": lambda: np.sort(x_np, axis=0)}
+
+
+def interleaved(fns, repeats):
+    """Best of ``repeats`` for every function, the functions taking turns (same load)."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best
 
 
 def main(argv=None):
@@ -220,9 +232,9 @@ def main(argv=None):
                         help="also time the rules that take a kernel on their jnp paths "
                              "(kernel=None; one more row each, with 'path': 'jnp')")
     parser.add_argument("--floor", action="store_true",
-                        help="print the memory floor first (a copy and a column sum of the "
-                             "matrix) and NumPy's np.sort(x, axis=0); the order-statistic rows "
-                             "get ratios to both")
+                        help="time the memory floor (a copy and a column sum of the matrix) and "
+                             "NumPy's np.sort(x, axis=0) in turns with each rule that takes a "
+                             "kernel; those rows get the seconds and the ratios")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -233,15 +245,7 @@ def main(argv=None):
     x = jax.device_put(x_np)
     device = str(jax.devices()[0].device_kind if hasattr(jax.devices()[0], "device_kind") else jax.devices()[0])
     key = jax.random.PRNGKey(args.seed)
-    floor = {}
-    if args.floor:
-        copy, colsum = floor_seconds(x, x_np, args.repeats)
-        np.sort(x_np[:, :1000], axis=0)
-        floor = {"copy_seconds": copy, "column_sum_seconds": colsum,
-                 "numpy_sort_seconds": best_of(lambda: np.sort(x_np, axis=0),
-                                               max(1, args.repeats - 1))}
-        print(json.dumps({"floor": {k: round(v, 4) for k, v in floor.items()}, "clients": n,
-                          "dim": d, "device": device}), flush=True)
+    floor = floor_fns(x, x_np) if args.floor else {}
     from fljax.aggregators import _kernels
 
     for name in names:
@@ -267,11 +271,16 @@ def main(argv=None):
                 row["skipped"] = f"{type(e).__name__}: {e}"[:200]
                 print(json.dumps(row), flush=True)
                 continue
-            seconds = best_of(lambda: jax.block_until_ready(fn(x, state, key)), args.repeats)
+            run = lambda: jax.block_until_ready(fn(x, state, key))  # noqa: E731
+            if floor and takes_kernel:  # the floor and NumPy's sort, timed in turns with the rule
+                best = interleaved({"rule": run, **floor}, args.repeats)
+                seconds = best.pop("rule")
+                row.update({f"{k}_seconds": round(v, 4) for k, v in best.items()})
+                row["copies"] = round(seconds / best["copy"], 2)
+                row["numpy_sort_ratio"] = round(best["numpy_sort"] / seconds, 2)
+            else:
+                seconds = best_of(run, args.repeats)
             row["seconds"] = round(seconds, 4)
-            if floor and takes_kernel:
-                row["copies"] = round(seconds / floor["copy_seconds"], 2)
-                row["numpy_sort_ratio"] = round(floor["numpy_sort_seconds"] / seconds, 2)
             if args.peers and not peers:
                 for peer, make in (("numpy", numpy_peer), ("byzfl", byzfl_peer)):
                     peer_fn = make(name, f)
