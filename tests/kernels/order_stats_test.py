@@ -216,8 +216,7 @@ def test_first_build_says_one_line_and_a_cached_one_nothing(tmp_path, monkeypatc
 
 
 @needs_kernel
-@pytest.mark.parametrize("n", [9, 12])
-@pytest.mark.parametrize("beta", [1, 3, 100])
+@pytest.mark.parametrize("n,beta", [(9, 3), (12, 1), (12, 5), (9, 100)])
 def test_closest_to_median_mean_matches_reference_and_bulyans_jnp_step(n, beta):
     """Bulyan's coordinate step (odd and even counts, NaN rows, ties at the
     boundary distance, beta above the count) against its jnp definition and
@@ -248,7 +247,8 @@ def test_closest_to_median_mean_without_valid_rows_and_bad_beta():
 
 
 @needs_kernel
-@pytest.mark.parametrize("make", ["coordinate_median", "trimmed_mean", "invariant", "bulyan"])
+@pytest.mark.parametrize("make", ["coordinate_median", "trimmed_mean", "invariant",
+                                  pytest.param("bulyan", marks=pytest.mark.slow)])
 def test_aggregators_with_kernel_match_jnp_path(make):
     """The kernels injected by hand (as a config or a Pallas kernel would be)."""
     from fljax import aggregators as agg

@@ -63,9 +63,25 @@ class TestRangeMean:
         out = pallas_order_stats.range_mean(x, jnp.zeros(5, bool), 0, 0, interpret=self.INTERPRET)
         np.testing.assert_array_equal(out, 0.0)
 
-    @pytest.mark.parametrize("make", [pytest.param("coordinate_median", marks=pytest.mark.slow),
-                                      pytest.param("trimmed_mean", marks=pytest.mark.slow),
-                                      "invariant"])
+    def test_rank_weighted_sum_takes_the_rules_weights(self):
+        """The adapter behind the rules' ``kernel=`` signature reads the rank range
+        off the weights: the median's 1/2, 1/2 (or 1) and a trimmed mean's 1/k."""
+        from kernels import order_stats
+
+        x, valid = _data(12, 40, seed=5)
+        m = int(valid.sum())
+        rank = jnp.arange(12)
+        kernel = jax.jit(lambda x, v, w: pallas_order_stats.rank_weighted_sum(
+            x, v, w, with_signs=True, interpret=self.INTERPRET))
+        for w in (0.5 * (rank == (m - 1) // 2) + 0.5 * (rank == m // 2),
+                  jnp.where((rank >= 2) & (rank < m - 2), 1.0 / (m - 4), 0.0)):
+            got, signs = kernel(x, valid, w.astype(jnp.float32))
+            want, want_signs = order_stats.rank_weighted_sum_reference(x, valid, w, with_signs=True)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+            np.testing.assert_array_equal(signs, want_signs)
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("make", ["coordinate_median", "trimmed_mean", "invariant"])
     def test_injected_into_the_rules(self, make):
         """Behind the rules' ``kernel=`` signature it equals their jnp paths."""
         from fljax import aggregators as agg
