@@ -5,7 +5,7 @@ The order-statistic rules (``coordinate_median``, ``trimmed_mean``,
 
 * ``"auto"`` (their default): the compiled CPU kernel of
   ``kernels/order_stats.py`` where it can be built and the computation runs
-  on the CPU (measured 2x-20x faster than the jnp paths there, see
+  on the CPU (measured 2x-11x faster than the jnp paths there, see
   ``benchmarks/aggregators.py``); the jnp path everywhere else. On a GPU or
   TPU no kernel is the default: the Pallas kernels in ``kernels/`` are not
   measured on one yet.
