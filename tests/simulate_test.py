@@ -434,7 +434,7 @@ def test_injected_kernel_by_name_matches_the_jnp_path():
     if not ok:
         pytest.skip(why)
     a, _, _ = run_rounds(small_cfg("aggregator={'name': 'trimmed_mean', 'kwargs': "
-                                   "{'num_trim': 1}}"), 2)
+                                   "{'num_trim': 1, 'kernel': None}}"), 2)
     b, _, _ = run_rounds(small_cfg("aggregator={'name': 'trimmed_mean', 'kwargs': {'num_trim': 1, "
                                    "'kernel': 'kernels.order_stats:rank_weighted_sum'}}"), 2)
     assert_trees_close(a.params, b.params, atol=1e-5)

@@ -15,10 +15,10 @@ Everything here is a pure jnp function of static shapes, safe under ``jit`` and
   bitwise bisection on order-preserving integer keys. Neither needs a transpose
   or a gather. See ``benchmarks/aggregators.py`` for the measured alternatives.
 
-The order-statistic rules (median, trimmed mean, invariant) also accept an
-injected kernel that computes rank-weighted sums in one call (see
-``OrderStatsKernel`` below; ``kernels/order_stats.py`` is a compiled CPU one,
-~5x faster than these jnp paths at 200 x 1M). The jnp paths stay the default.
+These are the jnp paths of the order-statistic rules (median, trimmed mean,
+invariant, Bulyan). Where it can be built, those rules use a compiled CPU
+kernel by default instead (``kernel='auto'``, see ``_kernels.py``); the jnp
+paths serve every other backend and ``kernel=None``.
 
 Non-finite rows are the caller's business: the helpers take a ``valid`` row mask
 and treat invalid rows as +inf (they sort last and are never counted).
@@ -308,19 +308,7 @@ def bitonic_sort_rows(tile: jax.Array) -> jax.Array:
 
 
 # --------------------------------------------------------------------------- #
-# Rank weights: order statistics as one rank-weighted sum.
-#
-# An injected order-statistics kernel (``kernel=`` of coordinate_median,
-# trimmed_mean and invariant; e.g. ``kernels.order_stats.rank_weighted_sum``)
-# has the signature
-#
-#   kernel(updates: float[n, d], valid: bool[n], weights: float[n],
-#          *, with_signs=False) -> float[d]  (or (float[d], float[d]))
-#
-# and returns, per column, sum_r weights[r] * (r-th smallest valid value),
-# ranks r >= m = sum(valid) ignored, with_signs adding the sum of the valid
-# rows' signs. The rules build the weights from the traced m.
-OrderStatsKernel = Callable[..., jax.Array]
+# Order-preserving integer keys and bitwise bisection.
 
 
 def float_to_key(x: jax.Array) -> jax.Array:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fljax.aggregators import _ops
+from fljax.aggregators import _kernels, _ops
 from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
 
 
@@ -19,6 +19,7 @@ def bulyan(
     num_byzantine: int,
     block: int | None = None,
     batch: int | None = None,
+    kernel: _kernels.KernelArg = "auto",
 ) -> Aggregator:
     """Bulyan: recursive Krum selection, then a per-coordinate trimmed mean around the median.
 
@@ -37,8 +38,15 @@ def bulyan(
 
     Args:
       num_byzantine: ``f`` (static); needs ``n >= 4f + 3``.
-      block: column-tile width of the per-coordinate kernel.
+      block: column-tile width of the per-coordinate step's jnp path.
       batch: tiles per ``lax.map`` step (None: the measured default).
+      kernel: the per-coordinate step: ``'auto'`` (default: the compiled CPU
+        kernel ``kernels.order_stats.closest_to_median_mean`` where it can be
+        built and the backend is the CPU, else the jnp path; see
+        ``_kernels.py``), None (the jnp path) or a kernel with that
+        function's signature. The kernel reads the selected rows in place
+        (no ``[theta, d]`` gather); the paths differ only in the rounding of
+        the sums.
 
     Returns:
       An :class:`Aggregator` with ``info = {'selected': int32[theta]`` (in
@@ -51,6 +59,7 @@ def bulyan(
     """
     f = num_byzantine
     require(f >= 0, "bulyan", f"num_byzantine must be >= 0, got {f}")
+    _kernels.check(kernel, "bulyan")
 
     def aggregate(updates, state, key, context=None):
         del context
@@ -89,9 +98,17 @@ def bulyan(
 
         init = (jnp.zeros((n,), bool), jnp.zeros((theta,), jnp.int32))
         _, selected = lax.fori_loop(0, theta, select_one, init)
-        chosen = updates[selected]  # float[theta, d]
-        chosen_valid = valid[selected]  # all True unless > f rows are non-finite
-        out = closest_to_median_mean(chosen, chosen_valid, beta, block, batch)
+
+        def with_kernel(fn):  # the selected finite rows, read in place
+            chosen = jnp.zeros((n,), bool).at[selected].set(True) & valid  # bool[n]
+            return fn(updates, chosen, beta).astype(updates.dtype)
+
+        def without():
+            chosen = updates[selected]  # float[theta, d]
+            chosen_valid = valid[selected]  # all True unless > f rows are non-finite
+            return closest_to_median_mean(chosen, chosen_valid, beta, block, batch)
+
+        out = _kernels.dispatch(kernel, "closest_to_median_mean", with_kernel, without, updates)
         info = {"selected": selected, "num_nonfinite": n - jnp.sum(valid.astype(jnp.int32))}
         return out, state, info
 

@@ -203,7 +203,7 @@ def test_one_trace_per_build_and_shape(entry):
     rule = entry.build(n, f)
     ctx = entry.make_context(n, D, np.random.default_rng(1)) if entry.make_context else None
     # chex counts traces per code object: rows that share a factory (a rule and
-    # its +kernel row) would add up without a reset.
+    # its +jnp row) would add up without a reset.
     chex.clear_trace_counter()
     counted = jax.jit(chex.assert_max_traces(rule.aggregate, n=1))
     state = rule.init(D)
