@@ -16,7 +16,7 @@ from fljax.aggregators.trimmed_mean import trimmed_mean_of_valid
 
 def invariant(
     tau: float = 0.6,
-    beta: float = 0.45,
+    beta: float | int = 0.45,  # static (it fixes the trimmed counts): not a plain-float value
     method: str = "sort",
     block: int | None = None,
     batch: int | None = None,
