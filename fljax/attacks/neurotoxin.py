@@ -35,18 +35,29 @@ class NeurotoxinState(NamedTuple):
 
 
 def top_fraction_mask(update, fraction) -> Any:
-    """``bool`` pytree: the ``round(fraction * d)`` coordinates of largest ``|update|``.
+    """``bool`` pytree: the ``k = round(fraction * d)`` coordinates of largest ``|update|``.
 
-    Zero coordinates are never in the mask (so an all-zero update masks
-    nothing). ``fraction`` may be traced: the threshold is an order statistic
-    of the sorted magnitudes, read at a traced index.
+    The threshold is the k-th largest magnitude, found by bisection on the
+    magnitudes' float32 bit patterns (order-preserving for non-negative
+    floats): 32 counting passes over ``d`` instead of a sort (XLA:CPU sorts
+    ~200k floats far slower), with ``fraction`` traced. Ties at the threshold
+    are all masked; zero coordinates never are (an all-zero update masks
+    nothing).
     """
     flat, unravel = ravel_pytree(jax.tree_util.tree_map(jnp.abs, update))
     d = flat.shape[0]
     k = jnp.clip(jnp.round(jnp.asarray(fraction, jnp.float32) * d), 0, d).astype(jnp.int32)
-    ordered = jnp.sort(flat)  # ascending
-    threshold = ordered[jnp.clip(d - k, 0, d - 1)]
-    chosen = (flat >= threshold) & (flat > 0) & (k > 0)
+    bits = jax.lax.bitcast_convert_type(flat.astype(jnp.float32), jnp.int32)  # >= 0, monotone
+
+    def body(_, lo_hi):  # invariant: count(bits >= lo) >= k > count(bits >= hi)
+        lo, hi = lo_hi
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(bits >= mid) >= k
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    top = jnp.int32(0x7F800000)  # +inf: no finite magnitude reaches it
+    lo, _ = jax.lax.fori_loop(0, 32, body, (jnp.int32(0), top))
+    chosen = (bits >= lo) & (bits > 0) & (k > 0)
     return unravel(chosen.astype(flat.dtype))
 
 

@@ -27,13 +27,21 @@ from fljax.attacks.attacker import Attacker, LocalTraining
 
 
 def project_to_ball(params, centre, radius):
-    """``params`` projected onto the L2 ball of ``radius`` around ``centre`` (pytrees)."""
+    """``params`` projected onto the L2 ball of ``radius`` around ``centre`` (pytrees).
+
+    Parameters already inside come back unchanged (one pass for the norm; the
+    rescaling runs under ``lax.cond`` only when it is needed).
+    """
     delta = jax.tree_util.tree_map(jnp.subtract, params, centre)
     sq = sum(jnp.sum(jnp.square(d.astype(jnp.float32))) for d in jax.tree_util.tree_leaves(delta))
     norm = jnp.sqrt(sq)
     radius = jnp.asarray(radius, jnp.float32)
-    factor = jnp.where(norm > radius, radius / jnp.where(norm > 0, norm, 1.0), 1.0)
-    return jax.tree_util.tree_map(lambda c, d: (c + factor * d).astype(c.dtype), centre, delta)
+
+    def shrink(_):
+        factor = radius / jnp.where(norm > 0, norm, 1.0)
+        return jax.tree_util.tree_map(lambda c, d: (c + factor * d).astype(c.dtype), centre, delta)
+
+    return jax.lax.cond(norm > radius, shrink, lambda _: params, None)
 
 
 def pgd(norm_bound: float) -> Attacker:
@@ -52,8 +60,10 @@ def pgd(norm_bound: float) -> Attacker:
     bd.check_positive("pgd", "norm_bound", norm_bound)
 
     def project(params, view):
-        projected = project_to_ball(params, view.global_params, norm_bound)
-        return jax.tree_util.tree_map(lambda p, q: jnp.where(view.malicious, q, p),
-                                      params, projected)
+        # lax.cond: a benign client (one at a time, the CPU default) skips the work;
+        # under vmap both branches run and the malicious flag selects.
+        return jax.lax.cond(view.malicious,
+                            lambda p: project_to_ball(p, view.global_params, norm_bound),
+                            lambda p: p, params)
 
     return Attacker(train=LocalTraining(project=project))
