@@ -10,8 +10,8 @@ planted in the rounds an attacker is sampled and healed in between swings from o
 to the next, so its last value alone is a lottery), and over the second-half evaluations that
 follow a round in which an attacker was sampled (``malicious_rows > 0`` since the previous
 evaluation), as mean ± sample standard deviation over seeds. With ``--img`` it also draws main and backdoor accuracy against rounds (one panel per
-attack setting, one line per defence, the mean over seeds with a band from the lowest to the
-highest seed).
+attack setting with attackers, one line per defence, the mean over seeds with a band from the
+lowest to the highest seed).
 """
 
 from __future__ import annotations
@@ -116,7 +116,8 @@ def plot(cells: list[dict], path: str, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     attacks = list(dict.fromkeys(attack_label(c["cfg"]) for c in cells
-                                 if c["cfg"]["attack"]["name"] != "none"))
+                                 if c["cfg"]["attack"]["name"] != "none"
+                                 and c["cfg"]["attack"]["num_malicious"] > 0))
     defences = list(dict.fromkeys(defence_label(c["cfg"]) for c in cells))
     fig, axes = plt.subplots(2, len(attacks), figsize=(3.6 * len(attacks), 5.4), dpi=110,
                              squeeze=False, sharex=True, sharey=True)
