@@ -6,6 +6,13 @@ rows come back bit-identical, and ``malicious`` is a traced array, so changing
 which clients are malicious never recompiles. Select one in a config by name
 (``attack.name``) from :data:`UPDATE_ATTACKS`.
 
+The untargeted model-poisoning attacks craft the malicious rows from what
+the attacker knows (``knowledge="full"``: every honest row; ``"partial"``: the
+malicious clients' own honest updates): ``fang_krum`` (also against Bulyan)
+and ``fang_trimmed_mean`` (also against the median) after Fang et al.,
+``alie``, ``ipm``, ``min_max`` / ``min_sum``, and ``scaling``. Their ``craft``
+also returns diagnostics (Fang's lambda, gamma, z, ``fallback``).
+
 Data-level attacks are pure transforms of a malicious client's batch,
 ``poison(x, y, key) -> (x, y)``, applied inside local training where the
 (traced) malicious mask is set; select them by name from :data:`DATA_ATTACKS`.
@@ -21,12 +28,17 @@ Data-leakage (reconstruction) attacks live in :mod:`fljax.attacks.leakage`.
 """
 
 from fljax.attacks import leakage
+from fljax.attacks.alie import alie
+from fljax.attacks.fang import fang_krum, fang_trimmed_mean
 from fljax.attacks.gaussian import gaussian
+from fljax.attacks.ipm import ipm
 from fljax.attacks.label_flip import label_flip
+from fljax.attacks.min_max import min_max, min_sum
 from fljax.attacks.neurotoxin import neurotoxin
 from fljax.attacks.pgd import pgd
 from fljax.attacks.pixel_backdoor import dba, pixel_backdoor
 from fljax.attacks.replacement import constrain_and_scale, model_replacement
+from fljax.attacks.scaling import scaling
 from fljax.attacks.sign_flip import sign_flip
 from fljax.attacks.subset_backdoor import (edge_case, select_edge_case, select_targeted_task,
                                            targeted_task)
@@ -34,6 +46,13 @@ from fljax.attacks.subset_backdoor import (edge_case, select_edge_case, select_t
 UPDATE_ATTACKS = {
     "sign_flip": sign_flip,
     "gaussian": gaussian,
+    "scaling": scaling,
+    "ipm": ipm,
+    "alie": alie,
+    "min_max": min_max,
+    "min_sum": min_sum,
+    "fang_trimmed_mean": fang_trimmed_mean,
+    "fang_krum": fang_krum,
 }
 
 # Factories that take the number of classes first (the simulator passes it).
@@ -85,6 +104,7 @@ def subset_selector(factory):
 
 
 __all__ = ["ATTACKS", "data_arguments", "DATA_ATTACKS", "STRATEGIES", "SUBSETS", "UPDATE_ATTACKS",
-           "constrain_and_scale", "dba", "edge_case", "gaussian", "label_flip", "leakage",
-           "model_replacement", "neurotoxin", "pgd", "pixel_backdoor", "sign_flip",
-           "subset_selector", "targeted_task"]
+           "alie", "constrain_and_scale", "dba", "edge_case", "fang_krum", "fang_trimmed_mean",
+           "gaussian", "ipm", "label_flip", "leakage", "min_max", "min_sum", "model_replacement",
+           "neurotoxin", "pgd", "pixel_backdoor", "scaling", "sign_flip", "subset_selector",
+           "targeted_task"]
