@@ -29,8 +29,12 @@ import numpy as np
 ATTACKS = {
     "clean": None,
     "pixel_backdoor": {"name": "pixel_backdoor", "kwargs": {"size": 3, "location": [-1, -1]}},
-    "dba": {"name": "dba", "kwargs": {"size": 4}},
+    "dba": {"name": "dba", "kwargs": {"size": 3}},
     "targeted_task": {"name": "targeted_task", "kwargs": {"poison_fraction": 0.5}},
+    "pixel+pgd": {"name": "pixel_backdoor", "kwargs": {"size": 3},
+                  "combine": [{"name": "pgd", "kwargs": {"norm_bound": 0.5}}]},
+    "pixel+boost": {"name": "pixel_backdoor", "kwargs": {"size": 3},
+                    "combine": [{"name": "model_replacement"}]},
     "pixel+pgd+boost": {"name": "pixel_backdoor", "kwargs": {"size": 3},
                         "combine": [{"name": "pgd", "kwargs": {"norm_bound": 0.5}},
                                     {"name": "model_replacement"}]},

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 
 from fljax.aggregators import _linalg
@@ -43,6 +44,13 @@ def replacement_boost(n: int, context, gamma=None) -> jnp.ndarray:
     lr = getattr(context, "server_lr", None)
     lr = jnp.asarray(1.0 if lr is None else lr, jnp.float32)
     return n / lr
+
+
+def when_any(malicious, fn, updates):
+    """``fn(updates)`` if any row is malicious, else ``updates`` untouched: in
+    the many rounds no attacker is sampled, the pass over the ``[n, d]`` matrix
+    is skipped (under ``vmap`` over a sweep's cells both branches run)."""
+    return jax.lax.cond(jnp.any(malicious), fn, lambda u: u, updates)
 
 
 def model_replacement(gamma: Optional[float] = None) -> UpdateAttack:
@@ -68,8 +76,8 @@ def model_replacement(gamma: Optional[float] = None) -> UpdateAttack:
     def craft(updates, malicious, key, context=None):
         del key
         g = replacement_boost(updates.shape[0], context, gamma)
-        boosted = (g * updates).astype(updates.dtype)
-        return jnp.where(malicious[:, None], boosted, updates), {"boost": g}
+        boost = lambda u: jnp.where(malicious[:, None], (g * u).astype(u.dtype), u)  # noqa: E731
+        return when_any(malicious, boost, updates), {"boost": g}
 
     return UpdateAttack(craft)
 
@@ -105,10 +113,10 @@ def constrain_and_scale(norm_bound: float, gamma: Optional[float] = None) -> Upd
         norm = scale * base
         bound = jnp.asarray(norm_bound, jnp.float32)
         factor = jnp.where(norm > 0, jnp.minimum(g, bound / jnp.where(norm > 0, norm, 1.0)), g)
-        crafted = (factor[:, None] * updates).astype(updates.dtype)
         m = malicious.astype(jnp.float32)
         mean = jnp.where(jnp.sum(m) > 0, jnp.sum(factor * m) / jnp.maximum(jnp.sum(m), 1.0),
                          jnp.nan)
-        return jnp.where(malicious[:, None], crafted, updates), {"boost": mean}
+        scale = lambda u: jnp.where(malicious[:, None], (factor[:, None] * u).astype(u.dtype), u)  # noqa
+        return when_any(malicious, scale, updates), {"boost": mean}
 
     return UpdateAttack(craft)
