@@ -20,8 +20,14 @@ Run:
   python docs/backdoor_report.py runs/invariant_digits     # tables and curves (docs/backdoors.md)
 
 The paper's claim (CIFAR-10 edge cases, Twitter, tabular): ~60 % lower backdoor accuracy than
-the other defences on average, at a point or two of main accuracy. What this grid shows is in
-docs/backdoors.md.
+the other defences on average, at a point or two of main accuracy. Seen here (docs/backdoors.md,
+3 seeds, second half of training): pixel trigger 0.61 undefended -> 0.03 with the invariant
+aggregator, but the coordinate median, robust LR and FLAME do as well (<= 0.02); the targeted task
+does not survive even the mean (0.04); edge cases 0.40 -> 0.40 (the median halves them). Main
+accuracy 3-4 points below the mean. On 20 clients per round its trimmed mean is the median, and
+its sign mask (12-26 % of coordinates kept) costs accuracy and leaves more of the edge-case
+backdoor as tau grows. The grid: 144 cells, 24 programs, ~6 minutes on an idle 2-core machine
+(32 minutes under a load average of 12-16).
 """
 
 RULES = [
