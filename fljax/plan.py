@@ -113,6 +113,9 @@ class RoundData(NamedTuple):
     offsets: jax.Array  # int32[C]
     counts: jax.Array  # int32[C]
     test: TestSet  # padded test batches
+    # One entry per attack part: the Subset a subset backdoor trains on and is
+    # measured on (fljax.attacks.SUBSETS), None for the other parts.
+    attack: tuple = ()
 
 
 Part = tuple  # (name, frozen static kwargs, sorted value names)
@@ -400,7 +403,9 @@ def _transform_parts(specs, path: str, shapes, kind: str = "transform") -> tuple
     return tuple(parts), values
 
 
-def _attack_parts(ac: dict, fed) -> tuple[tuple, list]:
+def _attack_parts(ac: dict, fed, eval_batch: int = 1024) -> tuple[tuple, list, tuple, Any]:
+    """The attack parts, their values, their subsets (host arrays, None for
+    parts without one) and the data (without the examples a subset holds out)."""
     from fljax import attacks as attacks_lib
 
     entries = []
@@ -416,17 +421,32 @@ def _attack_parts(ac: dict, fed) -> tuple[tuple, list]:
             raise ConfigError(f"attack.combine[{i}] must be a dict with 'name' and optional "
                               f"'kwargs', got {spec!r}")
         entries.append((f"attack.combine[{i}]", spec))
-    parts, values = [], []
+    parts, values, subsets = [], [], []
     for path, spec in entries:
         name = spec["name"]
         factory = registry.get("attack", name, f"{path}.name" if path != "attack" else "attack.name")
         kwargs = dict(spec.get("kwargs") or {})
         data_args = attacks_lib.data_arguments(factory, fed.num_classes, fed.input_shape)
-        call_factory(factory, f"{path}.kwargs", *data_args, **kwargs)
+        selector = attacks_lib.subset_selector(factory)
+        extra, subset = {}, None
+        if selector is not None:
+            if "subset" in kwargs:
+                raise ConfigError(f"{path}.kwargs.subset is chosen by the simulator; drop it")
+            _annotation_check(factory, kwargs, f"{path}.kwargs")
+            chosen = {k: p.default for k, p in inspect.signature(factory).parameters.items()
+                      if p.default is not inspect.Parameter.empty}
+            try:
+                subset, fed = selector(fed, batch=eval_batch,
+                                       **{**chosen, **_normalise_ints(factory, kwargs)})
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{path}.kwargs: {e}") from None
+            extra = {"subset": subset}
+        call_factory(factory, f"{path}.kwargs", *data_args, **kwargs, **extra)
         part, vals = _part(factory, name, kwargs)
         parts.append(part)
         values.append(_f32(vals))
-    return tuple(parts), values
+        subsets.append(subset)
+    return tuple(parts), values, tuple(subsets), fed
 
 
 def build_rule(name: str, kwargs: dict, resources: dict, path: str = "aggregator",
@@ -570,7 +590,7 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
     st_parts, st_values = _transform_parts(cfg["server_transforms"], "server_transforms", shapes)
     pa_parts, pa_values = _transform_parts(cfg["pre_aggregation"], "pre_aggregation", shapes,
                                            "pre_aggregator")
-    a_parts, a_values = _attack_parts(ac, fed)
+    a_parts, a_values, a_subsets, fed = _attack_parts(ac, fed, cfg["execution"]["eval_batch"])
     agg_part, agg_values, _ = _aggregator_part(cfg["aggregator"], fed, k)
 
     cc = cfg["client"]
@@ -645,7 +665,9 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
     }
     test = metrics_lib.test_set(fed.x_test, fed.y_test, cfg["execution"]["eval_batch"])
     data = RoundData(jnp.asarray(fed.x), jnp.asarray(fed.y), jnp.asarray(fed.offsets),
-                     jnp.asarray(fed.counts), TestSet(*(jnp.asarray(a) for a in test)))
+                     jnp.asarray(fed.counts), TestSet(*(jnp.asarray(a) for a in test)),
+                     attack=tuple(None if sub is None else jax.tree_util.tree_map(jnp.asarray, sub)
+                                  for sub in a_subsets))
     if check:
         _trace_rule(spec, hparams, data)
     return Plan(spec, hparams, data, cfg, fed)

@@ -201,10 +201,12 @@ def make_round(spec) -> Round:
         server_opt = make_optimizer(so[0], hp["server"], _thaw(so[1]), "server")
         agg = build_aggregator(hp, data, client_opt)
         parts = []
-        for part, vals in zip(spec.attack, hp["attack"]):
+        for i, (part, vals) in enumerate(zip(spec.attack, hp["attack"])):
             factory = registry.get("attack", part[0], "attack.name")
             args = attacks_lib.data_arguments(factory, spec.num_classes, spec.input_shape)
-            parts.append(as_attacker(factory(*args, **_part_kwargs(part, vals))))
+            extra = ({"subset": data.attack[i]} if attacks_lib.subset_selector(factory)
+                     else {})  # a subset backdoor's examples (fljax.attacks.SUBSETS)
+            parts.append(as_attacker(factory(*args, **_part_kwargs(part, vals), **extra)))
         attacker = combine(*parts) if parts else Attacker()
         schedule = Schedule(**hp["schedule"])
         return Components(client_opt, server_opt, agg,
@@ -273,7 +275,7 @@ def make_round(spec) -> Round:
         if attacker.craft is not None:
             actx = AttackContext(params=flat_params, round=state.round, aggregator=comp.aggregator,
                                  agg_state=state.agg_state, weights=weights, client_ids=ids,
-                                 state=attack_state)
+                                 state=attack_state, server_lr=hp["server"]["learning_rate"])
             sent, attack_info = attacker.craft(updates, malicious, k_attack, actx)
         if comp.server_tf is not None:
             sent = transforms_lib.apply_rows(comp.server_tf, sent, k_tf)
