@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax
 
-from fljax.aggregators.base import Aggregator
+from fljax.aggregators.base import Aggregator, rule_memory
 from fljax.transforms import Transform, apply_rows, chain
 
 
@@ -50,4 +50,7 @@ def compose(*transforms: Transform, aggregator: Aggregator) -> Aggregator:
         updates = apply_rows(transform, updates, k_transform)  # float[n, d]
         return aggregator.aggregate(updates, state, k_rule, context)
 
-    return Aggregator(aggregator.init, aggregate)
+    def memory(n, d, itemsize):  # the transformed copy of the rows, then the rule's own
+        return n * d * itemsize + rule_memory(aggregator, n, d, itemsize)
+
+    return Aggregator(aggregator.init, aggregate, memory=memory)

@@ -7,9 +7,10 @@ References:
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
-from fljax.aggregators.base import Aggregator, init_empty
+from fljax.aggregators.base import Aggregator, Stream, init_empty
 
 
 def mean(weighted: bool = True) -> Aggregator:
@@ -25,7 +26,10 @@ def mean(weighted: bool = True) -> Aggregator:
       weighted: use ``context.weights`` when the simulator passes them.
 
     Returns:
-      An :class:`Aggregator`.
+      An :class:`Aggregator` with a streaming form (``Σ w_i Δ_i`` and
+      ``Σ w_i`` accumulated chunk by chunk, divided once) and column blocks
+      (``columns=True``: each output column is a weighted sum of its input
+      column).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -46,4 +50,19 @@ def mean(weighted: bool = True) -> Aggregator:
         w = w / jnp.maximum(jnp.sum(w), 1e-12)
         return w @ updates, state, {}
 
-    return Aggregator(init_empty, aggregate)
+    def zero(d, dtype):
+        return {"sum": jnp.zeros((d,), dtype), "weight": jnp.zeros((), dtype)}
+
+    def add(acc, rows, weights, mask):  # rows float[c, d]
+        w = weights.astype(rows.dtype) if weighted else jnp.ones(mask.shape, rows.dtype)
+        w = jnp.where(mask, w, 0.0)
+        rows = jnp.where(mask[:, None], rows, 0.0)  # padding rows never read as numbers
+        total = jnp.dot(w, rows, precision=jax.lax.Precision.HIGHEST)  # float[d]
+        return {"sum": acc["sum"] + total, "weight": acc["weight"] + jnp.sum(w)}, {}
+
+    def finish(acc, row_info, state, key, context=None):
+        del row_info, key, context
+        return acc["sum"] / jnp.maximum(acc["weight"], 1e-12), state, {}
+
+    return Aggregator(init_empty, aggregate, stream=Stream(zero, add, finish), columns=True,
+                      memory=lambda n, d, itemsize: d * itemsize)
