@@ -4,7 +4,8 @@ A round's working set per device is estimated in :func:`estimate` from
 figures known before anything compiles:
 
 * ``data``: the shared arrays (all training examples, offsets, the padded
-  test set), on every device;
+  test set), on every device; on CPU also the host copy the loader keeps
+  (``host``);
 * ``state``: the simulation state (parameters, server optimizer, rule and
   attacker states), twice (the old and the new one during a step);
 * ``clients``: ``chunk`` clients training at once, each needing its gathered
@@ -258,7 +259,7 @@ def evaluate_bytes(spec, eval_batch: int) -> int:
 def estimate(*, k: int, dim: int, chunk: int, shards: int, stream: bool, columns: bool,
              crafts: bool, server_tf: bool, rule_bytes, data: int, state: int, client: int,
              evaluate: int, cells: int = 1, budget: int = 0, sharing: int = 1,
-             itemsize: int = 4) -> Estimate:
+             host: int = 0, itemsize: int = 4) -> Estimate:
     """A round's memory per device (see the module docstring).
 
     Args:
@@ -274,8 +275,11 @@ def estimate(*, k: int, dim: int, chunk: int, shards: int, stream: bool, columns
         evaluation batch.
       cells: cells per device (sweeps).
       budget, sharing: from :func:`device_budget`.
+      host: bytes of host arrays in the same memory (CPU: the loader's copy
+        of the data, shared by the devices: counted once per device's share).
     """
-    parts = {"data": data, "state": 2 * state * cells, "clients": chunk * client * cells}
+    parts = {"data": data, "host": -(-host // max(sharing, 1)), "state": 2 * state * cells,
+             "clients": chunk * client * cells}
     if stream:
         parts["updates"] = (3 * dim * itemsize) * cells  # accumulators and one row's copies
     else:
@@ -296,7 +300,7 @@ def estimate(*, k: int, dim: int, chunk: int, shards: int, stream: bool, columns
     inputs = dict(k=k, dim=dim, chunk=chunk, shards=shards, stream=stream, columns=columns,
                   crafts=crafts, server_tf=server_tf, rule_bytes=rule_bytes, data=data,
                   state=state, client=client, evaluate=evaluate, cells=cells, budget=budget,
-                  sharing=sharing, itemsize=itemsize)
+                  sharing=sharing, host=host, itemsize=itemsize)
     return Estimate(parts, int(budget), sharing, inputs)
 
 

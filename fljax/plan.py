@@ -635,7 +635,8 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
     test = metrics_lib.test_set(fed.x_test, fed.y_test, cfg["execution"]["eval_batch"])
     data = RoundData(jnp.asarray(fed.x), jnp.asarray(fed.y), jnp.asarray(fed.offsets),
                      jnp.asarray(fed.counts), TestSet(*(jnp.asarray(a) for a in test)))
-    spec, estimate = fit_memory(cfg, spec, hparams, data, rule, crafts, devices)
+    host = sum(np.asarray(a).nbytes for a in (fed.x, fed.y, fed.x_test, fed.y_test))
+    spec, estimate = fit_memory(cfg, spec, hparams, data, rule, crafts, devices, host=host)
     if check:
         _trace_rule(spec, hparams, data)
     return Plan(spec, hparams, data, cfg, fed, estimate)
@@ -674,7 +675,7 @@ def _devices(requested: int) -> list:
 
 
 def fit_memory(cfg: dict, spec: Spec, hparams: dict, data, rule, crafts: bool,
-               devices: list, cells: int = 1):
+               devices: list, cells: int = 1, host: int = 0):
     """Picks the client chunk (and strategy) that fits the memory budget.
 
     ``execution.strategy`` / ``client_chunk`` as given are kept when they fit
@@ -704,7 +705,8 @@ def fit_memory(cfg: dict, spec: Spec, hparams: dict, data, rule, crafts: bool,
         data=memory_lib.nbytes(data), state=memory_lib.nbytes(template),
         client=memory_lib.client_bytes(spec, hparams["client"]),
         evaluate=memory_lib.evaluate_bytes(spec, ex["eval_batch"]),
-        cells=cells, budget=budget, sharing=sharing)
+        cells=cells, budget=budget, sharing=sharing,
+        host=host if devices[0].platform == "cpu" else 0)
     est = lambda c: memory_lib.estimate(chunk=c, **fixed)  # noqa: E731
     per_device = -(-k // shards)
     strategy, chunk = ex["strategy"], ex["client_chunk"]
