@@ -19,11 +19,14 @@ figures known before anything compiles:
   rule's accumulators instead;
 * ``rule``: the working memory the rule declares (``Aggregator.memory``,
   from XLA's memory analysis of each rule) at the shapes it runs on;
-* ``evaluate``: one evaluation batch through the model.
+* ``evaluate``: one evaluation batch through the model;
+* ``runtime`` (CPU only, where the devices' memory is the process's):
+  :data:`CPU_RUNTIME`, what compiling and holding a round's programs costs
+  the process (measured: ~0.2 GB for the EMNIST dense model's round).
 
 The budget (``execution.memory_gb``) is per device; 0 means the device's
 own memory: an accelerator's ``bytes_limit``, or for CPU devices the host's
-available memory (``MemAvailable`` plus what this process already holds),
+available memory (``MemAvailable`` when this process first prepared a run),
 shared by however many CPU devices the run uses.
 
 :class:`PeakTracker` measures what a round used: on CPU the process's peak
@@ -42,6 +45,10 @@ import jax
 import numpy as np
 
 GB = 1 << 30
+# What compiling a round's programs and holding them costs a CPU process beyond
+# its arrays (XLA's compiler heap and the generated code): 0.20 GB measured for
+# the EMNIST dense model's round (tests/scale_test.py's memory test).
+CPU_RUNTIME = 256 << 20
 
 
 class Estimate(NamedTuple):
@@ -88,9 +95,9 @@ _HOST_AVAILABLE: list = []
 
 
 def host_available() -> int:
-    """The host memory this process may use: ``MemAvailable`` plus its own
-    resident memory, read once per process (so every cell of a sweep sees the
-    same budget)."""
+    """The host memory this process may still allocate: ``MemAvailable``, read
+    once per process (so every cell of a sweep sees the same budget;
+    :func:`fljax.plan.prepare` reads it before it loads any data)."""
     if not _HOST_AVAILABLE:
         avail = None
         try:
@@ -102,8 +109,13 @@ def host_available() -> int:
             pass
         if avail is None:
             avail = 8 * GB
-        _HOST_AVAILABLE.append(avail + _rss())
+        _HOST_AVAILABLE.append(avail)
     return _HOST_AVAILABLE[0]
+
+
+def rss() -> int:
+    """This process's resident memory in bytes (0 where /proc is missing)."""
+    return _rss()
 
 
 def _rss() -> int:
@@ -259,7 +271,7 @@ def evaluate_bytes(spec, eval_batch: int) -> int:
 def estimate(*, k: int, dim: int, chunk: int, shards: int, stream: bool, columns: bool,
              crafts: bool, server_tf: bool, rule_bytes, data: int, state: int, client: int,
              evaluate: int, cells: int = 1, budget: int = 0, sharing: int = 1,
-             host: int = 0, itemsize: int = 4) -> Estimate:
+             host: int = 0, cpu: bool = False, itemsize: int = 4) -> Estimate:
     """A round's memory per device (see the module docstring).
 
     Args:
@@ -277,6 +289,7 @@ def estimate(*, k: int, dim: int, chunk: int, shards: int, stream: bool, columns
       budget, sharing: from :func:`device_budget`.
       host: bytes of host arrays in the same memory (CPU: the loader's copy
         of the data, shared by the devices: counted once per device's share).
+      cpu: CPU devices (the process's own memory): add :data:`CPU_RUNTIME`.
     """
     parts = {"data": data, "host": -(-host // max(sharing, 1)), "state": 2 * state * cells,
              "clients": chunk * client * cells}
@@ -297,10 +310,12 @@ def estimate(*, k: int, dim: int, chunk: int, shards: int, stream: bool, columns
             n_cols = dim
         parts["rule"] = int(rule_bytes(k, n_cols)) * cells
     parts["evaluate"] = evaluate * cells
+    if cpu:
+        parts["runtime"] = -(-CPU_RUNTIME // max(sharing, 1))
     inputs = dict(k=k, dim=dim, chunk=chunk, shards=shards, stream=stream, columns=columns,
                   crafts=crafts, server_tf=server_tf, rule_bytes=rule_bytes, data=data,
                   state=state, client=client, evaluate=evaluate, cells=cells, budget=budget,
-                  sharing=sharing, host=host, itemsize=itemsize)
+                  sharing=sharing, host=host, cpu=cpu, itemsize=itemsize)
     return Estimate(parts, int(budget), sharing, inputs)
 
 

@@ -536,6 +536,9 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
     from fljax import transforms as transforms_lib
     from fljax import metrics as metrics_lib
 
+    from fljax import memory as memory_lib
+
+    memory_lib.host_available()  # read before this run's data exists (once per process)
     _check_scalars(cfg)
     dc = cfg["data"]
     k = cfg["clients_per_round"]
@@ -706,7 +709,7 @@ def fit_memory(cfg: dict, spec: Spec, hparams: dict, data, rule, crafts: bool,
         client=memory_lib.client_bytes(spec, hparams["client"]),
         evaluate=memory_lib.evaluate_bytes(spec, ex["eval_batch"]),
         cells=cells, budget=budget, sharing=sharing,
-        host=host if devices[0].platform == "cpu" else 0)
+        host=host if devices[0].platform == "cpu" else 0, cpu=devices[0].platform == "cpu")
     est = lambda c: memory_lib.estimate(chunk=c, **fixed)  # noqa: E731
     per_device = -(-k // shards)
     strategy, chunk = ex["strategy"], ex["client_chunk"]
