@@ -96,7 +96,7 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
             pass
     try:
         jax.distributed.initialize(coordinator, num_processes=n, process_id=i,
-                                   initialization_timeout=timeout_s)
+                                   initialization_timeout=max(1, int(round(timeout_s))))
     except Exception as e:  # noqa: BLE001  (JAX raises several kinds)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"process {i} of {n} could not join the coordinator at {coordinator} "
