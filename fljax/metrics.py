@@ -73,11 +73,13 @@ def kept_rows(info: dict, n: int):
     """``bool[n]``: the rows a rule selected or kept, from its ``info``, or None
     when the rule does not select (mean, median, ...).
 
-    ``accepted`` (ERR / LFR / FLTrust / FLAME), ``selected`` (Multi-Krum,
-    Bulyan: indices) and ``index`` (Krum) are understood.
+    ``accepted`` (ERR / LFR / FLTrust / FoolsGold), ``admitted`` (FLAME),
+    ``selected`` (Multi-Krum, Bulyan: indices) and ``index`` (Krum) are
+    understood.
     """
-    if "accepted" in info and getattr(info["accepted"], "shape", None) == (n,):
-        return info["accepted"].astype(bool)
+    for name in ("accepted", "admitted"):
+        if name in info and getattr(info[name], "shape", None) == (n,):
+            return info[name].astype(bool)
     if "selected" in info:
         sel = jnp.asarray(info["selected"]).reshape(-1)
         return jnp.zeros((n,), bool).at[sel].set(True)

@@ -495,6 +495,18 @@ def _aggregator_part(ac: dict, fed, k: int):
     return part, _f32(vals), rule
 
 
+def _rule_resources(ac: dict) -> set:
+    """The server resources a rule (and the rules nested in its kwargs) take."""
+    from fljax import aggregators as aggregators_lib
+
+    factory = registry.get("aggregator", ac["name"], "aggregator.name")
+    out = set(aggregators_lib.resource_arguments(factory))
+    for v in (ac.get("kwargs") or {}).values():
+        if isinstance(v, dict) and "name" in v:
+            out |= _rule_resources(v)
+    return out
+
+
 def _placeholder_resource(*args, **kwargs):  # stands in for a server resource at check time
     raise AssertionError("placeholder resource called")
 
@@ -521,6 +533,17 @@ def _trace_rule(spec: Spec, hparams: dict, data) -> None:
         msg = f"aggregator with clients_per_round = {spec.clients_per_round}: {e}"
         _TRACE_CACHE[key] = msg
         raise ConfigError(msg) from None
+    if spec.attack:
+        akey = ("attack", spec.attack, spec.aggregator, spec.clients_per_round, spec.model,
+                spec.input_shape, spec.num_classes)
+        if akey not in _TRACE_CACHE:
+            try:
+                round_lib.trace_attack(spec, hparams, data)
+                _TRACE_CACHE[akey] = None
+            except ValueError as e:
+                _TRACE_CACHE[akey] = f"attack with clients_per_round = {spec.clients_per_round}: {e}"
+        if _TRACE_CACHE[akey] is not None:
+            raise ConfigError(_TRACE_CACHE[akey])
 
 
 def prepare(cfg: dict, check: bool = True) -> Plan:
@@ -587,10 +610,9 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
     # Server-side clean data: indices into the training examples, by seed.
     sd = cfg["server_data"]
     n_train = len(fed.y)
-    agg_factory = registry.get("aggregator", cfg["aggregator"]["name"], "aggregator.name")
     from fljax import aggregators as aggregators_lib
 
-    needs = aggregators_lib.resource_arguments(agg_factory)
+    needs = _rule_resources(cfg["aggregator"])
     if "server_update_fn" in needs and sd["root_size"] < 1:
         _fail("server_data.root_size", sd["root_size"],
               f"{cfg['aggregator']['name']} trains on the server's root set: it must be >= 1")
@@ -598,14 +620,17 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
         _fail("server_data.validation_size", sd["validation_size"],
               f"{cfg['aggregator']['name']} evaluates on the server's validation set: "
               "it must be >= 1")
-    if sd["root_size"] + sd["validation_size"] > n_train:
+    # Only what the rule uses is carved out (and must fit in the training data).
+    root_size = sd["root_size"] if "server_update_fn" in needs else 0
+    val_size = sd["validation_size"] if "eval_fn" in needs else 0
+    if root_size + val_size > n_train:
         raise ConfigError(f"server_data.root_size + server_data.validation_size = "
-                          f"{sd['root_size'] + sd['validation_size']} exceeds the {n_train} "
-                          f"training examples of {fed.name}; lower them")
+                          f"{root_size + val_size} exceeds the {n_train} training examples of "
+                          f"{fed.name}; lower them")
     rng = np.random.default_rng(cfg["seed"] + 7)
     pick = rng.permutation(n_train)
-    root = pick[:sd["root_size"]].astype(np.int32)
-    val = pick[sd["root_size"]:sd["root_size"] + sd["validation_size"]].astype(np.int32)
+    root = pick[:root_size].astype(np.int32)
+    val = pick[root_size:root_size + val_size].astype(np.int32)
 
     malicious = np.zeros(fed.num_clients, bool)
     malicious[:nm] = True
@@ -618,9 +643,8 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
         model=(cfg["model"]["name"], registry.freeze(cfg["model"]["kwargs"]), ()),
         client_optimizer=c_part, server_optimizer=s_part, aggregator=agg_part,
         client_transforms=ct_parts, server_transforms=st_parts, attack=a_parts,
-        strategy="map", chunk=1, root_size=int(sd["root_size"]),
-        validation_size=int(sd["validation_size"]), aggregation=aggregation,
-        devices=len(devices))
+        strategy="map", chunk=1, root_size=int(root_size),
+        validation_size=int(val_size), aggregation=aggregation, devices=len(devices))
     hparams = {
         "client": _f32(c_values),
         "server": _f32(s_values),

@@ -411,7 +411,7 @@ def make_round(spec, shards: int = 1) -> Round:
 
     def evaluate(hp, state: SimState, data) -> dict:
         out = evaluate_fn(state.params, data.test)
-        out = {"accuracy": out["accuracy"], "loss": out["loss"]}
+        out = {"accuracy": out["accuracy"], "loss": out["loss"], "error_rate": out["error_rate"]}
         if spec.attack:
             comp = components(hp, data)
             if comp.attacker.metrics is not None:
@@ -454,5 +454,26 @@ def trace_aggregator(spec, hparams, data) -> None:
                                  client_ids=jnp.arange(n, dtype=jnp.int32))
         updates = jnp.zeros((n, rnd.dim), jnp.float32)
         return agg.aggregate(updates, agg.init(rnd.dim), jax.random.PRNGKey(0), ctx)[0]
+
+    jax.eval_shape(run, hparams, data)
+
+
+def trace_attack(spec, hparams, data) -> None:
+    """Traces the attacker's ``craft`` on the round's ``[K, d]`` shapes (raises
+    its ``ValueError``, e.g. Fang's Krum attack with ``n <= 2f + 2``)."""
+    rnd = make_round(spec)
+
+    def run(hp, data):
+        comp = rnd.components(hp, data)
+        if comp.attacker.craft is None:
+            return jnp.zeros(())
+        n = spec.clients_per_round
+        updates = jnp.zeros((n, rnd.dim), jnp.float32)
+        state = rnd.init(hp, data, jax.random.PRNGKey(0))
+        ctx = AttackContext(params=jnp.zeros((rnd.dim,), jnp.float32), round=jnp.zeros((), jnp.int32),
+                            aggregator=comp.aggregator, agg_state=state.agg_state,
+                            weights=jnp.ones((n,), jnp.float32),
+                            client_ids=jnp.arange(n, dtype=jnp.int32), state=state.attack_state)
+        return comp.attacker.craft(updates, jnp.zeros((n,), bool), jax.random.PRNGKey(0), ctx)[0]
 
     jax.eval_shape(run, hparams, data)

@@ -311,7 +311,7 @@ def run_cells(comp: Compiled, hparams, data, seeds: list[int], rounds: int, eval
             for name, v in ev.items():
                 v = np.asarray(v).reshape(width, *np.shape(v)[1:])[c] if comp.batched \
                     else np.asarray(v)
-                key = {"accuracy": "main_accuracy", "loss": "main_loss"}.get(name, name)
+                key = {"accuracy": "main_accuracy", "loss": "main_loss", "error_rate": "main_error_rate"}.get(name, name)
                 rec[key] = v.tolist()
             rec.update(acc.means(c, names))
             rec["peak_memory_gb"] = memory_lib.gb(peak_since_eval)

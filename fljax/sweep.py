@@ -221,7 +221,7 @@ def _metric_names(group: Group) -> list[str]:
     buf = jax.eval_shape(rnd.new_buffer)
     _, info, _ = jax.eval_shape(rnd.step, plan.hparams, state, plan.data, k_rounds, buf)
     scal = jax.eval_shape(lambda i: simulate._round_scalars(i, bool(group.spec.attack)), info)
-    names = [{"accuracy": "main_accuracy", "loss": "main_loss"}.get(k, k) for k in ev]
+    names = [{"accuracy": "main_accuracy", "loss": "main_loss", "error_rate": "main_error_rate"}.get(k, k) for k in ev]
     return names + sorted(scal)
 
 
@@ -442,10 +442,10 @@ def _run_chunk(spec, chunk, out, csv_path, columns, bar, resume_from: Optional[s
                 v = _value_at(cell.cfg, c)
                 if v is not _MISSING and c not in ("aggregator", "attack"):
                     row[c] = _fmt(v)
-            row.update({k: _fmt(v) for k, v in cell.values.items()})
             row.update({"aggregator": cell.cfg["aggregator"]["name"],
                         "attack": cell.cfg["attack"]["name"], "seed": cell.cfg["seed"],
                         "rounds": cell.cfg["rounds"]})
+            row.update({k: _fmt(v) for k, v in cell.values.items()})  # grid keys win
             rec = results_lib.clean(rec or {})
             for m in columns:
                 if m not in row:
@@ -501,6 +501,20 @@ def write_tables(out: str, grid_keys: list, metric_names: list) -> None:
     _heatmaps(out, rows, keys, shown)
 
 
+def short_label(text: str, width: int = 36) -> str:
+    """A grid value for a plot axis: ``{"name": "krum", "kwargs": {...}}`` ->
+    ``krum(num_byzantine=20)``."""
+    try:
+        v = json.loads(text)
+    except (TypeError, ValueError):
+        return text[:width]
+    if isinstance(v, dict) and "name" in v:
+        kw = v.get("kwargs") or {}
+        inner = ",".join(f"{k}={kw[k]}" for k in sorted(kw))
+        text = v["name"] + (f"({inner})" if inner else "")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
     import matplotlib
 
@@ -524,10 +538,12 @@ def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
                     grid[i, j] = float(np.mean(vals))
         if np.all(np.isnan(grid)):
             continue
-        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(xs), 1.0 + 0.35 * len(ys)), dpi=120)
+        fig, ax = plt.subplots(figsize=(3.5 + 0.7 * len(xs), 1.5 + 0.3 * len(ys)), dpi=120,
+                               layout="constrained")
         im = ax.imshow(grid, aspect="auto", cmap="viridis")
-        ax.set_yticks(range(len(ys)), [y[:40] for y in ys], fontsize=7)
-        ax.set_xticks(range(len(xs)), [x[:20] for x in xs], fontsize=7, rotation=45, ha="right")
+        ax.set_yticks(range(len(ys)), [short_label(y) for y in ys], fontsize=7)
+        ax.set_xticks(range(len(xs)), [short_label(x, 24) for x in xs], fontsize=7, rotation=45,
+                      ha="right")
         ax.set_ylabel(ky, fontsize=8)
         if kx:
             ax.set_xlabel(kx, fontsize=8)
@@ -538,6 +554,30 @@ def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
                             color="w")
         fig.colorbar(im, ax=ax)
         ax.set_title(f"{m} (mean over the other keys and seeds)", fontsize=8)
-        fig.tight_layout()
         fig.savefig(os.path.join(out, f"heatmap_{m}.png"))
         plt.close(fig)
+
+
+def pivot(out: str, rows: str, cols: str, metric: str, digits: int = 3) -> str:
+    """A markdown table of ``metric`` from ``out/results.csv``: one row per value
+    of grid key ``rows``, one column per value of ``cols``, each cell the mean ±
+    sample standard deviation over the cells that share both (seeds and any
+    other key), e.g. ``pivot(out, 'aggregator', 'attack', 'main_error_rate')``."""
+    data = read_results(out)
+    rv = list(dict.fromkeys(r[rows] for r in data))
+    cv = list(dict.fromkeys(r[cols] for r in data))
+    lines = ["| " + " | ".join([rows] + [short_label(c, 40) for c in cv]) + " |",
+             "|" + "---|" * (len(cv) + 1)]
+    for a in rv:
+        cells = [short_label(a, 40)]
+        for b in cv:
+            vals = np.array([v for v in (_num(r.get(metric)) for r in data
+                                         if r[rows] == a and r[cols] == b) if v is not None])
+            if len(vals) == 0:
+                cells.append("–")
+            elif len(vals) == 1:
+                cells.append(f"{vals[0]:.{digits}f}")
+            else:
+                cells.append(f"{vals.mean():.{digits}f} ± {vals.std(ddof=1):.{digits}f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -302,6 +302,7 @@ def test_server_resources_use_their_own_examples():
     cfg = small_cfg("aggregator={'name': 'err', 'kwargs': {'num_reject': 1}}",
                     "server_data.validation_size=50", "server_data.root_size=30")
     plan = plan_lib.prepare(cfg)
+    assert plan.hparams["root_idx"].shape == (0,)  # ERR uses no root set: none is carved
     rnd = simulate.compiled(plan.spec).round
     state = rnd.init(plan.hparams, plan.data, simulate.run_keys(0)[0])
     flat, unravel = jax.flatten_util.ravel_pytree(state.params)
@@ -311,8 +312,11 @@ def test_server_resources_use_their_own_examples():
     err, loss = res["eval_fn"](flat)
     logits = np.asarray(rnd.model.apply(state.params, fed.x[val]))
     assert abs(float(err) - (1 - (logits.argmax(1) == fed.y[val]).mean())) < 1e-6
+    plan = plan_lib.prepare(config.resolve(simulate.DEFAULTS, cfg, ["aggregator={'name': 'fltrust'}"]))
+    rnd = simulate.compiled(plan.spec).round
+    res = rnd.resources(plan.hparams, plan.data)
     root = np.asarray(plan.hparams["root_idx"])
-    assert len(set(root) & set(val)) == 0 and len(root) == 30
+    assert len(root) == 30 and plan.hparams["val_idx"].shape == (0,)
     g0 = res["server_update_fn"](flat, jax.random.PRNGKey(1))
 
     def root_loss(f):
@@ -375,7 +379,7 @@ def test_a_run_that_turns_non_finite_says_so_and_stops(tmp_path):
     ({"aggregator.name": "'fltrust'", "server_data.root_size": 0}, "server_data.root_size"),
     ({"aggregator": "{'name': 'err', 'kwargs': {'num_reject': 1}}",
       "server_data.validation_size": 0}, "server_data.validation_size"),
-    ({"server_data.root_size": 5000}, "exceeds"),
+    ({"aggregator.name": "'fltrust'", "server_data.root_size": 5000}, "exceeds"),
     ({"server_data.root_size": -4}, "server_data.root_size"),
     ({"attack.num_malicious": 5}, "attack.name is 'none'"),
     ({"attack.name": "'gaussian'", "attack.num_malicious": 2, "attack.kwargs": "{'stddev': -1.0}"},
@@ -383,6 +387,12 @@ def test_a_run_that_turns_non_finite_says_so_and_stops(tmp_path):
     ({"attack.name": "'gaussian'", "attack.num_malicious": 2, "attack.kwargs": "{'sigma': 1.0}"},
      "attack.kwargs.sigma"),
     ({"attack.schedule.probability": 0.0}, "attack.schedule.probability"),
+    ({"clients_per_round": 10, "aggregator": "{'name': 'krum', 'kwargs': {'num_byzantine': 2}}",
+      "attack": "{'name': 'fang_krum', 'num_malicious': 4, 'kwargs': {'num_byzantine': 4}}"},
+     "attack with clients_per_round = 10: fang_krum"),
+    ({"attack": "{'name': 'fang_trimmed_mean', 'num_malicious': 4, 'kwargs': {'b': 1.0}}"}, "b="),
+    ({"attack": "{'name': 'alie', 'num_malicious': 4, 'kwargs': {'z': -1.0}}"}, "z"),
+    ({"attack": "{'name': 'ipm', 'num_malicious': 4, 'kwargs': {'epsilon': -0.1}}"}, "epsilon"),
 ])
 def test_bad_configs_fail_before_training(override, needle):
     """Catches: a bad value accepted silently or failing only inside a round."""

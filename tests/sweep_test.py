@@ -77,7 +77,8 @@ def test_different_specs_form_groups_and_rerun_skips_finished_cells(tmp_path):
     third = sweep.run(simulate.DEFAULTS, base(), grid, str(tmp_path), progress=False, log=None)
     assert third["ran"] == 2
     assert sorted(int(r["cell"]) for r in rows(tmp_path)) == [0, 1, 2, 3]
-    assert {r["aggregator"] for r in rows(tmp_path)} == {"mean", "trimmed_mean"}
+    assert {r["aggregator"] for r in rows(tmp_path)} == {
+        '{"name": "mean"}', '{"kwargs": {"num_trim": 1}, "name": "trimmed_mean"}'}
 
 
 def test_a_folder_of_another_sweep_is_refused(tmp_path):

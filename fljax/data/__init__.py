@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fljax.data import partition
+from fljax.data import cache, fed_emnist, partition, tfds
+from fljax.data.cache import DataError
 from fljax.data.datasets import breast_cancer, digits, random_images, synthetic_fedprox
 from fljax.data.federated import (
     FederatedData,
@@ -17,15 +18,33 @@ from fljax.data.federated import (
     num_local_steps,
 )
 
-# Data sets selectable by name (``data.name``) and their loaders.
-DATASETS = ("digits", "breast_cancer", "synthetic", "random_emnist", "random_cifar", "tfds")
+#: Federated EMNIST by writer (``data.name``) -> ``only_digits``.
+FED_EMNIST = {"fed_emnist_digits": True, "fed_emnist": False}
+
+# Data sets selectable by name (``data.name``). Offline: the first five. The
+# TFDS names need the ``tfds`` extra, federated EMNIST the ``fed-emnist`` one;
+# ``tfds`` loads any TFDS image set by ``dataset_kwargs.tfds_name``.
+DATASETS = (("digits", "breast_cancer", "synthetic", "random_emnist", "random_cifar")
+            + tuple(tfds.NAMES) + tuple(FED_EMNIST) + ("tfds",))
 PARTITIONS = tuple(partition.PARTITIONERS) + ("natural",)
+
+# The dataset_kwargs each real-data loader takes (checked before loading).
+_TFDS_KWARGS = ("data_dir", "train_split", "test_split", "version", "download", "cache",
+                "image_key", "label_key", "id_key")
+_FED_EMNIST_KWARGS = ("data_dir", "download", "cache", "invert", "url", "sha256")
 
 __all__ = [
     "FederatedData", "build", "client_batch_indices", "from_partition", "num_local_steps",
     "partition", "digits", "breast_cancer", "random_images", "synthetic_fedprox",
-    "DATASETS", "PARTITIONS",
+    "DATASETS", "PARTITIONS", "FED_EMNIST", "DataError", "cache", "fed_emnist", "tfds",
 ]
+
+
+def _check_kwargs(name: str, given: dict, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise DataError(f"data set {name!r} takes no dataset_kwargs {', '.join(unknown)} "
+                        f"(it takes {', '.join(allowed)})")
 
 
 def build(name: str, num_clients: int, partition_name: str = "iid", seed: int = 0,
@@ -37,14 +56,26 @@ def build(name: str, num_clients: int, partition_name: str = "iid", seed: int = 
       name: one of :data:`DATASETS`. ``synthetic`` is FedProx's generator and is
         naturally partitioned (one client per generated client);
         ``random_emnist`` / ``random_cifar`` give ``examples_per_client`` random
-        examples to every client (benchmarks); ``tfds`` loads a TFDS data set
-        (``dataset_kwargs={'tfds_name': 'mnist'}``; needs the ``tfds`` extra).
+        examples to every client (benchmarks). ``mnist``, ``fashion_mnist``,
+        ``emnist_digits``, ``emnist_balanced``, ``emnist_byclass``, ``cifar10``
+        and ``cifar100`` load through TensorFlow Datasets (the ``tfds`` extra;
+        :mod:`fljax.data.tfds`), and ``tfds`` loads any TFDS image set
+        (``dataset_kwargs={'tfds_name': 'kmnist'}``). ``fed_emnist_digits`` and
+        ``fed_emnist`` are federated EMNIST by writer (:mod:`fljax.data.fed_emnist`;
+        ``partition='natural'``: one client per writer, ``num_clients`` writers
+        drawn with ``seed``). These convert once and then read an ``.npz`` cache.
       num_clients: number of clients.
       partition_name: one of :data:`PARTITIONS`.
       seed: seed of the split and the partition.
       partition_kwargs: extra arguments of the partitioner (``alpha``,
         ``classes_per_client``, ``bias``).
-      dataset_kwargs: extra arguments of the loader.
+      dataset_kwargs: extra arguments of the loader (for the real data sets:
+        ``data_dir``, ``download``, ``cache``, and see their loaders).
+
+    Raises:
+      ValueError: an unknown name or partition, or impossible partition
+        arguments; :class:`DataError` (a ``ValueError``) when a real data set
+        cannot be loaded, one line naming it and what to do.
     """
     pk = dict(partition_kwargs or {})
     dk = dict(dataset_kwargs or {})
@@ -62,9 +93,15 @@ def build(name: str, num_clients: int, partition_name: str = "iid", seed: int = 
         x, y, xt, yt, c = random_images(per * num_clients, shape, seed=seed, **dk)
         parts = [np.arange(i * per, (i + 1) * per) for i in range(num_clients)]
         return from_partition(x, y, parts, xt, yt, c, name=name)
-    if name == "tfds":
-        from fljax.data.tfds import load as load_tfds
-        x, y, xt, yt, c, ids = load_tfds(**dk)
+    if name in tfds.NAMES:
+        _check_kwargs(name, dk, _TFDS_KWARGS)
+        x, y, xt, yt, c, ids = tfds.load(tfds.NAMES[name], **dk)
+    elif name == "tfds":
+        _check_kwargs(name, dk, ("tfds_name",) + _TFDS_KWARGS)
+        x, y, xt, yt, c, ids = tfds.load(**dk)
+    elif name in FED_EMNIST:
+        _check_kwargs(name, dk, _FED_EMNIST_KWARGS)
+        x, y, xt, yt, c, ids = fed_emnist.load(only_digits=FED_EMNIST[name], **dk)
     else:
         loader = {"digits": digits, "breast_cancer": breast_cancer}[name]
         x, y, xt, yt, c = loader(seed=seed, **dk)

@@ -1,0 +1,449 @@
+"""Untargeted model-poisoning attacks (Fang, ALIE, IPM, Min-Max / Min-Sum, scaling).
+
+Each attack is checked against a NumPy reference that follows its paper
+literally (``references.py``): Fang's lambda against the sequential halving
+search with the real Krum scores, Shejwalkar's gamma against the reference
+code's bisection, ALIE's z against the notes' table. Every test docstring
+names the bug it catches.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fljax import aggregators, attacks
+from fljax.attacks import _common
+from fljax.attacks.alie import alie_z
+from tests.attacks import references as ref
+
+KEY = jax.random.PRNGKey(0)
+
+
+def _problem(seed, n=20, d=30, c=4, loc=0.5):
+    """Rows of mixed scale around a common offset; ``c`` random malicious rows."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(loc, 1.0, (n, d)) * rng.uniform(0.2, 3, (n, 1))
+    mal = np.zeros(n, bool)
+    mal[rng.choice(n, c, replace=False)] = True
+    return x, mal
+
+
+# Every update attack with a build that crafts (no fallback) on _problem(8).
+# name -> (factory kwargs, the value argument passed traced, another value)
+TABLE = {
+    "sign_flip": ({"scale": 2.0}, "scale", 3.0),
+    "gaussian": ({"stddev": 2.0}, "stddev", 1.0),
+    "scaling": ({"factor": 5.0}, "factor", 2.0),
+    "ipm": ({"epsilon": 0.5}, "epsilon", 2.0),
+    "alie": ({"z": 1.0}, "z", 0.5),
+    "min_max": ({"cap": 50.0}, "cap", 5.0),
+    "min_sum": ({"cap": 50.0}, "cap", 5.0),
+    "fang_trimmed_mean": ({"b": 2.0}, "b", 3.0),
+    "fang_krum": ({"num_byzantine": 4, "jitter": 1e-5}, "jitter", 1e-3),
+}
+KNOWLEDGE = ["ipm", "alie", "min_max", "min_sum", "fang_trimmed_mean", "fang_krum"]
+CASES = [(name, "full") for name in TABLE] + [(name, "partial") for name in KNOWLEDGE]
+TRACES = {}  # jit cache key -> number of traces so far
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(name, knowledge, static, with_value):
+    """``craft`` jitted once per build (the table's value argument traced), so
+    that the tests share compilations; counts its traces in ``TRACES``."""
+    value_name = TABLE[name][1]
+    cache_key = (name, knowledge, static, with_value)
+
+    def run(u, m, k, value):
+        TRACES[cache_key] = TRACES.get(cache_key, 0) + 1
+        kwargs = dict(static)
+        if with_value:
+            kwargs[value_name] = value
+        if name in KNOWLEDGE:
+            kwargs["knowledge"] = knowledge
+        return attacks.UPDATE_ATTACKS[name](**kwargs).craft(u, m, k, None)
+
+    return jax.jit(run), cache_key
+
+
+def _craft(name, x, mal, knowledge="full", key=KEY, **over):
+    """``(out, info)`` (NumPy) of ``name``'s attack built from the table's kwargs
+    updated by ``over``; the value argument is traced (None: its default)."""
+    kwargs = dict(TABLE[name][0], **over)
+    value = kwargs.pop(TABLE[name][1], None)
+    fn, _ = _jitted(name, knowledge, tuple(sorted(kwargs.items())), value is not None)
+    out, info = fn(jnp.asarray(x, jnp.float32), jnp.asarray(mal), key,
+                   jnp.float32(0 if value is None else value))
+    return np.asarray(out), {k: np.asarray(v) for k, v in info.items()}
+
+
+def test_every_update_attack_is_in_the_table():
+    """Catches a new attack registered in UPDATE_ATTACKS without these checks."""
+    assert set(TABLE) == set(attacks.UPDATE_ATTACKS)
+
+
+@pytest.mark.parametrize("name,knowledge", CASES)
+def test_benign_rows_bit_identical_and_malicious_rows_crafted(name, knowledge):
+    """Catches an attack that touches (even rounds) a benign row, or silently
+    falls back on a problem where it should craft."""
+    x, mal = _problem(8)
+    out, info = _craft(name, x, mal, knowledge)
+    x32 = x.astype(np.float32)
+    np.testing.assert_array_equal(out[~mal], x32[~mal])
+    assert np.all(np.isfinite(out))
+    assert not np.any(info.get("fallback", False))
+    assert np.all(np.any(out[mal] != x32[mal], axis=1))
+
+
+@pytest.mark.parametrize("name,knowledge", CASES)
+def test_no_retrace_on_new_mask_count_or_value(name, knowledge):
+    """Catches Python control flow on the mask, its count or a value argument
+    (each would retrace, i.e. recompile, per round or per sweep point)."""
+    x, mal = _problem(8)
+    other = TABLE[name][2]
+    out, _ = _craft(name, x, mal, knowledge)
+    _, cache_key = _jitted(name, knowledge, tuple(sorted(
+        (k, v) for k, v in TABLE[name][0].items() if k != TABLE[name][1])), True)
+    before = TRACES[cache_key]
+    _craft(name, x, np.roll(mal, 1), knowledge)  # another mask
+    more = mal.copy()
+    more[np.flatnonzero(~mal)[:2]] = True
+    _craft(name, x, more, knowledge)  # another number of malicious rows
+    second, _ = _craft(name, x, mal, knowledge, **{TABLE[name][1]: other})  # another value
+    assert TRACES[cache_key] == before == 1
+    # (fang_krum's jitter is below float32 resolution here; partial Fang
+    # trimmed mean does not use b.)
+    if (name, knowledge) not in (("fang_krum", "full"), ("fang_krum", "partial"),
+                                 ("fang_trimmed_mean", "partial")):
+        assert np.any(second != out)
+
+
+# --------------------------------------------------------------------------- #
+# Fang et al., attack on Krum.
+
+
+@pytest.mark.parametrize("seed", [8, 9, 11, 0, 2])
+@pytest.mark.parametrize("knowledge", ["full", "partial"])
+def test_fang_krum_lambda_equals_the_sequential_search(seed, knowledge):
+    """Catches a batched search that disagrees with the paper's loop (a wrong
+    neighbour count, ties counted as wins, an off-by-one in the halvings, the
+    bound's m - 2c - 1) on problems that succeed after 3-12 halvings and on
+    ones where the attacker gives up."""
+    x, mal = _problem(seed)
+    lam, lam_max, halvings = ref.fang_krum_ref(x, mal, 4, knowledge)
+    out, info = _craft("fang_krum", x, mal, knowledge, jitter=0.0)
+    np.testing.assert_allclose(info["lambda_max"], lam_max, rtol=1e-5)
+    assert int(info["halvings"]) == halvings
+    np.testing.assert_allclose(info["lambda"], lam, rtol=1e-5)
+    assert bool(info["fallback"]) == (halvings < 0)
+    if halvings < 0:  # gave up: the honest updates go out
+        np.testing.assert_array_equal(out, x.astype(np.float32))
+    else:
+        s = np.sign((x if knowledge == "full" else x[mal]).mean(0))
+        np.testing.assert_allclose(out[mal], np.broadcast_to(-lam * s, out[mal].shape), rtol=1e-5)
+
+
+_KRUM4 = jax.jit(aggregators.krum(4).aggregate)
+
+
+@pytest.mark.parametrize("seed", [8, 9, 10, 11])
+def test_fang_krum_makes_krum_select_a_crafted_row(seed):
+    """Catches a lambda that the simulated Krum accepts but fljax's real Krum
+    (Gram distances, random tie-break) does not, e.g. a scoring mismatch."""
+    x, mal = _problem(seed)
+    out, info = _craft("fang_krum", x, mal)
+    assert not info["fallback"] and info["halvings"] >= 1
+    for k in range(3):  # several tie-break keys
+        picked = int(_KRUM4(jnp.asarray(out), (), jax.random.PRNGKey(k))[2]["index"])
+        assert mal[picked], picked
+
+
+def test_fang_krum_supporters_are_within_the_jitter():
+    """Catches supporters placed outside jitter/d of the crafted row, or a
+    jitter on the first (exact) crafted row."""
+    x, mal = _problem(8)
+    out, info = _craft("fang_krum", x, mal, jitter=1.0)
+    d = x.shape[1]
+    lam = float(info["lambda"])
+    s = np.sign(x.mean(0))
+    rows = np.flatnonzero(mal)
+    np.testing.assert_array_equal(out[rows[0]], (-lam * s).astype(np.float32))
+    dev = out[rows[1:]] - (-lam * s)[None]
+    assert np.all(np.abs(dev) <= 1.0 / d * (1 + 1e-3)) and np.any(dev != 0)
+
+
+def test_fang_krum_rejects_an_impossible_krum():
+    """Catches a Krum attack built for a rule that cannot run (n <= 2f + 2)."""
+    x, mal = _problem(8)
+    with pytest.raises(ValueError, match="fang_krum.*num_byzantine"):
+        attacks.fang_krum(9)(jnp.asarray(x), jnp.asarray(mal), KEY)
+
+
+def test_sequential_peer_matches_the_loop_reference():
+    """Catches a benchmark peer (NumPy fast Krum) that searches differently from
+    the loop reference the tests trust."""
+    for seed in (8, 0):
+        x, mal = _problem(seed)
+        lam, _, halvings = ref.fang_krum_ref(x, mal, 4)
+        assert ref.fang_krum_sequential(x, mal, 4) == pytest.approx((lam, halvings))
+
+
+# --------------------------------------------------------------------------- #
+# Fang et al., attack on the trimmed mean / median.
+
+
+def _signed_problem(seed=0, n=20, d=2000, c=8):
+    """Coordinates of four kinds: mean > 0 with min > 0 or < 0, mean < 0 with
+    max < 0 or > 0 (every branch of the attack)."""
+    rng = np.random.default_rng(seed)
+    loc = np.tile([3.0, 0.3, -3.0, -0.3], d // 4)
+    x = loc[None] + rng.normal(0, 1.0, (n, d))
+    mal = np.zeros(n, bool)
+    mal[rng.choice(n, c, replace=False)] = True
+    return x, mal
+
+
+def _fang_tm_violations(out, x, mal, b):
+    """Coordinates (of malicious rows) outside Fang's interval: beyond the
+    honest extreme on the side opposite to the mean's sign, within factor b."""
+    mean, hi, lo = x.mean(0), x.max(0), x.min(0)
+    up = mean > 0
+    lower = np.where(up, np.where(lo > 0, lo / b, b * lo), hi)
+    upper = np.where(up, lo, np.where(hi > 0, b * hi, hi / b))
+    tol = 1e-5 * np.abs(x).max()
+    v = out[mal]
+    return np.sum((v < lower - tol) | (v > upper + tol))
+
+
+def test_fang_trimmed_mean_values_beyond_the_extremes():
+    """Catches values on the wrong side or outside the factor b, and the widely
+    copied sign-mask bug ((dev > 0) * max_rand + (dev > 0) * min_rand), which
+    this check rejects (run below on a port of it)."""
+    x, mal = _signed_problem()
+    for b in (2.0, 1.5):
+        out, info = _craft("fang_trimmed_mean", x, mal, b=b)
+        assert not info["fallback"]
+        assert _fang_tm_violations(out, x, mal, b) == 0
+        # All four branches were exercised.
+        mean, hi, lo = x.mean(0), x.max(0), x.min(0)
+        assert {(m > 0, e > 0) for m, e in zip(mean, np.where(mean > 0, lo, hi))} == {
+            (True, True), (True, False), (False, True), (False, False)}
+    # The bug, ported: its output must fail the same check.
+    rng = np.random.default_rng(1)
+    dev, hi, lo = np.sign(x.mean(0)), x.max(0), x.min(0)
+    max_rand = np.where(hi > 0, hi * rng.uniform(1, 2, x.shape), hi / rng.uniform(1, 2, x.shape))
+    min_rand = np.where(lo > 0, lo / rng.uniform(1, 2, x.shape), lo * rng.uniform(1, 2, x.shape))
+    buggy = np.where(mal[:, None], (dev > 0) * max_rand + (dev > 0) * min_rand, x)
+    assert _fang_tm_violations(buggy, x, mal, 2.0) > 0
+
+
+def test_fang_trimmed_mean_samples_uniform_values_independently():
+    """Catches one value shared by all attackers or coordinates, a multiplier
+    (instead of the value) drawn uniformly, or a noise that ignores the key."""
+    x, mal = _signed_problem()
+    out, _ = _craft("fang_trimmed_mean", x, mal)
+    mean, hi, lo = x.mean(0), x.max(0), x.min(0)
+    up = mean > 0
+    lower = np.where(up, np.where(lo > 0, lo / 2, 2 * lo), hi)
+    upper = np.where(up, lo, np.where(hi > 0, 2 * hi, hi / 2))
+    frac = (out[mal] - lower) / (upper - lower)  # uniform in [0, 1] per entry
+    assert abs(frac.mean() - 0.5) < 0.01 and abs(frac.var() - 1 / 12) < 0.005
+    assert abs(np.corrcoef(frac[0], frac[1])[0, 1]) < 0.05
+    for q in (0.1, 0.5, 0.9):  # uniform also where the extreme is negative
+        sub = frac[:, (~up) & (hi < 0)]
+        assert abs(np.quantile(sub, q) - q) < 0.03
+    other, _ = _craft("fang_trimmed_mean", x, mal, key=jax.random.PRNGKey(7))
+    again, _ = _craft("fang_trimmed_mean", x, mal)
+    assert np.all(other[mal] != out[mal]) or np.mean(other[mal] == out[mal]) < 1e-3
+    np.testing.assert_array_equal(again, out)
+
+
+def test_fang_trimmed_mean_partial_interval():
+    """Catches a partial-knowledge attack that uses the wrong std (ddof), the
+    wrong side, or the full-knowledge extremes."""
+    x, mal = _signed_problem()
+    out, info = _craft("fang_trimmed_mean", x, mal, "partial")
+    assert not info["fallback"]
+    mu, sigma = x[mal].mean(0), x[mal].std(0)
+    lo = np.where(mu > 0, mu - 4 * sigma, mu + 3 * sigma)
+    hi = np.where(mu > 0, mu - 3 * sigma, mu + 4 * sigma)
+    v = out[mal]
+    assert np.all((v >= lo - 1e-4) & (v <= hi + 1e-4))
+
+
+# --------------------------------------------------------------------------- #
+# ALIE and IPM.
+
+
+@pytest.mark.parametrize("n,f,z", [(10, 2, 0.0), (20, 4, 0.157), (25, 5, 0.253), (50, 10, 0.253),
+                                   (50, 12, 0.336), (100, 20, 0.286), (100, 10, 0.112)])
+def test_alie_z_matches_the_table(n, f, z):
+    """Catches a wrong supporter count s or quantile (the notes' table: n = 100,
+    f = 20 -> 0.286)."""
+    assert float(alie_z(n, f)) == pytest.approx(z, abs=5e-4)
+    assert float(alie_z(n, f)) == pytest.approx(ref.alie_z_ref(n, f), abs=1e-5)
+
+
+def test_alie_crafts_mu_minus_z_sigma():
+    """Catches a z not taken from the traced number of malicious rows, a std
+    with the wrong ddof, or the wrong sign."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (100, 6))
+    mal = np.zeros(100, bool)
+    mal[rng.choice(100, 20, replace=False)] = True
+    out, info = _craft("alie", x, mal, z=None)
+    assert float(info["z"]) == pytest.approx(0.286, abs=5e-4)
+    want = x.mean(0) - ref.alie_z_ref(100, 20) * x.std(0, ddof=1)
+    np.testing.assert_allclose(out[mal], np.broadcast_to(want, out[mal].shape),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_alie_z_stays_finite_past_half():
+    """Catches an infinite or NaN z when the malicious rows are a majority."""
+    x, _ = _problem(1)
+    mal = np.arange(20) < 15
+    out, info = _craft("alie", x, mal, z=None)
+    assert np.isfinite(info["z"]) and np.all(np.isfinite(out))
+
+
+def test_ipm_is_minus_epsilon_mean():
+    """Catches a mean over the wrong rows (full: all honest rows, malicious
+    included; partial: malicious only)."""
+    x, mal = _problem(3)
+    out, _ = _craft("ipm", x, mal, epsilon=0.3)
+    np.testing.assert_allclose(out[mal][0], -0.3 * x.mean(0), rtol=1e-5, atol=1e-6)
+    out, _ = _craft("ipm", x, mal, "partial", epsilon=0.3)
+    np.testing.assert_allclose(out[mal][0], -0.3 * x[mal].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_scaling_boosts_the_own_row():
+    """Catches a scaled row other than the client's own honest update."""
+    x, mal = _problem(3)
+    out, _ = _craft("scaling", x, mal, factor=-4.0)
+    np.testing.assert_allclose(out[mal], -4.0 * x[mal], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- #
+# Min-Max / Min-Sum.
+
+
+@pytest.mark.parametrize("rule,perturbation,knowledge", [
+    (rule, p, "full") for rule in ("min_max", "min_sum") for p in ("unit", "sign", "std")
+] + [("min_max", "unit", "partial"), ("min_sum", "unit", "partial")])
+def test_min_max_min_sum_gamma_matches_bisection(rule, perturbation, knowledge):
+    """Catches a wrong closed form (sign of b_i, the T or the min-sum bound, the
+    std's ddof) and a cap that does not reproduce the reference search's 20."""
+    x, mal = _problem(4, loc=0.2)
+    x = 10.0 * x  # gamma* above 20 for the unit perturbation
+    rows = x if knowledge == "full" else x[mal]
+    delta = ref.perturbation_ref(perturbation, rows)
+    ok = (ref.min_max_ok if rule == "min_max" else ref.min_sum_ok)(rows, delta)
+    exact = ref.shejwalkar_gamma_ref(ok, gamma=2.0 ** 14)
+    capped = ref.shejwalkar_gamma_ref(ok, gamma=10.0)
+    out, info = _craft(rule, x, mal, knowledge, perturbation=perturbation, cap=np.inf)
+    assert float(info["gamma"]) == pytest.approx(exact, rel=1e-4, abs=1e-4)
+    np.testing.assert_allclose(out[mal][0], rows.mean(0) - float(info["gamma"]) * delta,
+                               rtol=1e-4, atol=1e-4)
+    _, info20 = _craft(rule, x, mal, knowledge, perturbation=perturbation, cap=20.0)
+    assert float(info20["gamma"]) == pytest.approx(capped, rel=1e-4, abs=1e-4)
+    if perturbation == "unit":
+        assert exact > 20 and capped == pytest.approx(20, abs=1e-4)
+
+
+def test_min_max_without_cap_is_uncapped():
+    """Catches cap=None treated as a cap (or the reference's 20 as a default)."""
+    x, mal = _problem(4, loc=0.2)
+    x = 10.0 * x
+    for rule in ("min_max", "min_sum"):
+        _, capped = _craft(rule, x, mal, cap=np.inf)
+        _, none = _craft(rule, x, mal, cap=None)
+        assert float(none["gamma"]) == pytest.approx(float(capped["gamma"]), rel=1e-6)
+        assert float(none["gamma"]) > 20
+
+
+# --------------------------------------------------------------------------- #
+# Knowledge, fallbacks, non-finite rows, bad values.
+
+
+@pytest.mark.parametrize("name", KNOWLEDGE)
+def test_partial_knowledge_uses_only_malicious_rows(name):
+    """Catches a partial-knowledge attacker that reads a benign row (while the
+    full-knowledge one must react to it)."""
+    x, mal = _problem(8)
+    y = x.copy()
+    y[~mal] = y[~mal] * 1.5 + 0.3
+    a, _ = _craft(name, x, mal, "partial")
+    b, _ = _craft(name, y, mal, "partial")
+    np.testing.assert_array_equal(a[mal], b[mal])
+    a, _ = _craft(name, x, mal)
+    b, _ = _craft(name, y, mal)
+    assert np.any(a[mal] != b[mal])
+
+
+@pytest.mark.parametrize("name", ["alie", "min_max", "min_sum", "fang_trimmed_mean", "fang_krum"])
+def test_one_partial_attacker_falls_back(name):
+    """Catches NaN (a std or a spread from one row) instead of the honest update
+    when a partial-knowledge attacker has nothing to learn from."""
+    x, _ = _problem(8)
+    mal = np.zeros(20, bool)
+    mal[3] = True
+    out, info = _craft(name, x, mal, "partial")
+    assert bool(info["fallback"])
+    np.testing.assert_array_equal(out, x.astype(np.float32))
+
+
+@pytest.mark.parametrize("name,knowledge", [c for c in CASES if c[0] in KNOWLEDGE])
+def test_no_malicious_row(name, knowledge):
+    """Catches a division by the number of malicious rows (0) leaking NaN."""
+    x, _ = _problem(8)
+    out, info = _craft(name, x, np.zeros(20, bool), knowledge)
+    np.testing.assert_array_equal(out, x.astype(np.float32))
+    assert bool(info["fallback"])
+
+
+@pytest.mark.parametrize("name,knowledge", [c for c in CASES if c[0] in KNOWLEDGE])
+def test_nonfinite_benign_rows_are_screened(name, knowledge):
+    """Catches a NaN or inf row (another attacker, a diverged client) that
+    turns the crafted rows NaN through the mean, std, extremes or distances."""
+    x, mal = _problem(8)
+    bad = x.copy()
+    benign = np.flatnonzero(~mal)
+    bad[benign[0], 3] = np.nan
+    bad[benign[1], 5] = np.inf
+    out, info = _craft(name, bad, mal, knowledge)
+    assert np.all(np.isfinite(out[mal])) and not info["fallback"]
+    if name == "ipm":  # the mean skips those rows
+        rows = np.isfinite(bad).all(1) & (mal if knowledge == "partial" else True)
+        np.testing.assert_allclose(out[mal][0], -0.5 * bad[rows].mean(0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: attacks.fang_trimmed_mean(b=1.0), r"fang_trimmed_mean: b=1.0 must be > 1"),
+    (lambda: attacks.fang_trimmed_mean(b=0.5), r"b=0.5 must be > 1"),
+    (lambda: attacks.ipm(-0.1), r"ipm: epsilon=-0.1 must be >= 0"),
+    (lambda: attacks.alie(z=-1.0), r"alie: z=-1.0 must be >= 0"),
+    (lambda: attacks.min_max(cap=0.0), r"min_max: cap=0.0 must be > 0"),
+    (lambda: attacks.min_sum("gauss"), r"min_sum: perturbation='gauss'"),
+    (lambda: attacks.fang_krum(-1), r"fang_krum: num_byzantine must be >= 0"),
+    (lambda: attacks.fang_krum(2, jitter=-1.0), r"fang_krum: jitter=-1.0 must be >= 0"),
+    (lambda: attacks.alie(knowledge="some"), r"alie: knowledge='some'"),
+    (lambda: attacks.scaling(float("inf")), r"scaling: factor=inf must be finite"),
+])
+def test_bad_values_raise(make, match):
+    """Catches a bad value that would only show up as a silent no-op or NaN."""
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_uniform_noise():
+    """Catches a correlated or key-independent noise (per row and column)."""
+    u = np.asarray(_common.uniform(KEY, (64, 4096), jnp.float32))
+    assert u.min() >= 0 and u.max() < 1
+    assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
+    assert abs(np.corrcoef(u[0], u[1])[0, 1]) < 0.05
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.3
+    assert abs(np.corrcoef(u[:, :-1].ravel(), u[:, 1:].ravel())[0, 1]) < 0.01
+    v = np.asarray(_common.uniform(jax.random.PRNGKey(1), (64, 4096), jnp.float32))
+    assert np.mean(u == v) < 1e-3
