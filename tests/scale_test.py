@@ -363,6 +363,49 @@ def test_an_interrupted_sweep_resumes_its_program_from_the_checkpoint(tmp_path, 
     assert full["cells"] == per_program * programs
 
 
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
+    """``fljax run`` killed with SIGKILL once a checkpoint is on disk (maybe
+    while it writes the next), then ``--resume``: the same final metrics as
+    an uninterrupted run.
+
+    Catches: a half-written checkpoint taken as the latest, a resume that
+    needs a clean shutdown.
+    """
+    import signal
+
+    args = ["--set", "rounds=30", "--set", "eval_every=10", "--set",
+            "execution.checkpoint_every=2", "--no-progress"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    cmd = [sys.executable, "-m", "fljax.cli", "run", os.path.join(ROOT, "configs",
+                                                                   "quickstart.py")]
+    full = subprocess.run(cmd + ["--out", str(tmp_path / "full")] + args, env=env, cwd=ROOT,
+                          capture_output=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(killed)] + args, env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        steps = [int(p) for p in os.listdir(killed / "checkpoints")] \
+            if (killed / "checkpoints").is_dir() else []
+        if any(s >= 6 for s in steps):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    resumed = subprocess.run(cmd + ["--out", str(killed), "--resume"] + args, env=env,
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from round" in resumed.stdout + resumed.stderr
+    a = json.loads((tmp_path / "full" / "summary.json").read_text())
+    b = json.loads((killed / "summary.json").read_text())
+    assert {k: v for k, v in a.items() if k.startswith("final_")} == \
+        {k: v for k, v in b.items() if k.startswith("final_")}
+
+
 # ----------------------------------------------------------------------------
 # Several processes
 
