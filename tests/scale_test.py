@@ -387,8 +387,8 @@ def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
-        steps = [int(p) for p in os.listdir(killed / "checkpoints")] \
-            if (killed / "checkpoints").is_dir() else []
+        steps = [int(p) for p in os.listdir(killed / "checkpoints") if p.isdigit()] \
+            if (killed / "checkpoints").is_dir() else []  # orbax writes '<n>.orbax-...-tmp' first
         if any(s >= 6 for s in steps):
             break
         time.sleep(0.05)
