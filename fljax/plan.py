@@ -92,7 +92,7 @@ DEFAULTS: dict = {
     "server_data": {"root_size": 100, "validation_size": 200},
     "execution": {
         "strategy": "auto",  # auto | vmap | map
-        "client_chunk": 0,  # clients per chunk for map (0: the strategy's default)
+        "client_chunk": 0,  # clients per chunk for map (0: what fits, see memory_gb)
         "eval_batch": 1024,
         # lax.scan unrolling of the local steps (0: all when <= 16 steps, else 8);
         # XLA:CPU runs convolutions inside loops much slower than unrolled.
@@ -101,6 +101,20 @@ DEFAULTS: dict = {
         "stop_on_divergence": True,
         # Sweeps: cells per compiled program (0: as many as fit in memory).
         "cells_per_program": 0,
+        # Memory budget per device in GB (0: the device's own; for CPU devices
+        # the host's available memory). The client chunk and a sweep's cells per
+        # program are picked to fit it; a round that cannot fit fails before
+        # training, with the figure (fljax/memory.py).
+        "memory_gb": 0.0,
+        # Devices the client axis (a sweep: the cell axis) is split over
+        # (0: all devices, over every process of a multi-host run).
+        "devices": 0,
+        # auto: rules linear in the updates (mean, norm_clipping, weak_dp) stream
+        # (never hold all K updates) unless an attack rewrites the matrix;
+        # stream: require it; dense: always build the [K, d] matrix.
+        "aggregation": "auto",
+        # Save a checkpoint every N rounds (0: at every evaluation), for --resume.
+        "checkpoint_every": 0,
     },
 }
 
@@ -147,6 +161,8 @@ class Spec:
     chunk: int
     root_size: int
     validation_size: int
+    aggregation: str = "dense"  # 'stream' | 'dense' (resolved)
+    devices: int = 1  # devices of the run (resolved; the client or cell axis is split over them)
 
     def kwargs(self, part: Part) -> dict:
         """The static keyword arguments of a part, as a dict again."""
@@ -159,6 +175,7 @@ class Plan(NamedTuple):
     data: RoundData
     cfg: dict
     federated: Any  # the host FederatedData (names, sizes, for reports)
+    memory: Any = None  # fljax.memory.Estimate of one round (per device)
 
 
 def _thaw(frozen):
@@ -366,6 +383,11 @@ def _check_scalars(cfg: dict) -> None:
     _int_at_least(ex["eval_batch"], "execution.eval_batch", 1)
     _int_at_least(ex["unroll"], "execution.unroll", 0)
     _int_at_least(ex["cells_per_program"], "execution.cells_per_program", 0)
+    _int_at_least(ex["devices"], "execution.devices", 0)
+    _int_at_least(ex["checkpoint_every"], "execution.checkpoint_every", 0)
+    _number_at_least(ex["memory_gb"], "execution.memory_gb", 0.0)
+    if ex["aggregation"] not in ("auto", "stream", "dense"):
+        _fail("execution.aggregation", ex["aggregation"], "one of auto, stream, dense")
     sd = cfg["server_data"]
     _int_at_least(sd["root_size"], "server_data.root_size", 0)
     _int_at_least(sd["validation_size"], "server_data.validation_size", 0)
@@ -403,9 +425,10 @@ def _transform_parts(specs, path: str, shapes, kind: str = "transform") -> tuple
     return tuple(parts), values
 
 
-def _attack_parts(ac: dict, fed, eval_batch: int = 1024) -> tuple[tuple, list, tuple, Any]:
+def _attack_parts(ac: dict, fed, eval_batch: int = 1024) -> tuple[tuple, list, tuple, list, Any]:
     """The attack parts, their values, their subsets (host arrays, None for
-    parts without one) and the data (without the examples a subset holds out)."""
+    parts without one), the built attacks and the data (without the examples a
+    subset holds out)."""
     from fljax import attacks as attacks_lib
 
     entries = []
@@ -421,7 +444,7 @@ def _attack_parts(ac: dict, fed, eval_batch: int = 1024) -> tuple[tuple, list, t
             raise ConfigError(f"attack.combine[{i}] must be a dict with 'name' and optional "
                               f"'kwargs', got {spec!r}")
         entries.append((f"attack.combine[{i}]", spec))
-    parts, values, subsets = [], [], []
+    parts, values, subsets, built = [], [], [], []
     for path, spec in entries:
         name = spec["name"]
         factory = registry.get("attack", name, f"{path}.name" if path != "attack" else "attack.name")
@@ -441,12 +464,12 @@ def _attack_parts(ac: dict, fed, eval_batch: int = 1024) -> tuple[tuple, list, t
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"{path}.kwargs: {e}") from None
             extra = {"subset": subset}
-        call_factory(factory, f"{path}.kwargs", *data_args, **kwargs, **extra)
+        built.append(call_factory(factory, f"{path}.kwargs", *data_args, **kwargs, **extra))
         part, vals = _part(factory, name, kwargs)
         parts.append(part)
         values.append(_f32(vals))
         subsets.append(subset)
-    return tuple(parts), values, tuple(subsets), fed
+    return tuple(parts), values, tuple(subsets), built, fed
 
 
 def build_rule(name: str, kwargs: dict, resources: dict, path: str = "aggregator",
@@ -560,6 +583,9 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
     from fljax import transforms as transforms_lib
     from fljax import metrics as metrics_lib
 
+    from fljax import memory as memory_lib
+
+    memory_lib.host_available()  # read before this run's data exists (once per process)
     _check_scalars(cfg)
     dc = cfg["data"]
     k = cfg["clients_per_round"]
@@ -590,8 +616,17 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
     st_parts, st_values = _transform_parts(cfg["server_transforms"], "server_transforms", shapes)
     pa_parts, pa_values = _transform_parts(cfg["pre_aggregation"], "pre_aggregation", shapes,
                                            "pre_aggregator")
-    a_parts, a_values, a_subsets, fed = _attack_parts(ac, fed, cfg["execution"]["eval_batch"])
-    agg_part, agg_values, _ = _aggregator_part(cfg["aggregator"], fed, k)
+    a_parts, a_values, a_subsets, a_built, fed = _attack_parts(ac, fed,
+                                                               cfg["execution"]["eval_batch"])
+    agg_part, agg_values, rule = _aggregator_part(cfg["aggregator"], fed, k)
+    if pa_parts:  # the rule as the round runs it (pre-aggregators see all rows: never streamed)
+        from fljax import aggregators as aggregators_lib
+
+        from fljax.round import _part_kwargs
+
+        stages = [registry.get("pre_aggregator", p_[0], "pre_aggregation")(**_part_kwargs(p_, v))
+                  for p_, v in zip(pa_parts, pa_values)]
+        rule = aggregators_lib.compose(*stages, aggregator=rule)
 
     cc = cfg["client"]
     steps = data_lib.num_local_steps(fed.max_client_size, cc["batch_size"], cc["epochs"],
@@ -601,14 +636,11 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
                                         (cc["epochs"] * fed.max_client_size) % cc["batch_size"]
                                         == 0))
     unroll = cfg["execution"]["unroll"] or (steps if steps <= 16 else 8)
-    strategy = cfg["execution"]["strategy"]
-    chunk = cfg["execution"]["client_chunk"]
-    if strategy == "auto":
-        from fljax.execution import default_strategy
+    from fljax.attacks.attacker import as_attacker, combine
 
-        strategy, auto_chunk = default_strategy()
-        chunk = chunk or auto_chunk
-    chunk = min(chunk or k, k)
+    crafts = bool(a_built) and combine(*map(as_attacker, a_built)).craft is not None
+    aggregation = _aggregation(cfg, rule, crafts)
+    devices = _devices(cfg["execution"]["devices"])
 
     # Server-side clean data: indices into the training examples, by seed.
     sd = cfg["server_data"]
@@ -645,9 +677,9 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
         unroll=unroll, input_shape=tuple(fed.input_shape), num_classes=fed.num_classes,
         model=(cfg["model"]["name"], registry.freeze(cfg["model"]["kwargs"]), ()),
         client_optimizer=c_part, server_optimizer=s_part, aggregator=agg_part,
-        pre_aggregation=pa_parts, client_transforms=ct_parts, server_transforms=st_parts, attack=a_parts,
-        strategy=strategy, chunk=chunk, root_size=int(root_size),
-        validation_size=int(val_size))
+        pre_aggregation=pa_parts, client_transforms=ct_parts, server_transforms=st_parts,
+        attack=a_parts, strategy="map", chunk=1, root_size=int(root_size),
+        validation_size=int(val_size), aggregation=aggregation, devices=len(devices))
     hparams = {
         "client": _f32(c_values),
         "server": _f32(s_values),
@@ -668,9 +700,126 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
                      jnp.asarray(fed.counts), TestSet(*(jnp.asarray(a) for a in test)),
                      attack=tuple(None if sub is None else jax.tree_util.tree_map(jnp.asarray, sub)
                                   for sub in a_subsets))
+    host = sum(np.asarray(a).nbytes for a in (fed.x, fed.y, fed.x_test, fed.y_test))
+    spec, estimate = fit_memory(cfg, spec, hparams, data, rule, crafts, devices, host=host)
     if check:
         _trace_rule(spec, hparams, data)
-    return Plan(spec, hparams, data, cfg, fed)
+    return Plan(spec, hparams, data, cfg, fed, estimate)
+
+
+def _aggregation(cfg: dict, rule, crafts: bool) -> str:
+    """``'stream'`` or ``'dense'`` (``execution.aggregation``; see DEFAULTS)."""
+    mode = cfg["execution"]["aggregation"]
+    if mode == "dense":
+        return "dense"
+    why = None
+    if rule.stream is None:
+        why = (f"aggregator {cfg['aggregator']['name']!r} has no streaming form (only rules "
+               "linear in the updates do: mean, norm_clipping, weak_dp)")
+    elif crafts:
+        why = (f"attack {cfg['attack']['name']!r} rewrites rows seeing the whole update matrix, "
+               "which a streamed round never holds")
+    if why is None:
+        return "stream"
+    if mode == "stream":
+        _fail("execution.aggregation", mode, why + "; use 'auto' or 'dense'")
+    return "dense"
+
+
+def _devices(requested: int) -> list:
+    """The run's devices: ``requested`` of them (0: all, over every process)."""
+    devices = jax.devices()
+    if requested > len(devices):
+        kinds = sorted({f"{d.platform}" for d in devices})
+        _fail("execution.devices", requested,
+              f"only {len(devices)} {'/'.join(kinds)} device(s) exist "
+              f"({jax.process_count()} process(es)); use 0 (all) or at most {len(devices)}"
+              + (" (XLA_FLAGS=--xla_force_host_platform_device_count=N fakes N CPU devices)"
+                 if kinds == ["cpu"] else ""))
+    return devices[:requested] if requested else devices
+
+
+def fit_memory(cfg: dict, spec: Spec, hparams: dict, data, rule, crafts: bool,
+               devices: list, cells: int = 1, host: int = 0):
+    """Picks the client chunk (and strategy) that fits the memory budget.
+
+    ``execution.strategy`` / ``client_chunk`` as given are kept when they fit
+    (else one :class:`ConfigError` line with the figure); ``auto`` is ``map``
+    one client at a time on CPU (the fastest there) and elsewhere the largest
+    chunk that fits (``vmap`` when all K do). A budget too small for one
+    client, or for a rule that needs all K updates at once, fails here.
+
+    Returns:
+      ``(spec with strategy and chunk, fljax.memory.Estimate)``.
+    """
+    from fljax import memory as memory_lib
+    from fljax import round as round_lib
+    from fljax.aggregators.base import rule_memory
+
+    ex = cfg["execution"]
+    k = spec.clients_per_round
+    budget, sharing = memory_lib.device_budget(devices, ex["memory_gb"])
+    shards = len(devices)
+    template = jax.eval_shape(lambda: round_lib.make_round(spec).init(
+        hparams, data, jax.random.PRNGKey(0)))
+    dim = memory_lib.nbytes(template.params) // 4
+    fixed = dict(
+        k=k, dim=dim, shards=shards, stream=spec.aggregation == "stream",
+        columns=bool(rule.columns), crafts=crafts, server_tf=bool(spec.server_transforms),
+        rule_bytes=lambda n, d: rule_memory(rule, n, d),
+        data=memory_lib.nbytes(data), state=memory_lib.nbytes(template),
+        client=memory_lib.client_bytes(spec, hparams["client"]),
+        evaluate=memory_lib.evaluate_bytes(spec, ex["eval_batch"]),
+        cells=cells, budget=budget, sharing=sharing,
+        host=host if devices[0].platform == "cpu" else 0, cpu=devices[0].platform == "cpu")
+    est = lambda c: memory_lib.estimate(chunk=c, **fixed)  # noqa: E731
+    per_device = -(-k // shards)
+    strategy, chunk = ex["strategy"], ex["client_chunk"]
+    if strategy == "auto" and chunk:
+        strategy = "map"  # a chunk given: chunks of it
+    where = (f"execution.memory_gb = {ex['memory_gb']}" if ex["memory_gb"] > 0 else
+             f"the {budget / memory_lib.GB:.2f} GB this device has")
+    if strategy == "vmap" or (strategy == "map" and chunk):
+        c = per_device if strategy == "vmap" else min(chunk, per_device)
+        e = est(c)
+        if not e.fits:
+            raise ConfigError(
+                f"execution.strategy = {strategy!r}"
+                + (f" with client_chunk = {chunk}" if strategy == "map" else "")
+                + f" needs {e.describe()}, more than {where}; use strategy 'auto' (it picks a "
+                "chunk that fits), a smaller client_chunk or fewer clients_per_round")
+        strategy = "vmap" if strategy == "vmap" else "map"
+    else:
+        from fljax.execution import default_strategy
+
+        auto, _ = default_strategy(devices[0].platform)
+        e = est(1)
+        if not e.fits:
+            rows = e.parts.get("updates", 0) + e.parts.get("rule", 0)
+            if not fixed["stream"] and e.total - rows <= budget:
+                raise ConfigError(
+                    f"aggregator {cfg['aggregator']['name']!r} needs all {k} updates of a round "
+                    f"at once: {e.describe()}, more than {where}; lower clients_per_round, "
+                    "use more devices (execution.devices), raise execution.memory_gb, or a "
+                    "streaming rule (mean, norm_clipping, weak_dp)")
+            raise ConfigError(
+                f"{where[0].lower() + where[1:]} is too small for one client: a round with one "
+                f"client at a time needs {e.describe()}; raise execution.memory_gb")
+        if strategy == "map" or auto == "map":
+            c = 1 if strategy == "auto" else per_device
+            while c > 1 and not est(c).fits:
+                c = -(-c // 2)
+            strategy = "map"
+        else:  # accelerators: the largest chunk that fits (all K at once: vmap)
+            c = per_device
+            while c > 1 and not est(c).fits:
+                c = -(-c // 2)
+            strategy = "vmap" if c >= per_device and shards == 1 else "map"
+        e = est(c)
+    chunk = per_device if strategy == "vmap" else c
+    if shards == 1:
+        chunk = min(chunk, k)
+    return dataclasses.replace(spec, strategy=strategy, chunk=chunk), e
 
 
 def fingerprint(cfg: dict, ignore: tuple = ("rounds",)) -> str:

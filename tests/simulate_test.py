@@ -18,6 +18,11 @@ from fljax.attacks.attacker import Schedule
 from tests import simulate_reference
 
 
+# Measurements of the machine, not of the experiment: they differ between
+# identical runs.
+MEASURED = ("elapsed", "peak_memory_gb")
+
+
 def small_cfg(*assignments, **base_over):
     base = {
         "rounds": 2,
@@ -115,7 +120,7 @@ def test_same_seed_is_bit_identical_and_other_seed_differs():
     cfg = small_cfg("rounds=3")
     a = simulate.run(cfg, progress=False, log=None).history
     b = simulate.run(cfg, progress=False, log=None).history
-    strip = lambda h: [{k: v for k, v in r.items() if k != "elapsed"} for r in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in r.items() if k not in MEASURED} for r in h]  # noqa: E731
     assert strip(a) == strip(b)
     c = simulate.run(small_cfg("rounds=3", "seed=1"), progress=False, log=None).history
     assert strip(a) != strip(c)
@@ -187,7 +192,7 @@ def test_resume_is_exact(tmp_path, assignments):
     simulate.run(part, str(tmp_path / "r"), progress=False, log=None)
     resumed = simulate.run(cfg, str(tmp_path / "r"), progress=False, log=None, resume=True)
     assert_trees_equal(full.state, resumed.state)
-    drop = lambda h: [{k: v for k, v in r.items() if k != "elapsed"} for r in h]  # noqa: E731
+    drop = lambda h: [{k: v for k, v in r.items() if k not in MEASURED} for r in h]  # noqa: E731
     assert drop(full.history) == drop(resumed.history)
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["round"] for l in lines] == [0, 2, 4]

@@ -54,6 +54,7 @@ def tiling(method: str, block, batch):
 def pairwise_sq_dists(
     updates: jax.Array,
     valid: Optional[jax.Array] = None,
+    axis: Optional[str] = None,
 ) -> jax.Array:
     """Squared Euclidean distances between the rows, through a centred Gram matrix.
 
@@ -71,6 +72,9 @@ def pairwise_sq_dists(
       updates: ``float[n, d]``.
       valid: optional ``bool[n]``; rows marked False get distance +inf to every
         other row (their contents, NaN included, are never read into the result).
+      axis: a mesh axis over which the columns are split (``updates`` is one
+        block): each device forms the partial Gram matrix of its columns and
+        one ``psum`` adds them (the squared norms likewise).
 
     Returns:
       ``float[n, n]`` symmetric, zero diagonal, entries in ``[0, +inf]``.
@@ -80,8 +84,10 @@ def pairwise_sq_dists(
         valid = jnp.ones((n,), bool)
     big = jnp.asarray(jnp.inf, updates.dtype)
 
+    psum = (lambda v: v) if axis is None else (lambda v: lax.psum(v, axis))  # noqa: E731
+
     def centred_gram(x):  # float[n, d] with finite (or zeroed) rows -> float[n, n]
-        sq = jnp.sum(x * x, axis=1)  # float[n], may overflow to inf for huge rows
+        sq = psum(jnp.sum(x * x, axis=1))  # float[n], may overflow to inf for huge rows
         # Robust centre: mean of the valid rows with norm <= the median valid norm.
         sq_valid = jnp.where(valid, sq, big)
         num_valid = jnp.sum(valid)
@@ -89,7 +95,7 @@ def pairwise_sq_dists(
         w = (valid & (sq_valid <= med)).astype(x.dtype)
         w = w / jnp.maximum(jnp.sum(w), 1.0)
         centre = jnp.dot(w, x, precision=lax.Precision.HIGHEST)  # float[d]
-        return centred_gram_blocked(x, centre, valid)
+        return psum(centred_gram_blocked(x, centre, valid))
 
     # Common case: no screening copy of the [n, d] matrix.
     gram = map_valid_rows(centred_gram, updates, valid)

@@ -112,7 +112,12 @@ def bulyan(
         info = {"selected": selected, "num_nonfinite": n - jnp.sum(valid.astype(jnp.int32))}
         return out, state, info
 
-    return Aggregator(init_empty, aggregate)
+    def memory(n, d, itemsize):  # Krum's distances, then the closest-to-median tiles
+        from fljax.aggregators.krum import distance_memory
+
+        return distance_memory(n, d, itemsize) + 2 * d * itemsize
+
+    return Aggregator(init_empty, aggregate, memory=memory)
 
 
 def closest_to_median_mean(

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import jax
 
-from fljax.aggregators.base import Aggregator, PreAggregator
-from fljax.transforms import apply_rows, chain
+from fljax.aggregators.base import Aggregator, PreAggregator, rule_memory
+from fljax.transforms import Transform, apply_rows, chain
 
 
 def compose(*stages, aggregator: Aggregator) -> Aggregator:
@@ -96,4 +96,7 @@ def compose(*stages, aggregator: Aggregator) -> Aggregator:
         out, state, info = aggregator.aggregate(updates, state, k_rule, context)
         return out, state, {**pre_info, **info}
 
-    return Aggregator(aggregator.init, aggregate)
+    def memory(n, d, itemsize):  # the transformed copy of the rows, then the rule's own
+        return n * d * itemsize + rule_memory(aggregator, n, d, itemsize)
+
+    return Aggregator(aggregator.init, aggregate, memory=memory)

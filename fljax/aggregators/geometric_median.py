@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from fljax.aggregators._linalg import weighted_row_sum
 from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
+from fljax.aggregators.norm_clipping import clipping_memory
 
 
 def geometric_median(
@@ -109,4 +110,5 @@ def geometric_median(
                 "num_nonfinite": n - jnp.sum(valid.astype(jnp.int32))}
         return z, state, info
 
-    return Aggregator(init_empty, aggregate)
+    # Column-tiled weighted sums, as norm clipping (XLA: 6.8 MB at 200 x 50,000).
+    return Aggregator(init_empty, aggregate, memory=clipping_memory)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from fljax.aggregators import _kernels, _ops
-from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
+from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require, tile_memory
 
 
 def coordinate_median(
@@ -47,7 +47,8 @@ def coordinate_median(
 
     Returns:
       An :class:`Aggregator`; ``aggregate`` maps ``float[n, d]`` to ``float[d]``
-      with ``info = {'num_nonfinite': int32[]}``.
+      with ``info = {'num_nonfinite': int32[]}``. It runs on column blocks
+      (``columns=True``; only the row screening is summed over the devices).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -65,9 +66,9 @@ def coordinate_median(
     _kernels.check(kernel, "coordinate_median")
 
     def aggregate(updates, state, key, context=None):
-        del key, context
+        del key
         n = updates.shape[0]
-        valid = finite_rows(updates)  # bool[n]
+        valid = finite_rows(updates, None if context is None else context.axis)  # bool[n]
         m = jnp.sum(valid.astype(jnp.int32))  # number of finite rows (traced)
         lo_rank = jnp.maximum(m - 1, 0) // 2
         hi_rank = jnp.maximum(m, 1) // 2
@@ -102,4 +103,8 @@ def coordinate_median(
         out = _kernels.dispatch(kernel, "rank_weighted_sum", with_kernel, without, updates)
         return out.astype(updates.dtype), state, info
 
-    return Aggregator(init_empty, aggregate)
+    def memory(n, d, itemsize):  # XLA: 5.9 MB at 200 x 50,000; 49 MB at 2,000 x 2,000
+        b, t = _ops.tiling(method, block, batch)
+        return tile_memory(n, min(d, b * t), itemsize, 4) + 2 * d * itemsize
+
+    return Aggregator(init_empty, aggregate, columns=True, memory=memory)

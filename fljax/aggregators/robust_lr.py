@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from fljax.aggregators import _ops
 from fljax.aggregators._linalg import weighted_row_sum
 from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
+from fljax.aggregators.norm_clipping import clipping_memory
 
 
 def robust_lr(threshold: float, server_lr: float = 1.0) -> Aggregator:
@@ -83,4 +84,5 @@ def robust_lr(threshold: float, server_lr: float = 1.0) -> Aggregator:
         }
         return lr * avg, state, info
 
-    return Aggregator(init_empty, aggregate)
+    # Column-tiled sums, as norm clipping (XLA: 7.0 MB at 200 x 50,000).
+    return Aggregator(init_empty, aggregate, memory=clipping_memory)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from fljax.aggregators import _kernels, _ops
-from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
+from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require, tile_memory
 
 
 def trimmed_mean_of_valid(
@@ -149,7 +149,8 @@ def trimmed_mean(
     Returns:
       An :class:`Aggregator`; ``aggregate`` maps ``float[n, d]`` to ``float[d]``
       with ``info = {'num_nonfinite': int32[]}``. ``aggregate`` raises a
-      ``ValueError`` when ``2 * num_trim >= n``.
+      ``ValueError`` when ``2 * num_trim >= n``. It runs on column blocks
+      (``columns=True``; only the row screening is summed over the devices).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -168,15 +169,25 @@ def trimmed_mean(
     _kernels.check(kernel, "trimmed_mean")
 
     def aggregate(updates, state, key, context=None):
-        del key, context
+        del key
         n = updates.shape[0]
         require(2 * num_trim < n, "trimmed_mean",
                 f"needs 2 * num_trim < n, got num_trim={num_trim}, n={n} "
                 f"(2 * {num_trim} = {2 * num_trim} >= {n})")
-        valid = finite_rows(updates)
+        valid = finite_rows(updates, None if context is None else context.axis)
         out = trimmed_mean_of_valid(updates, valid, jnp.int32(num_trim), method, block, batch,
                                     kernel=kernel)
         num_nonfinite = n - jnp.sum(valid.astype(jnp.int32))
         return out, state, {"num_nonfinite": num_nonfinite}
 
-    return Aggregator(init_empty, aggregate)
+    return Aggregator(init_empty, aggregate, columns=True,
+                      memory=lambda n, d, i: order_stat_memory(n, d, i, method, block, batch))
+
+
+def order_stat_memory(n: int, d: int, itemsize: int, method: str, block, batch) -> int:
+    """Working memory of the tiled order statistics (trimmed mean, invariant):
+    a few tiles of the client axis padded to a power of two (XLA: 1.6 MB at
+    200 x 50,000; 8.4 MB at 2,000 x 2,000)."""
+    b, t = _ops.tiling(method, block, batch)
+    rows = 1 << max(n - 1, 1).bit_length()
+    return tile_memory(rows, min(d, b * t), itemsize, 4) + 2 * d * itemsize
