@@ -4,7 +4,7 @@ Run:
   fljax run configs/clipping_digits.py
   fljax run configs/clipping_digits.py --set aggregator.name=mean --set 'aggregator.kwargs={}'  # undefended
 
-Expected (2-core CPU, ~5-10 s): clipping to 0.2 (honest update norms are ~0.15) ~0.83; the plain mean ~0.08.
+Expected (2-core CPU, ~5-10 s): clipping to 0.2 (honest update norms are ~0.15) ~0.83; the plain mean ~0.11.
 """
 
 import os

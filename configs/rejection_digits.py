@@ -4,7 +4,7 @@ Run:
   fljax run configs/rejection_digits.py
   fljax run configs/rejection_digits.py --set aggregator.name=mean --set 'aggregator.kwargs={}'  # undefended
 
-Expected (2-core CPU, ~5-10 s): ERR ~0.87 after 60 rounds; the plain mean ~0.18.
+Expected (2-core CPU, ~5-10 s idle; 30 s at load 12): ERR ~0.82 after 60 rounds; the plain mean ~0.18.
 """
 
 import os
