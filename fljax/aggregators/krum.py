@@ -119,7 +119,8 @@ def krum(num_byzantine: int) -> Aggregator:
     Returns:
       An :class:`Aggregator` with ``info = {'index': int32[]`` (the chosen
       client), ``'scores': float[n], 'num_nonfinite': int32[]}``. Runs on
-      column blocks like :func:`multi_krum`.
+      column blocks like :func:`multi_krum`. Its ``leave_one_out`` (for ERR
+      / LFR) scores all ``n`` leave-one-out subsets on one distance matrix.
 
     Examples:
       >>> import jax, jax.numpy as jnp

@@ -151,6 +151,8 @@ def trimmed_mean(
       with ``info = {'num_nonfinite': int32[]}``. ``aggregate`` raises a
       ``ValueError`` when ``2 * num_trim >= n``. It runs on column blocks
       (``columns=True``; only the row screening is summed over the devices).
+      Its ``leave_one_out`` (for ERR / LFR) is
+      :func:`trimmed_mean_leave_one_out`: one sort for all ``n``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
