@@ -503,16 +503,26 @@ def write_tables(out: str, grid_keys: list, metric_names: list) -> None:
 
 def short_label(text: str, width: int = 36) -> str:
     """A grid value for a plot axis: ``{"name": "krum", "kwargs": {...}}`` ->
-    ``krum(num_byzantine=20)``."""
+    ``krum(num_byzantine=20)``; a nested component (ERR's ``base``) the same
+    way, ``err(base=trimmed_mean(num_trim=20),num_reject=20)``; floats to 4
+    significant digits."""
     try:
         v = json.loads(text)
     except (TypeError, ValueError):
         return text[:width]
     if isinstance(v, dict) and "name" in v:
-        kw = v.get("kwargs") or {}
-        inner = ",".join(f"{k}={kw[k]}" for k in sorted(kw))
-        text = v["name"] + (f"({inner})" if inner else "")
+        text = _component_label(v)
     return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _component_label(v) -> str:
+    if isinstance(v, dict) and "name" in v:
+        kw = v.get("kwargs") or {}
+        inner = ",".join(f"{k}={_component_label(kw[k])}" for k in sorted(kw))
+        return v["name"] + (f"({inner})" if inner else "")
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
 
 
 def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
@@ -542,7 +552,7 @@ def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
                                layout="constrained")
         im = ax.imshow(grid, aspect="auto", cmap="viridis")
         ax.set_yticks(range(len(ys)), [short_label(y) for y in ys], fontsize=7)
-        ax.set_xticks(range(len(xs)), [short_label(x, 24) for x in xs], fontsize=7, rotation=45,
+        ax.set_xticks(range(len(xs)), [short_label(x, 44) for x in xs], fontsize=7, rotation=45,
                       ha="right")
         ax.set_ylabel(ky, fontsize=8)
         if kx:

@@ -146,3 +146,14 @@ def test_a_list_of_grids_joins_their_cells(tmp_path):
         ("0", "1"), ("1", "1"), ("0", "2")]
     assert sweep.set_axis(grid, "seed", [5]) == [{"seed": [5]},
                                                   {"aggregator.kwargs.num_trim": [2], "seed": [5]}]
+
+
+def test_short_label_names_nested_components_and_rounds_floats():
+    err = {"name": "err", "kwargs": {"num_reject": 20,
+                                     "base": {"name": "trimmed_mean", "kwargs": {"num_trim": 20}}}}
+    assert (sweep.short_label(json.dumps(err), 60)
+            == "err(base=trimmed_mean(num_trim=20),num_reject=20)")
+    assert sweep.short_label(json.dumps({"name": "gaussian", "kwargs": {"stddev": 200 ** 0.5}})) \
+        == "gaussian(stddev=14.14)"
+    assert sweep.short_label(json.dumps({"name": "none", "kwargs": {}})) == "none"
+    assert sweep.short_label("plain text that is long", 10) == "plain text"

@@ -155,11 +155,15 @@ def loo_rejection(rule: str, metric: int, eval_fn: EvalFn, num_reject: int,
             others = jnp.asarray(
                 np.array([[j for j in range(n) if j != i] for i in range(n)], np.int32))
             full, _, _ = base_agg.aggregate(x, state, k_all, context)
+            keys = jax.random.split(k_loo, n)
+            if base_agg.leave_one_out is not None:  # all n at once from shared work
+                loo = base_agg.leave_one_out(x, state, keys, context)
+                return jnp.concatenate([full[None, :], loo], axis=0)
 
             def without(rows, key_i):
                 return base_agg.aggregate(x[rows], state, key_i, _subset(context, rows))[0]
 
-            loo = jax.vmap(without)(others, jax.random.split(k_loo, n))  # float[n, d]
+            loo = jax.vmap(without)(others, keys)  # float[n, d]
             return jnp.concatenate([full[None, :], loo], axis=0)
 
         def scored(values, usable):  # bool: every candidate that matters could be scored

@@ -28,6 +28,14 @@ Three optional fields tell the simulator how a rule scales (see
 * ``memory(n, d, itemsize) -> bytes``: the working memory ``aggregate`` needs
   beyond its ``[n, d]`` input (declared from XLA's own figures); a config
   whose round cannot fit fails before training with the figure.
+
+One more optional field serves the rules that wrap another (ERR / LFR):
+
+* ``leave_one_out(updates, state, keys, context) -> float[n, d]``: row ``i``
+  is ``aggregate(updates without row i, state, keys[i], context restricted to
+  the other rows)[0]``, all ``n`` at once from shared work (one sort, one
+  distance matrix) instead of ``n`` calls. The same selections as the ``n``
+  calls, the sums up to float reassociation (tested per rule).
 """
 
 from __future__ import annotations
@@ -120,9 +128,10 @@ class Stream(NamedTuple):
 class Aggregator(NamedTuple):
     """A rule as a pair of pure functions (see the module docstring).
 
-    ``stream``, ``columns`` and ``memory`` are optional (the module
-    docstring): a rule without them runs on the whole ``[n, d]`` matrix, and
-    its working memory is taken as :func:`default_memory`.
+    ``stream``, ``columns``, ``memory`` and ``leave_one_out`` are optional
+    (the module docstring): a rule without them runs on the whole ``[n, d]``
+    matrix, its working memory is taken as :func:`default_memory`, and a
+    wrapper that needs its leave-one-out aggregates calls it ``n`` times.
     """
 
     init: Callable[[int], State]
@@ -130,6 +139,7 @@ class Aggregator(NamedTuple):
     stream: Optional[Stream] = None
     columns: bool = False
     memory: Optional[Callable[[int, int, int], int]] = None
+    leave_one_out: Optional[Callable[..., jax.Array]] = None
 
 
 def default_memory(n: int, d: int, itemsize: int) -> int:

@@ -26,7 +26,9 @@ def err(eval_fn: EvalFn, num_reject: int, base: Union[str, Aggregator] = "mean",
     The ``n`` leave-one-out aggregates and the ``n + 1`` evaluations each run
     as one ``vmap`` (for ``base='mean'`` the leave-one-out means are closed
     form, ``(S − w_i x_i) / (W − w_i)``, or one matrix product when a row
-    dwarfs the others and the closed form would cancel their digits).
+    dwarfs the others and the closed form would cancel their digits; a
+    wrapped rule with a ``leave_one_out`` form, the trimmed mean and Krum,
+    gives all ``n`` from shared work: one sort, one distance matrix).
     ``context.weights`` weight the mean when given and are passed (as a
     subset) to a wrapped rule.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from fljax.aggregators import _ops
@@ -118,7 +119,8 @@ def krum(num_byzantine: int) -> Aggregator:
     Returns:
       An :class:`Aggregator` with ``info = {'index': int32[]`` (the chosen
       client), ``'scores': float[n], 'num_nonfinite': int32[]}``. Runs on
-      column blocks like :func:`multi_krum`.
+      column blocks like :func:`multi_krum`. Its ``leave_one_out`` (for ERR
+      / LFR) scores all ``n`` leave-one-out subsets on one distance matrix.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -151,4 +153,26 @@ def krum(num_byzantine: int) -> Aggregator:
         }
         return out, state, info
 
-    return Aggregator(init_empty, aggregate, columns=True, memory=distance_memory)
+    def leave_one_out(updates, state, keys, context=None):
+        del state, context
+        n = updates.shape[0]
+        check_krum_bound("krum", n - 1, num_byzantine)
+        valid = finite_rows(updates)
+        dists = _ops.pairwise_sq_dists(updates, valid)  # float[n, n], once
+        others = leave_one_out_rows(n)  # int32[n, n-1]
+
+        def without(rows, key):  # Krum on the rows `rows`, from the shared distances
+            sub_valid = valid[rows]
+            scores = krum_scores(dists[rows][:, rows], sub_valid, n - 1 - num_byzantine - 2)
+            index = rows[_ops.tie_break_order(scores, sub_valid, key)[0]]
+            return jnp.where(valid[index], updates[index], 0.0)
+
+        return jax.vmap(without)(others, keys)
+
+    return Aggregator(init_empty, aggregate, columns=True, memory=distance_memory,
+                      leave_one_out=leave_one_out)
+
+
+def leave_one_out_rows(n: int) -> jax.Array:
+    """``int32[n, n-1]``: row ``i`` lists every index but ``i``, in order."""
+    return jnp.asarray(np.array([[j for j in range(n) if j != i] for i in range(n)], np.int32))

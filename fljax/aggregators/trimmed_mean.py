@@ -151,6 +151,8 @@ def trimmed_mean(
       with ``info = {'num_nonfinite': int32[]}``. ``aggregate`` raises a
       ``ValueError`` when ``2 * num_trim >= n``. It runs on column blocks
       (``columns=True``; only the row screening is summed over the devices).
+      Its ``leave_one_out`` (for ERR / LFR) is
+      :func:`trimmed_mean_leave_one_out`: one sort for all ``n``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -180,8 +182,57 @@ def trimmed_mean(
         num_nonfinite = n - jnp.sum(valid.astype(jnp.int32))
         return out, state, {"num_nonfinite": num_nonfinite}
 
+    def leave_one_out(updates, state, keys, context=None):
+        del state, keys, context
+        n = updates.shape[0]
+        require(2 * num_trim < n - 1, "trimmed_mean",
+                f"needs 2 * num_trim < n, got num_trim={num_trim}, n={n - 1} "
+                f"(2 * {num_trim} = {2 * num_trim} >= {n - 1})")
+        return trimmed_mean_leave_one_out(updates, finite_rows(updates), num_trim, kernel)
+
     return Aggregator(init_empty, aggregate, columns=True,
-                      memory=lambda n, d, i: order_stat_memory(n, d, i, method, block, batch))
+                      memory=lambda n, d, i: order_stat_memory(n, d, i, method, block, batch),
+                      leave_one_out=leave_one_out)
+
+
+def trimmed_mean_leave_one_out(updates: jax.Array, valid: jax.Array, num_trim: int,
+                               kernel: _kernels.KernelArg = None) -> jax.Array:
+    """Row ``i``: the trimmed mean of the valid rows other than ``i`` (``float[n, d]``).
+
+    One sort per column instead of ``n`` trimmed means. Per column, with the
+    ``m`` valid values sorted as ``s_0 <= ... <= s_{m-1}``: leaving out an
+    invalid row changes nothing (the full trimmed mean); leaving out the valid
+    row of rank ``r`` leaves ``m' = m - 1`` values trimmed by
+    ``t' = min(num_trim, (m' - 1) // 2)`` per side, whose kept ranks are
+    ``s[t' .. m - t')`` without one: ``s_r`` itself when ``t' <= r < m - t'``,
+    else the end of that window nearer to ``r`` (``s_{t'}`` when ``r < t'``,
+    ``s_{m-t'-1}`` when ``r >= m - t'``). So every leave-one-out mean is one
+    window sum minus one kept value, ``(A - s_{clip(r, t', m-t'-1)}) / (m' -
+    2 t')``. Both terms come from kept values only (the trimmed extremes never
+    enter a sum), so the rounding is that of a trimmed mean of the same
+    values; only if the kept values came near float32's largest could the
+    window sum overflow where the row-by-row form would not. Ties: equal
+    values are interchangeable, so which tied rank is removed changes nothing.
+    Leaving out an invalid row gives the rule's own result (``kernel``).
+    """
+    n = updates.shape[0]
+    m = jnp.sum(valid.astype(jnp.int32))
+    full = trimmed_mean_of_valid(updates, valid, jnp.int32(num_trim), kernel=kernel)  # float[d]
+    m1 = m - 1
+    t1 = jnp.clip(jnp.minimum(num_trim, (m1 - 1) // 2), 0, None)
+    inv = (1.0 / jnp.maximum(m1 - 2 * t1, 1).astype(jnp.float32)).astype(updates.dtype)
+    keys = jnp.where(valid[:, None], updates, jnp.inf)  # invalid rows sort last
+    order = jnp.argsort(keys, axis=0, stable=True)  # int[n, d]
+    s = jnp.take_along_axis(keys, order, axis=0)  # float[n, d] sorted columns
+    rank = jnp.zeros_like(order).at[order, jnp.arange(updates.shape[1])[None, :]].set(
+        jnp.arange(n)[:, None])  # rank[i, j]: position of row i in column j
+    q = jnp.arange(n)[:, None]
+    window = (q >= t1) & (q < m - t1)
+    total = jnp.sum(jnp.where(window, s * inv, 0.0), axis=0)  # float[d]
+    drop = jnp.take_along_axis(s, jnp.clip(rank, t1, m - t1 - 1), axis=0)  # float[n, d]
+    loo = total[None, :] - drop * inv
+    loo = jnp.where(m1 > 0, loo, 0.0)  # no other valid row: zero, as the rule
+    return jnp.where(valid[:, None], loo, full[None, :]).astype(updates.dtype)
 
 
 def order_stat_memory(n: int, d: int, itemsize: int, method: str, block, batch) -> int:
