@@ -1,4 +1,4 @@
-"""M2M / Mirage (Li et al., arXiv 2409.19601; CVPR 2025): several attackers with their own targets, on digits.
+"""M2M / Mirage (Li et al., arXiv 2409.19601; CVPR 2025) on digits: attackers with own targets.
 
 Four attackers who do not know each other, each with its own target label 0, 1, 2, 3, each
 controlling two of the 20 clients (clients c and c + 4 are attacker c % 4; 8 of 20 malicious,

@@ -1,16 +1,16 @@
-"""Tables and curves of the multi-label backdoor sweep (configs/m2m_digits.py) for docs/backdoors.md.
+"""Tables and curves of the multi-label sweep (configs/m2m_digits.py) for docs/backdoors.md.
 
 Run:
   python docs/m2m_report.py runs/m2m_digits [--img docs/img/m2m_digits.png]
 
-Reads every cell under ``DIR/cells`` (as docs/backdoor_report.py does) and prints three markdown
+Reads every cell under ``DIR/cells`` (as docs/backdoor_report.py does) and prints four markdown
 tables over seeds (mean ± sample standard deviation), each value averaged over the evaluations of
-the second half of training (and once at the last evaluation): the mean backdoor accuracy per
-attack setting and defence; each attacker's own backdoor accuracy (``backdoor_accuracy_<g>``: its trigger to its target) and
-their mean; the main accuracy. With ``--img`` it draws, per attack setting, each attacker's
-backdoor accuracy against rounds under the plain mean (top), the mean backdoor accuracy per
-defence (middle) and the main accuracy per defence (bottom); lines are the mean over seeds,
-bands the lowest to the highest seed.
+the second half of training unless marked: the mean backdoor accuracy per attack setting and
+defence (also at the last evaluation); each attacker's own backdoor accuracy
+(``backdoor_accuracy_<g>``: its trigger to its target) and their mean; the main accuracy. With
+``--img`` it draws, per attack setting, each attacker's backdoor accuracy against rounds under the
+plain mean (top), the mean backdoor accuracy per defence (middle) and the main accuracy per
+defence (bottom); lines are the mean over seeds, bands the lowest to the highest seed.
 """
 
 from __future__ import annotations
