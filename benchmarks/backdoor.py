@@ -4,12 +4,16 @@ Run (2-core CPU figures are in docs/backdoors.md):
   python benchmarks/backdoor.py --model dense --clients 100 --rounds 20
   python benchmarks/backdoor.py --model cnn --clients 20 --rounds 4
   python benchmarks/backdoor.py --model digits --rounds 200      # the sun2019_digits config
+  python benchmarks/backdoor.py --model m2m_digits --rounds 20 --attacks badnets4,m2m4,m2m4_reduced
 
 The same config (random EMNIST-shaped data, 28x28x1 and 10 classes, ``--examples`` per client,
 local SGD for ``--epochs`` epochs of batch ``--batch``, FedAvg; or ``--model digits``: the
-sun2019_digits config without its attack) runs clean and with each attack, every client
+sun2019_digits config without its attack; ``--model m2m_digits``: the m2m_digits config, whose
+attacks then use that grid's triggers) runs clean and with each attack, every client
 malicious by default (the worst case: every client of the round poisons and runs the hooks;
-``--malicious 0.2`` makes a fifth of them malicious). After a
+``--malicious 0.2`` makes a fifth of them malicious; with every client malicious all four M2M
+attackers search every round, the paper's setting where every attacker takes part in every
+attack round). After a
 warm-up round each (which compiles), the configs take turns round by round, so a change in the
 machine's load hits all of them alike; it prints one JSON line per config (median and fastest
 wall seconds per round, and the median CPU seconds of the process per round, which other
@@ -40,7 +44,37 @@ ATTACKS = {
                                     {"name": "model_replacement"}]},
     "pixel+neurotoxin": {"name": "pixel_backdoor", "kwargs": {"size": 3},
                          "combine": [{"name": "neurotoxin"}]},
+    # Four attackers with their own targets (configs/m2m_digits.py); M2M at the paper's
+    # search constants and at the reduced ones the digits grid uses (m2m_digits.REDUCED).
+    "badnets4": {"name": "badnets", "kwargs": {"num_attackers": 4, "size": 3}},
+    "m2m4": {"name": "m2m", "kwargs": {"num_attackers": 4, "size": 3}},
+    "m2m4_reduced": {"name": "m2m", "kwargs": {"num_attackers": 4, "size": 3, "REDUCED": True}},
 }
+
+
+def _m2m_digits():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+    import m2m_digits
+
+    return m2m_digits
+
+
+def attack_config(args, attack):
+    """The attack as configured: on ``--model m2m_digits`` the grid's own kwargs (2x2
+    triggers at the corners); ``REDUCED`` puts in the grid's reduced search constants."""
+    attack = {**attack, "kwargs": dict(attack.get("kwargs") or {})}
+    reduced = attack["kwargs"].pop("REDUCED", False)
+    if args.model == "m2m_digits" and attack["name"] in ("badnets", "m2m"):
+        m = _m2m_digits()
+        grid = {"badnets": m.BADNETS, "m2m": m.M2M}[attack["name"]]
+        attack["kwargs"] = {k: v for k, v in grid["kwargs"].items()
+                            if k not in m.REDUCED or reduced}
+    elif reduced:
+        attack["kwargs"].update(_m2m_digits().REDUCED)
+    return attack
 
 
 def base_config(args) -> dict:
@@ -52,6 +86,10 @@ def base_config(args) -> dict:
         import sun2019_digits
 
         cfg = sun2019_digits.get_config()
+        cfg["attack"] = {"name": "none"}
+        return cfg
+    if args.model == "m2m_digits":
+        cfg = _m2m_digits().get_config()
         cfg["attack"] = {"name": "none"}
         return cfg
     return {
@@ -71,6 +109,7 @@ def build(args, attack):
     cfg = config.resolve(simulate.DEFAULTS, base_config(args))
     if attack is not None:
         num = max(1, round(args.malicious * cfg["data"]["num_clients"]))
+        attack = attack_config(args, attack)
         cfg = config.resolve(simulate.DEFAULTS, cfg, [f"attack={dict(attack, num_malicious=num)!r}"])
     plan = simulate.prepare(cfg)
     comp = simulate.compiled(plan.spec)
@@ -91,7 +130,7 @@ def build(args, attack):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=["dense", "cnn", "digits"], default="dense")
+    p.add_argument("--model", choices=["dense", "cnn", "digits", "m2m_digits"], default="dense")
     p.add_argument("--clients", type=int, default=100)
     p.add_argument("--examples", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)

@@ -425,7 +425,8 @@ def _transform_parts(specs, path: str, shapes, kind: str = "transform") -> tuple
     return tuple(parts), values
 
 
-def _attack_parts(ac: dict, fed, eval_batch: int = 1024) -> tuple[tuple, list, tuple, list, Any]:
+def _attack_parts(ac: dict, fed, eval_batch: int = 1024,
+                  model=None) -> tuple[tuple, list, tuple, list, Any]:
     """The attack parts, their values, their subsets (host arrays, None for
     parts without one), the built attacks and the data (without the examples a
     subset holds out)."""
@@ -464,6 +465,11 @@ def _attack_parts(ac: dict, fed, eval_batch: int = 1024) -> tuple[tuple, list, t
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"{path}.kwargs: {e}") from None
             extra = {"subset": subset}
+        if attacks_lib.needs_model(factory):
+            if "model" in kwargs:
+                raise ConfigError(f"{path}.kwargs.model is supplied by the simulator (the "
+                                  "config's model); drop it")
+            extra["model"] = model
         built.append(call_factory(factory, f"{path}.kwargs", *data_args, **kwargs, **extra))
         part, vals = _part(factory, name, kwargs)
         parts.append(part)
@@ -617,7 +623,13 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
     pa_parts, pa_values = _transform_parts(cfg["pre_aggregation"], "pre_aggregation", shapes,
                                            "pre_aggregator")
     a_parts, a_values, a_subsets, a_built, fed = _attack_parts(ac, fed,
-                                                               cfg["execution"]["eval_batch"])
+                                                               cfg["execution"]["eval_batch"],
+                                                               model)
+    groups = max([getattr(b, "groups", 1) for b in a_built] or [1])
+    if 0 < nm < groups:
+        raise ConfigError(f"attack.num_malicious = {nm} is fewer than the attack's {groups} "
+                          f"attacker groups (one target each); raise attack.num_malicious to "
+                          f"at least {groups} or give fewer targets (0 runs without attackers)")
     agg_part, agg_values, rule = _aggregator_part(cfg["aggregator"], fed, k)
     if pa_parts:  # the rule as the round runs it (pre-aggregators see all rows: never streamed)
         from fljax import aggregators as aggregators_lib

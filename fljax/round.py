@@ -229,6 +229,8 @@ def make_round(spec, shards: int = 1) -> Round:
             args = attacks_lib.data_arguments(factory, spec.num_classes, spec.input_shape)
             extra = ({"subset": data.attack[i]} if attacks_lib.subset_selector(factory)
                      else {})  # a subset backdoor's examples (fljax.attacks.SUBSETS)
+            if attacks_lib.needs_model(factory):
+                extra["model"] = model
             parts.append(as_attacker(factory(*args, **_part_kwargs(part, vals), **extra)))
         attacker = combine(*parts) if parts else Attacker()
         schedule = Schedule(**hp["schedule"])
@@ -262,8 +264,15 @@ def make_round(spec, shards: int = 1) -> Round:
         params = state.params
         attack_state = state.attack_state
         if attacker.begin_round is not None:
+            def examples(cid):  # one client's own examples, padded to the largest client
+                slot = jnp.arange(spec.max_count)
+                valid = slot < data.counts[cid]  # bool[M]
+                idx = data.offsets[cid] + jnp.where(valid, slot, 0)  # int32[M]
+                return data.x[idx], data.y[idx], valid
+
             attack_state = attacker.begin_round(
-                attack_state, RoundView(state.round, params, ids, acting[ids]), k_begin)
+                attack_state, RoundView(state.round, params, ids, acting[ids],
+                                        examples=examples), k_begin)
         client_update = make_client_update(model.apply, comp.client_opt, unroll=spec.unroll,
                                            full_batches=spec.full_batches, hooks=attacker.train)
 

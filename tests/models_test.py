@@ -46,3 +46,21 @@ def test_dropout_only_with_key():
 def test_unknown_model():
     with pytest.raises(ValueError, match="unknown model 'vgg'"):
         models.get_model("vgg", (8, 8, 1), 10)
+
+
+@pytest.mark.parametrize("name,shape,width,last", [
+    ("logistic", (8, 8, 1), 64, "dense_0"), ("mlp", (8, 8, 1), 64, "dense_1"),
+    ("emnist_cnn", (28, 28, 1), 128, "dense_1"), ("lenet5", (8, 8, 1), 84, "dense_2")])
+def test_features_are_what_the_last_layer_reads(name, shape, width, last):
+    """``features`` returns the penultimate activations and the logits of one
+    forward pass: the logits equal ``apply``'s (no dropout), and the last dense
+    layer applied to the features gives them. Catches: features taken after
+    the last layer or before an activation, dropout left on."""
+    m = models.get_model(name, shape, 10)
+    p = m.init(jax.random.PRNGKey(0))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (3,) + shape)
+    feats, logits = m.features(p, x)
+    assert feats.shape == (3, width)
+    np.testing.assert_allclose(logits, m.apply(p, x), atol=1e-6)
+    np.testing.assert_allclose(feats @ p[last]["kernel"] + p[last]["bias"], logits,
+                               atol=1e-5, rtol=1e-5)

@@ -17,7 +17,8 @@ Data-level attacks are pure transforms of a malicious client's batch,
 ``poison(x, y, key) -> (x, y)``, applied inside local training where the
 (traced) malicious mask is set; select them by name from :data:`DATA_ATTACKS`.
 The backdoors among them (``pixel_backdoor``, ``dba``, ``targeted_task``,
-``edge_case``) are :class:`~fljax.attacks.attacker.Attacker` s that also
+``edge_case``, and for several attackers with their own targets ``badnets``
+and ``m2m``) are :class:`~fljax.attacks.attacker.Attacker` s that also
 report ``backdoor_accuracy``.
 
 :data:`STRATEGIES` change how a malicious client trains or what it sends
@@ -29,10 +30,12 @@ Data-leakage (reconstruction) attacks live in :mod:`fljax.attacks.leakage`.
 
 from fljax.attacks import leakage
 from fljax.attacks.alie import alie
+from fljax.attacks.badnets import badnets
 from fljax.attacks.fang import fang_krum, fang_trimmed_mean
 from fljax.attacks.gaussian import gaussian
 from fljax.attacks.ipm import ipm
 from fljax.attacks.label_flip import label_flip
+from fljax.attacks.m2m import m2m
 from fljax.attacks.min_max import min_max, min_sum
 from fljax.attacks.neurotoxin import neurotoxin
 from fljax.attacks.pgd import pgd
@@ -62,6 +65,8 @@ DATA_ATTACKS = {
     "dba": dba,
     "targeted_task": targeted_task,
     "edge_case": edge_case,
+    "badnets": badnets,
+    "m2m": m2m,
 }
 
 # How malicious clients train and what they send (combine with a backdoor).
@@ -98,13 +103,21 @@ def data_arguments(factory, num_classes: int, input_shape: tuple) -> tuple:
     return (num_classes, input_shape) if names[1:2] == ["input_shape"] else (num_classes,)
 
 
+def needs_model(factory) -> bool:
+    """Whether ``factory`` takes the :class:`~fljax.models.Model` (a parameter
+    named ``model``, filled in by the simulator like ``num_classes``)."""
+    import inspect
+
+    return "model" in inspect.signature(factory).parameters
+
+
 def subset_selector(factory):
     """The host function choosing ``factory``'s subset (:data:`SUBSETS`), or None."""
     return SUBSETS.get(factory)
 
 
-__all__ = ["ATTACKS", "data_arguments", "DATA_ATTACKS", "STRATEGIES", "SUBSETS", "UPDATE_ATTACKS",
-           "alie", "constrain_and_scale", "dba", "edge_case", "fang_krum", "fang_trimmed_mean",
-           "gaussian", "ipm", "label_flip", "leakage", "min_max", "min_sum", "model_replacement",
-           "neurotoxin", "pgd", "pixel_backdoor", "scaling", "sign_flip", "subset_selector",
-           "targeted_task"]
+__all__ = ["ATTACKS", "data_arguments", "DATA_ATTACKS", "needs_model", "STRATEGIES", "SUBSETS",
+           "UPDATE_ATTACKS", "alie", "badnets", "constrain_and_scale", "dba", "edge_case",
+           "fang_krum", "fang_trimmed_mean", "gaussian", "ipm", "label_flip", "leakage", "m2m",
+           "min_max", "min_sum", "model_replacement", "neurotoxin", "pgd", "pixel_backdoor",
+           "scaling", "sign_flip", "subset_selector", "targeted_task"]

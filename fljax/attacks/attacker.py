@@ -28,6 +28,13 @@ threat model lets it touch (the simulator skips the ones that are None):
 (e) ``metrics(params, state, test) -> {name: scalar}``: what the attack
     achieved, evaluated with the main metrics (e.g. ``backdoor_accuracy``).
 
+``groups`` (static) is how many attacker groups the attack has (several
+attackers with their own targets: malicious client ``c`` is in group
+``c % groups``); a config with fewer malicious clients than groups is
+refused. A factory that names a ``model`` parameter gets the
+:class:`~fljax.models.Model` (e.g. to read the global model's features), and
+``begin_round`` sees its clients' data through ``RoundView.examples``.
+
 Which clients are malicious is a traced ``bool[num_clients]`` and every
 attack value is a traced scalar, so neither recompiles. A
 :class:`Schedule` says in which rounds the attackers act; in other rounds
@@ -75,6 +82,10 @@ class RoundView(NamedTuple):
     malicious: jax.Array  # bool[K]: the round's acting malicious rows
     new_params: Any = None  # after aggregation (end_round only)
     aggregate: Optional[jax.Array] = None  # float[d], the rule's output (end_round only)
+    # (client_id) -> (x float[M, ...], y int32[M], mask bool[M]): a client's own
+    # training examples, padded to the largest client (begin_round only). An
+    # attacker reads its own clients' data with it (e.g. to optimise a trigger).
+    examples: Optional[Callable] = None
 
 
 class TestSet(NamedTuple):
@@ -124,6 +135,10 @@ class Attacker(NamedTuple):
     end_round: Optional[Callable] = None  # (state, RoundView) -> state
     metrics: Optional[Callable] = None  # (params, state, TestSet, predict) -> dict
     # predict(params, x[nb, B, ...]) -> int32[nb, B] predicted labels
+    # Attacker groups that need at least one malicious client each (several
+    # attackers with their own targets; static). The config check refuses
+    # fewer malicious clients than groups.
+    groups: int = 1
 
 
 NONE = Attacker()
@@ -247,6 +262,7 @@ def combine(*attackers: Attacker) -> Attacker:
         craft=craft if any(p.craft for p in parts) else None,
         end_round=end_round if any(p.end_round for p in parts) else None,
         metrics=metrics if any(p.metrics for p in parts) else None,
+        groups=max(p.groups for p in parts),
     )
 
 

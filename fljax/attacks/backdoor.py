@@ -206,3 +206,73 @@ def success_rate(params, test: TestSet, predict: Callable, target,
 
     hits, total = jnp.sum(jax.lax.map(one, (test.x, test.y, test.mask)), axis=0)
     return jnp.where(total > 0, hits / jnp.maximum(total, 1.0), jnp.nan)
+
+
+# ----------------------------------------------------------------------------
+# Several attackers with their own targets (multi-label backdoors)
+
+
+def check_targets(attack: str, num_attackers, targets, num_classes: int) -> list[int]:
+    """The targets of ``num_attackers`` attackers who do not collude: one class
+    each, all different.
+
+    ``targets=None`` gives attacker ``g`` the class ``g`` (M2M's
+    ``poison_label_swap [0, 1, 2, 3, 4]``); a list must have one entry per
+    attacker; a single integer is one attacker's target.
+    """
+    ok = isinstance(num_attackers, (int, np.integer)) and not isinstance(num_attackers, bool)
+    if not ok or num_attackers < 1:
+        raise ValueError(f"{attack}: num_attackers={num_attackers!r} must be an integer >= 1")
+    if targets is None:
+        if num_attackers > num_classes:
+            raise ValueError(f"{attack}: num_attackers={num_attackers} is more than the "
+                             f"{num_classes} classes; each attacker needs its own target")
+        return list(range(int(num_attackers)))
+    if not isinstance(targets, (list, tuple)):
+        targets = [targets]
+    if len(targets) != num_attackers:
+        raise ValueError(f"{attack}: targets={list(targets)!r} has {len(targets)} entries but "
+                         f"num_attackers={num_attackers}; give one target per attacker")
+    out = [check_class(attack, "targets", t, num_classes) for t in targets]
+    for i, t in enumerate(out):
+        if t in out[:i]:
+            raise ValueError(f"{attack}: targets={out!r} gives two attackers the same target {t}; "
+                             "give each attacker its own target")
+    return out
+
+
+def group_masks(attack: str, input_shape, num_attackers: int, location, size: int,
+                pattern: str = "square") -> np.ndarray:
+    """``bool[G, *input_shape]``: each attacker's trigger box.
+
+    ``location`` is one ``(row, col)`` pair (every attacker at the same place)
+    or a list of ``G`` pairs (negative coordinates from the far edge, as in
+    :func:`box_mask`, which checks that each box fits in the image).
+    """
+    def is_pair(v):
+        return (isinstance(v, (list, tuple)) and len(v) == 2
+                and all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in v))
+
+    if is_pair(location):
+        locations = [location] * num_attackers
+    elif isinstance(location, (list, tuple)) and all(is_pair(v) for v in location):
+        locations = list(location)
+        if len(locations) != num_attackers:
+            raise ValueError(f"{attack}: location has {len(locations)} pairs but "
+                             f"num_attackers={num_attackers}; give one (row, col) per attacker "
+                             "or a single pair")
+    else:
+        raise ValueError(f"{attack}: location={location!r} must be a (row, col) pair or a list "
+                         "of them, one per attacker")
+    return np.stack([box_mask(attack, input_shape, loc, size, size, pattern)
+                     for loc in locations])
+
+
+def group_evals(masks: np.ndarray, targets: Sequence[int]) -> list:
+    """The backdoor-accuracy evaluations of ``G`` attackers: ``backdoor_accuracy``
+    alone for one, ``backdoor_accuracy_<g>`` for each of several (their mean is
+    then ``backdoor_accuracy``), as :func:`fljax.attacks.pixel_backdoor.trigger_attacker`
+    reports them."""
+    if len(targets) == 1:
+        return [("", masks[0], targets[0])]
+    return [(f"_{g}", masks[g], t) for g, t in enumerate(targets)]

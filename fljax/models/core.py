@@ -29,6 +29,11 @@ class Model(NamedTuple):
       input_shape: shape of one example (no batch axis).
       num_classes: number of output logits.
       name: the factory's name.
+      features: ``features(params, x) -> (float[B, F], float[B, num_classes])``:
+        the penultimate layer's activations (what the last dense layer reads)
+        and the logits, from one forward pass without dropout. Attacks that
+        put their own head on the global model's features use it (M2M's
+        discriminator).
     """
 
     init: Callable[[PRNGKey], Params]
@@ -36,6 +41,7 @@ class Model(NamedTuple):
     input_shape: tuple[int, ...]
     num_classes: int
     name: str
+    features: Optional[Callable] = None
 
 
 def _im2col_conv(x, kernel, bias):
@@ -96,13 +102,14 @@ class _MLP(nn.Module):
     activation: str = "relu"
 
     @nn.compact
-    def __call__(self, x, dropout_key=None):
+    def __call__(self, x, dropout_key=None, features: bool = False):
         del dropout_key
         act = getattr(jax.nn, self.activation)
         x = x.reshape(x.shape[0], -1)
         for i, h in enumerate(self.hidden):
             x = act(nn.Dense(h, name=f"dense_{i}")(x))
-        return nn.Dense(self.num_classes, name=f"dense_{len(self.hidden)}")(x)
+        logits = nn.Dense(self.num_classes, name=f"dense_{len(self.hidden)}")(x)
+        return (x, logits) if features else logits
 
 
 def _dropout(x, rate, key):
@@ -118,7 +125,7 @@ class _EmnistCNN(nn.Module):
     dropout: bool = True
 
     @nn.compact
-    def __call__(self, x, dropout_key=None):
+    def __call__(self, x, dropout_key=None, features: bool = False):
         x = jax.nn.relu(Conv(32, (3, 3), self.conv_impl, name="conv_0")(x))
         x = jax.nn.relu(Conv(64, (3, 3), self.conv_impl, name="conv_1")(x))
         x = _max_pool(x, 2)
@@ -129,7 +136,8 @@ class _EmnistCNN(nn.Module):
         x = jax.nn.relu(nn.Dense(128, name="dense_0")(x))
         if self.dropout:
             x = _dropout(x, 0.5, k2)
-        return nn.Dense(self.num_classes, name="dense_1")(x)
+        logits = nn.Dense(self.num_classes, name="dense_1")(x)
+        return (x, logits) if features else logits
 
 
 class _LeNet5(nn.Module):
@@ -143,7 +151,7 @@ class _LeNet5(nn.Module):
     conv_impl: str = "im2col"
 
     @nn.compact
-    def __call__(self, x, dropout_key=None):
+    def __call__(self, x, dropout_key=None, features: bool = False):
         del dropout_key
         act = getattr(jax.nn, self.activation)
         h, w = x.shape[1], x.shape[2]
@@ -154,7 +162,8 @@ class _LeNet5(nn.Module):
         x = x.reshape(x.shape[0], -1)
         x = act(nn.Dense(120, name="dense_0")(x))
         x = act(nn.Dense(84, name="dense_1")(x))
-        return nn.Dense(self.num_classes, name="dense_2")(x)
+        logits = nn.Dense(self.num_classes, name="dense_2")(x)
+        return (x, logits) if features else logits
 
 
 def _wrap(module: nn.Module, input_shape, num_classes, name) -> Model:
@@ -166,7 +175,10 @@ def _wrap(module: nn.Module, input_shape, num_classes, name) -> Model:
     def apply(params, x, key: Optional[PRNGKey] = None):
         return module.apply({"params": params}, x, key)
 
-    return Model(init, apply, input_shape, int(num_classes), name)
+    def features(params, x):
+        return module.apply({"params": params}, x, None, True)
+
+    return Model(init, apply, input_shape, int(num_classes), name, features)
 
 
 def logistic(input_shape, num_classes) -> Model:
