@@ -110,13 +110,13 @@ def expansion_contraction(evaluate: Callable[[jax.Array], jax.Array], start, del
     L = lookahead
 
     # Expansion: candidate k is start + delta (2^k - 1), accepted while improving.
-    def exp_cond(s):
-        return ~s[3]
+    def exp_cond(s):  # not ended, and budget left for the next candidate
+        return ~s[3] & (s[0] < evals)
 
     def exp_body(s):
         k0, best_x, best_y, _, stop_k, used = s
         ks = k0 + jnp.arange(L, dtype=jnp.int32)
-        xs = start + delta * (jnp.exp2(ks.astype(f32)) - 1.0)  # float32[L]
+        xs = start + delta * (jnp.ldexp(jnp.ones((L,), f32), ks) - 1.0)  # float32[L], exact 2^k
         ys = evaluate(xs)
         prev = jnp.concatenate([best_y[None], ys[:-1]])
         ok = ((ks == 0) | (ys > prev)) & (ks < evals)
@@ -130,13 +130,14 @@ def expansion_contraction(evaluate: Callable[[jax.Array], jax.Array], start, del
         return k0 + L, best_x, best_y, done, stop_k, used + L
 
     zero_i = jnp.zeros((), jnp.int32)
-    init = (zero_i, start, jnp.asarray(-jnp.inf, f32), jnp.zeros((), bool), zero_i, zero_i)
+    init = (zero_i, start, jnp.asarray(-jnp.inf, f32), jnp.zeros((), bool),
+            jnp.asarray(evals, jnp.int32), zero_i)
     _, best_x, best_y, _, stop_k, used = lax.while_loop(exp_cond, exp_body, init)
     # stop_k < evals: candidate stop_k was rejected (it used an evaluation);
     # stop_k == evals: the budget ran out while improving.
     rejected = stop_k < evals
     left = jnp.where(rejected, evals - stop_k - 1, 0).astype(jnp.int32)
-    step = delta * jnp.exp2(jnp.maximum(stop_k - 1, 0).astype(f32)) * ratio
+    step = delta * jnp.ldexp(jnp.ones((), f32), jnp.maximum(stop_k - 1, 0)) * ratio
 
     # Contraction: waves of the 2^L - 1 nodes of the next L steps' decision tree.
     coef = jnp.asarray(_tree(L))  # float32[W, L]
