@@ -18,7 +18,7 @@ from fljax.attacks.base import UpdateAttack
 
 def optimal_ipm(knowledge: str = "full", start: float = _search.START,
                 delta: float = _search.DELTA, ratio: float = _search.RATIO,
-                evals: int = _search.EVALS, lookahead: int = 2) -> UpdateAttack:
+                evals: int = _search.EVALS, lookahead: int = 0) -> UpdateAttack:
     """Optimal IPM: every malicious row is ``-tau * mu`` with the ``tau`` that
     moves the rule's output farthest from the honest mean.
 
@@ -53,7 +53,8 @@ def optimal_ipm(knowledge: str = "full", start: float = _search.START,
       delta: the first step (a value, non-zero; may be traced).
       ratio: the step's contraction factor (a value in ``(0.5, 1)``).
       evals: the search's evaluation budget (static, ``>= 1``).
-      lookahead: loop steps per wave (static, 1 to 6).
+      lookahead: loop steps per wave (static, 1 to 6; 0: by platform, 1 on CPU,
+        2 elsewhere).
 
     Returns:
       An :class:`~fljax.attacks.base.UpdateAttack` with ``info = {'scale':

@@ -448,6 +448,7 @@ def test_nonfinite_benign_rows_are_screened(name, knowledge):
     (lambda: attacks.optimal_ipm(start=float("nan")), r"optimal_ipm: start=nan must be finite"),
     (lambda: attacks.optimal_alie(evals=0), r"optimal_alie: evals=0 must be an integer >= 1"),
     (lambda: attacks.optimal_alie(lookahead=7), r"optimal_alie: lookahead=7 must be an integer"),
+    (lambda: attacks.optimal_ipm(lookahead=-1), r"optimal_ipm: lookahead=-1 must be an integer"),
     (lambda: attacks.optimal_ipm(knowledge="none"), r"optimal_ipm: knowledge='none'"),
     (lambda: attacks.mimic("random"), r"mimic: target='random' must be one of"),
     (lambda: attacks.mimic(epsilon=-1), r"mimic: epsilon=-1 must be an integer >= 0"),
