@@ -307,7 +307,8 @@ def searched_attack(name: str, prepare, min_known: int, knowledge: str, start, d
         crafted = make(res.scale)  # float[d]
         ok = can & _common.all_finite(crafted)
         out = _common.replace_rows(updates, malicious, crafted, ok)
-        info = {"scale": jnp.where(ok, res.scale, 0.0), "objective": res.objective,
+        info = {"scale": jnp.where(ok, res.scale, 0.0),
+                "objective": jnp.where(ok, res.objective, 0.0),  # 0, not NaN: averaged per round
                 "evaluations": res.evaluations, "fallback": ~ok}
         return out, info
 

@@ -65,7 +65,8 @@ def optimal_alie(knowledge: str = "full", start: float = _search.START,
 
     Returns:
       An :class:`~fljax.attacks.base.UpdateAttack` with ``info = {'scale':
-      float32[]`` (tau*, 0 on fallback), ``'objective': float32[]`` (``y(tau*)``),
+      float32[]`` (tau*, 0 on fallback), ``'objective': float32[]`` (``y(tau*)``, 0 on
+      fallback),
       ``'evaluations': int32[]`` (candidates evaluated), ``'fallback': bool[]}``.
 
     Examples:
