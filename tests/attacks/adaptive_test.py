@@ -356,7 +356,8 @@ def test_mimic_and_inf_in_the_round():
     assert not mal[target] and mal.sum() > 0
     np.testing.assert_allclose(norms[mal], norms[target], rtol=1e-6)
     for rule in ("mean", "coordinate_median"):
-        state, info = _round("attack.name='inf'", f"aggregator={{'name': {rule!r}, 'kwargs': {{}}}}")
+        state, info = _round("attack.name='inf'",
+                             f"aggregator={{'name': {rule!r}, 'kwargs': {{}}}}")
         mal = np.asarray(info.malicious)
         assert np.all(np.isinf(np.asarray(info.update_norms)[mal]))
         assert np.all(np.isfinite(np.asarray(info.update_norms)[~mal]))
