@@ -52,6 +52,37 @@ same O(N^2 D) Gram matrix as Krum itself (the diameter of the honest rows;
 Krum's scores and Fang's bound) plus O(N D) passes, and land at 1.1-1.4x Krum
 (in a second profile under the same load, fang_krum in place took 1.14 s
 against Krum's 1.18 s). The search over lambda itself takes ~5 ms.
+
+The adaptive attacks run the server's rule inside their search: ``--rule``
+(default ``coordinate_median``) is passed in the attack context (every
+attack gets it; only ``optimal_alie`` / ``optimal_ipm`` use it), and ByzFL's
+``Optimal_ALittleIsEnough`` (``delta = -10``, fljax's sign) /
+``Optimal_InnerProductManipulation`` with the same rule and no
+pre-aggregation, ``Mimic(0)`` and ``Inf`` are timed on the honest rows
+(``byzfl_seconds``, one run for the searches; ``speedup`` = ByzFL / fljax).
+Measured on 2026-12-01, 100 x 100k, F = 20, against the median, load 12
+(other work), best of 3::
+
+    attack          knowledge  seconds  in place  evaluations  ByzFL (torch.quantile)
+    optimal_alie    full       1.62     1.20      31 (lookahead 2)   34.0 s  (21x)
+    optimal_alie    full       0.60     0.47      20 (lookahead 1)           (56x)
+    optimal_alie    partial    1.55 / 0.43 (lookahead 2 / 1)
+    optimal_ipm     full       1.10     1.04      20 (lookahead 2)   35.9 s  (33x)
+    optimal_ipm     full       0.38     0.58      20 (lookahead 1)           (95x)
+    optimal_ipm     partial    1.64 / 0.63 (lookahead 2 / 1)
+    mimic           full       0.058    0.079     (ByzFL returns the row: ~0 s)
+    inf                        0.042    0.0005
+    krum (aggregation)         0.019
+
+So on the CPU one candidate per wave (``lookahead=1``, the CPU default) is
+fastest: 20 evaluations of the median, ~30 ms each. ByzFL's 20 medians
+through ``torch.quantile`` (which refuses inputs beyond 2^24 entries, so
+ByzFL cannot search against its median at 200 x 1M) cost ~1.7 s each.
+At 200 x 1M, F = 40, against the trimmed mean (``--rule trimmed_mean
+--repeats 1``, load 9-17): optimal_ipm full 15.7 s (10.3 s in place; 20
+trimmed means, scale 2.6e6), partial 12.1 s; ByzFL's search (20 ``TrMean``
+sorts of 160 x 1M) 436 s, 27.8x; Krum 2.7 s in the same run. (optimal_alie
+at that size was not measured: the run was stopped at its 25-minute cap.)
 """
 
 from __future__ import annotations
@@ -70,6 +101,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fljax import aggregators, attacks  # noqa: E402
+from fljax.attacks.base import AttackContext  # noqa: E402
 
 
 def best_of(fn, repeats):
@@ -94,6 +126,41 @@ def builds(name, n, f):
     return [(None, kwargs)]
 
 
+def byzfl_peer(name, knowledge, rule, f):
+    """ByzFL's version of attack ``name`` as ``fn(honest float32[m, d] numpy) ->
+    row`` (torch tensors, ByzFL's own path), against ByzFL's version of
+    ``rule`` without pre-aggregation; None where ByzFL has no such attack or
+    rule. ByzFL's attackers see the honest rows only (fljax's ``full``)."""
+    if knowledge not in (None, "full"):
+        return None
+    try:
+        import importlib
+
+        import torch
+
+        from benchmarks.aggregators import _import_byzfl_aggregators
+
+        bz = _import_byzfl_aggregators()
+        byz = importlib.import_module("byzfl.attacks.attacks")
+    except Exception:  # pragma: no cover - optional peer
+        return None
+    agg = {"mean": lambda: bz.Average(), "coordinate_median": lambda: bz.Median(),
+           "trimmed_mean": lambda: bz.TrMean(f=f)}.get(rule)
+    make = {
+        # delta = -10: ByzFL's mu + tau sigma at the negated scale is fljax's mu - tau sigma.
+        "optimal_alie": lambda: byz.Optimal_ALittleIsEnough(agg=agg(), pre_agg_list=[], f=f,
+                                                            delta=-10.0),
+        "optimal_ipm": lambda: byz.Optimal_InnerProductManipulation(agg=agg(), pre_agg_list=[],
+                                                                    f=f),
+        "mimic": lambda: byz.Mimic(0),
+        "inf": lambda: byz.Inf(),
+    }.get(name)
+    if make is None or (agg is None and name.startswith("optimal")):
+        return None
+    attack = make()
+    return lambda x: attack(torch.from_numpy(x))
+
+
 def scalars(info):
     return {k: round(float(v), 6) for k, v in info.items() if np.ndim(v) == 0}
 
@@ -110,6 +177,12 @@ def main(argv=None):
     parser.add_argument("--no-sequential", action="store_true",
                         help="skip the sequential NumPy search for fang_krum")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rule", default="coordinate_median",
+                        help="the server's rule in the attack context (what optimal_alie / "
+                             "optimal_ipm search against): mean, coordinate_median, trimmed_mean")
+    parser.add_argument("--no-byzfl", action="store_true", help="skip ByzFL's attacks")
+    parser.add_argument("--lookahead", type=int, default=0,
+                        help="optimal_alie / optimal_ipm: loop steps per wave (0: the default)")
     args = parser.parse_args(argv)
 
     n, d, f = args.clients, args.dim, args.byzantine
@@ -129,15 +202,22 @@ def main(argv=None):
     jax.block_until_ready(krum_fn(x, krum.init(d), key))
     krum_s = best_of(lambda: jax.block_until_ready(krum_fn(x, krum.init(d), key)), args.repeats)
 
+    rule = {"mean": lambda: aggregators.mean(weighted=False),
+            "coordinate_median": aggregators.coordinate_median,
+            "trimmed_mean": lambda: aggregators.trimmed_mean(f)}[args.rule]()
+    ctx = AttackContext(aggregator=rule)
+    base["rule"] = args.rule
     names = [a for a in args.attacks.split(",") if a] or list(attacks.UPDATE_ATTACKS)
     fang_s = fang_lam = None
     for name in names:
         for knowledge, kwargs in builds(name, n, f):
+            if args.lookahead and name.startswith("optimal"):
+                kwargs = dict(kwargs, lookahead=args.lookahead)
             attack = attacks.UPDATE_ATTACKS[name](**kwargs)
-            fn = jax.jit(lambda u, m, k, a=attack: a.craft(u, m, k, None))
+            fn = jax.jit(lambda u, m, k, a=attack: a.craft(u, m, k, ctx))
             _, info = jax.block_until_ready(fn(x, mal, key))
             seconds = best_of(lambda: jax.block_until_ready(fn(x, mal, key)), args.repeats)
-            donated = jax.jit(lambda u, m, k, a=attack: a.craft(u, m, k, None), donate_argnums=0)
+            donated = jax.jit(lambda u, m, k, a=attack: a.craft(u, m, k, ctx), donate_argnums=0)
             times = []
             for _ in range(args.repeats + 1):  # the first call compiles
                 fresh = jax.block_until_ready(x + 0)
@@ -146,10 +226,17 @@ def main(argv=None):
                 times.append(time.perf_counter() - t)
                 del fresh
             row = {"attack": name, **({"knowledge": knowledge} if knowledge else {}),
-                   "seconds": round(seconds, 4), "inplace_seconds": round(min(times[1:]), 4),
+                   "seconds": round(seconds, 5), "inplace_seconds": round(min(times[1:]), 5),
                    "krum_ratio": round(seconds / krum_s, 2),
                    "inplace_krum_ratio": round(min(times[1:]) / krum_s, 2),
                    "info": scalars(info), **base}
+            peer = None if args.no_byzfl else byzfl_peer(name, knowledge, args.rule, f)
+            if peer is not None:
+                honest = np.ascontiguousarray(x_np[~mal_np])
+                peer(honest)  # warm-up
+                peer_s = best_of(lambda: peer(honest), 1 if name.startswith("optimal") else
+                                 args.repeats)
+                row.update(byzfl_seconds=round(peer_s, 4), speedup=round(peer_s / seconds, 1))
             print(json.dumps(row), flush=True)
             if name == "fang_krum" and knowledge == "full":
                 fang_s, fang_lam = seconds, float(info["lambda"])

@@ -11,7 +11,11 @@ the attacker knows (``knowledge="full"``: every honest row; ``"partial"``: the
 malicious clients' own honest updates): ``fang_krum`` (also against Bulyan)
 and ``fang_trimmed_mean`` (also against the median) after Fang et al.,
 ``alie``, ``ipm``, ``min_max`` / ``min_sum``, and ``scaling``. Their ``craft``
-also returns diagnostics (Fang's lambda, gamma, z, ``fallback``).
+also returns diagnostics (Fang's lambda, gamma, z, ``fallback``). The adaptive
+attacks search against the server's rule (``context.aggregator``; the plain
+mean without a context): ``optimal_alie`` and ``optimal_ipm`` (ByzFL's
+expansion / contraction search over the scale, in vectorised waves of
+candidates). ``mimic`` copies one honest row; ``inf`` sends infinities.
 
 Data-level attacks are pure transforms of a malicious client's batch,
 ``poison(x, y, key) -> (x, y)``, applied inside local training where the
@@ -33,11 +37,15 @@ from fljax.attacks.alie import alie
 from fljax.attacks.badnets import badnets
 from fljax.attacks.fang import fang_krum, fang_trimmed_mean
 from fljax.attacks.gaussian import gaussian
+from fljax.attacks.inf import inf
 from fljax.attacks.ipm import ipm
 from fljax.attacks.label_flip import label_flip
 from fljax.attacks.m2m import m2m
+from fljax.attacks.mimic import mimic
 from fljax.attacks.min_max import min_max, min_sum
 from fljax.attacks.neurotoxin import neurotoxin
+from fljax.attacks.optimal_alie import optimal_alie
+from fljax.attacks.optimal_ipm import optimal_ipm
 from fljax.attacks.pgd import pgd
 from fljax.attacks.pixel_backdoor import dba, pixel_backdoor
 from fljax.attacks.replacement import constrain_and_scale, model_replacement
@@ -56,6 +64,10 @@ UPDATE_ATTACKS = {
     "min_sum": min_sum,
     "fang_trimmed_mean": fang_trimmed_mean,
     "fang_krum": fang_krum,
+    "optimal_alie": optimal_alie,
+    "optimal_ipm": optimal_ipm,
+    "mimic": mimic,
+    "inf": inf,
 }
 
 # Factories that take the number of classes first (the simulator passes it).
@@ -118,6 +130,7 @@ def subset_selector(factory):
 
 __all__ = ["ATTACKS", "data_arguments", "DATA_ATTACKS", "needs_model", "STRATEGIES", "SUBSETS",
            "UPDATE_ATTACKS", "alie", "badnets", "constrain_and_scale", "dba", "edge_case",
-           "fang_krum", "fang_trimmed_mean", "gaussian", "ipm", "label_flip", "leakage", "m2m",
-           "min_max", "min_sum", "model_replacement", "neurotoxin", "pgd", "pixel_backdoor",
-           "scaling", "sign_flip", "subset_selector", "targeted_task"]
+           "fang_krum", "fang_trimmed_mean", "gaussian", "inf", "ipm", "label_flip", "leakage",
+           "m2m", "mimic", "min_max", "min_sum", "model_replacement", "neurotoxin", "optimal_alie",
+           "optimal_ipm", "pgd", "pixel_backdoor", "scaling", "sign_flip", "subset_selector",
+           "targeted_task"]

@@ -43,8 +43,13 @@ TABLE = {
     "min_sum": ({"cap": 50.0}, "cap", 5.0),
     "fang_trimmed_mean": ({"b": 2.0}, "b", 3.0),
     "fang_krum": ({"num_byzantine": 4, "jitter": 1e-5}, "jitter", 1e-3),
+    "optimal_alie": ({"evals": 8, "delta": 10.0}, "delta", 5.0),
+    "optimal_ipm": ({"evals": 8, "delta": 10.0}, "delta", 5.0),
+    "mimic": ({"epsilon": 2}, None, None),  # no value argument
+    "inf": ({}, None, None),
 }
-KNOWLEDGE = ["ipm", "alie", "min_max", "min_sum", "fang_trimmed_mean", "fang_krum"]
+KNOWLEDGE = ["ipm", "alie", "min_max", "min_sum", "fang_trimmed_mean", "fang_krum",
+             "optimal_alie", "optimal_ipm", "mimic"]
 CASES = [(name, "full") for name in TABLE] + [(name, "partial") for name in KNOWLEDGE]
 TRACES = {}  # jit cache key -> number of traces so far
 
@@ -92,8 +97,11 @@ def test_benign_rows_bit_identical_and_malicious_rows_crafted(name, knowledge):
     out, info = _craft(name, x, mal, knowledge)
     x32 = x.astype(np.float32)
     np.testing.assert_array_equal(out[~mal], x32[~mal])
-    assert np.all(np.isfinite(out))
+    assert np.all(np.isfinite(out)) or name == "inf"
     assert not np.any(info.get("fallback", False))
+    if (name, knowledge) == ("mimic", "partial"):  # one attacker's own row, copied by the others
+        assert np.sum(np.any(out[mal] != x32[mal], axis=1)) == mal.sum() - 1
+        return
     assert np.all(np.any(out[mal] != x32[mal], axis=1))
 
 
@@ -105,12 +113,16 @@ def test_no_retrace_on_new_mask_count_or_value(name, knowledge):
     other = TABLE[name][2]
     out, _ = _craft(name, x, mal, knowledge)
     _, cache_key = _jitted(name, knowledge, tuple(sorted(
-        (k, v) for k, v in TABLE[name][0].items() if k != TABLE[name][1])), True)
+        (k, v) for k, v in TABLE[name][0].items() if k != TABLE[name][1])),
+        TABLE[name][1] is not None)
     before = TRACES[cache_key]
     _craft(name, x, np.roll(mal, 1), knowledge)  # another mask
     more = mal.copy()
     more[np.flatnonzero(~mal)[:2]] = True
     _craft(name, x, more, knowledge)  # another number of malicious rows
+    if TABLE[name][1] is None:  # no value argument
+        assert TRACES[cache_key] == before == 1
+        return
     second, _ = _craft(name, x, mal, knowledge, **{TABLE[name][1]: other})  # another value
     assert TRACES[cache_key] == before == 1
     # (fang_krum's jitter is below float32 resolution here; partial Fang
@@ -382,7 +394,8 @@ def test_partial_knowledge_uses_only_malicious_rows(name):
     assert np.any(a[mal] != b[mal])
 
 
-@pytest.mark.parametrize("name", ["alie", "min_max", "min_sum", "fang_trimmed_mean", "fang_krum"])
+@pytest.mark.parametrize("name", ["alie", "min_max", "min_sum", "fang_trimmed_mean", "fang_krum",
+                                  "optimal_alie"])
 def test_one_partial_attacker_falls_back(name):
     """Catches NaN (a std or a spread from one row) instead of the honest update
     when a partial-knowledge attacker has nothing to learn from."""
@@ -401,6 +414,8 @@ def test_no_malicious_row(name, knowledge):
     out, info = _craft(name, x, np.zeros(20, bool), knowledge)
     np.testing.assert_array_equal(out, x.astype(np.float32))
     assert bool(info["fallback"])
+    if name.startswith("optimal"):  # info is averaged over rounds: no NaN on fallback
+        assert all(np.all(np.isfinite(v)) for v in info.values())
 
 
 @pytest.mark.parametrize("name,knowledge", [c for c in CASES if c[0] in KNOWLEDGE])
@@ -430,6 +445,17 @@ def test_nonfinite_benign_rows_are_screened(name, knowledge):
     (lambda: attacks.fang_krum(2, jitter=-1.0), r"fang_krum: jitter=-1.0 must be >= 0"),
     (lambda: attacks.alie(knowledge="some"), r"alie: knowledge='some'"),
     (lambda: attacks.scaling(float("inf")), r"scaling: factor=inf must be finite"),
+    (lambda: attacks.optimal_alie(ratio=0.5), r"optimal_alie: ratio=0.5 must be in \(0.5, 1\)"),
+    (lambda: attacks.optimal_ipm(delta=0.0), r"optimal_ipm: delta=0.0 must be finite and non-zero"),
+    (lambda: attacks.optimal_ipm(start=float("nan")), r"optimal_ipm: start=nan must be finite"),
+    (lambda: attacks.optimal_alie(evals=0), r"optimal_alie: evals=0 must be an integer >= 1"),
+    (lambda: attacks.optimal_alie(lookahead=7), r"optimal_alie: lookahead=7 must be an integer"),
+    (lambda: attacks.optimal_ipm(lookahead=-1), r"optimal_ipm: lookahead=-1 must be an integer"),
+    (lambda: attacks.optimal_ipm(knowledge="none"), r"optimal_ipm: knowledge='none'"),
+    (lambda: attacks.mimic("random"), r"mimic: target='random' must be one of"),
+    (lambda: attacks.mimic(epsilon=-1), r"mimic: epsilon=-1 must be an integer >= 0"),
+    (lambda: attacks.mimic("direction", iters=0), r"mimic: iters=0 must be an integer >= 1"),
+    (lambda: attacks.inf(0), r"inf: sign=0 must be 1"),
 ])
 def test_bad_values_raise(make, match):
     """Catches a bad value that would only show up as a silent no-op or NaN."""

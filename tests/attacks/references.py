@@ -148,3 +148,82 @@ def min_sum_ok(known_rows, delta):
     diff = known_rows[:, None] - known_rows[None]
     best = (diff ** 2).sum(-1).sum(1).min()
     return lambda g: ((known_rows - (mu - g * delta)) ** 2).sum() <= best
+
+
+# --------------------------------------------------------------------------- #
+# The adaptive attacks (optimal ALIE / IPM, Mimic).
+
+
+def line_search_ref(y, start=0.0, delta=10.0, ratio=0.8, evals=20):
+    """ByzFL's ``_expansion_phase`` / ``_contraction_phase`` as a plain loop
+    (one call of ``y`` per candidate, float64 positions)."""
+    best_x, best_y = start, y(start)
+    left = evals - 1
+    while left > 0:  # expansion: double the step while it improves
+        x = best_x + delta
+        yx = y(x)
+        left -= 1
+        if yx > best_y:
+            best_x, best_y = x, yx
+            delta *= 2
+        else:
+            delta *= ratio
+            break
+    while left > 0:  # contraction: shrink the step, keep improvements
+        x = best_x + delta
+        yx = y(x)
+        left -= 1
+        if yx > best_y:
+            best_x, best_y = x, yx
+        delta *= ratio
+    return best_x, best_y
+
+
+def optimal_ref(x, malicious, kind, rule_ref, knowledge="full", **search):
+    """Optimal ALIE (``kind='alie'``: ``mu - tau sigma``) or IPM (``'ipm'``:
+    ``-tau mu``) with the scale from :func:`line_search_ref` against
+    ``rule_ref(float[n, d]) -> float[d]``.
+
+    Full knowledge: the rule runs on the actual rows with the malicious ones
+    replaced; partial: the honest positions hold the known rows in turn.
+
+    Returns:
+      ``(tau, crafted row float[d])``.
+    """
+    n = len(x)
+    known = known_ref(x, malicious, knowledge)
+    mu = x[known].mean(0)
+    sigma = x[known].std(0, ddof=1) if kind == "alie" else None
+    row = (lambda t: mu - t * sigma) if kind == "alie" else (lambda t: -t * mu)
+    base = x.copy()
+    if knowledge == "partial":
+        rows = x[known]
+        honest = np.flatnonzero(~malicious)
+        for r, i in enumerate(honest):
+            base[i] = rows[r % len(rows)]
+
+    def y(t):
+        z = base.copy()
+        z[malicious] = row(t)
+        return np.linalg.norm(rule_ref(z) - mu)
+
+    tau, _ = line_search_ref(y, **search)
+    return tau, row(tau)
+
+
+def mimic_ref(x, malicious, target="index", epsilon=0, iters=1, z0=None, knowledge="full"):
+    """The row index Mimic copies: the pool row of rank ``epsilon`` (mod the
+    pool size), or the pool row farthest along the top principal direction
+    after ``iters`` power steps from ``z0``."""
+    ok = finite(x)
+    pool = ok & (~malicious if knowledge == "full" else malicious)
+    idx = np.flatnonzero(pool)
+    if target == "index":
+        return int(idx[epsilon % len(idx)])
+    rows = x[idx]
+    xc = rows - rows.mean(0)
+    z = z0.astype(np.float64)
+    for _ in range(iters):
+        z = xc.T @ (xc @ z)
+        z = z / np.linalg.norm(z)
+    return int(idx[np.argmax(rows @ z)])
