@@ -406,17 +406,25 @@ def write_tables(out: str, grid_keys: list, metric_names: list) -> None:
     _heatmaps(out, rows, keys, shown)
 
 
+def _call_text(v) -> str:
+    """``{"name": "err", "kwargs": {"base": {"name": "krum", ...}}}`` ->
+    ``err(base=krum(...))``: named entries, nested ones too, as calls."""
+    if isinstance(v, dict) and "name" in v:
+        kw = v.get("kwargs") or {}
+        inner = ",".join(f"{k}={_call_text(kw[k])}" for k in sorted(kw))
+        return v["name"] + (f"({inner})" if inner else "")
+    return str(v)
+
+
 def short_label(text: str, width: int = 36) -> str:
     """A grid value for a plot axis: ``{"name": "krum", "kwargs": {...}}`` ->
-    ``krum(num_byzantine=20)``."""
+    ``krum(num_byzantine=20)`` (a nested rule, e.g. ERR's base, likewise)."""
     try:
         v = json.loads(text)
     except (TypeError, ValueError):
         return text[:width]
     if isinstance(v, dict) and "name" in v:
-        kw = v.get("kwargs") or {}
-        inner = ",".join(f"{k}={kw[k]}" for k in sorted(kw))
-        text = v["name"] + (f"({inner})" if inner else "")
+        text = _call_text(v)
     return text if len(text) <= width else text[:width - 1] + "…"
 
 

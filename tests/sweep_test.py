@@ -146,3 +146,29 @@ def test_a_list_of_grids_joins_their_cells(tmp_path):
         ("0", "1"), ("1", "1"), ("0", "2")]
     assert sweep.set_axis(grid, "seed", [5]) == [{"seed": [5]},
                                                   {"aggregator.kwargs.num_trim": [2], "seed": [5]}]
+
+
+def test_short_label_names_nested_rules():
+    """Catches: ERR around the trimmed mean and around Krum under one label
+    (the nested base printed as a dict repr and cut off)."""
+    err = json.dumps({"name": "err", "kwargs": {"num_reject": 20, "base": {
+        "name": "krum", "kwargs": {"num_byzantine": 20}}}})
+    assert sweep.short_label(err, 60) == "err(base=krum(num_byzantine=20),num_reject=20)"
+    assert sweep.short_label(err, 16) == "err(base=krum(n…"
+    assert sweep.short_label(json.dumps({"name": "mean"})) == "mean"
+    assert sweep.short_label("0.5") == "0.5"
+
+
+def test_pivot_is_mean_and_spread_over_the_other_keys(tmp_path):
+    """Catches: a pivot cell mixing rows of another rule or attack, or
+    dropping the seeds' spread."""
+    with open(tmp_path / "results.csv", "w") as f:
+        f.write("cell,aggregator,attack,seed,main_error_rate\n"
+                '0,"{""name"": ""mean""}",none,0,0.1\n'
+                '1,"{""name"": ""mean""}",none,1,0.3\n'
+                '2,"{""name"": ""mean""}",ipm,0,0.5\n'
+                '3,"{""name"": ""krum"", ""kwargs"": {""num_byzantine"": 2}}",none,0,0.2\n')
+    assert sweep.pivot(str(tmp_path), "aggregator", "attack", "main_error_rate", digits=2) == (
+        "| aggregator | none | ipm |\n|---|---|---|\n"
+        "| mean | 0.20 ± 0.14 | 0.50 |\n"
+        "| krum(num_byzantine=2) | 0.20 | – |\n")
