@@ -429,10 +429,7 @@ def short_label(text: str, width: int = 36) -> str:
 
 
 def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays its own
 
     if not keys:
         return
@@ -451,8 +448,9 @@ def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
                     grid[i, j] = float(np.mean(vals))
         if np.all(np.isnan(grid)):
             continue
-        fig, ax = plt.subplots(figsize=(3.5 + 0.7 * len(xs), 1.5 + 0.3 * len(ys)), dpi=120,
-                               layout="constrained")
+        fig = Figure(figsize=(3.5 + 0.7 * len(xs), 1.5 + 0.3 * len(ys)), dpi=120,
+                     layout="constrained")
+        ax = fig.subplots()
         im = ax.imshow(grid, aspect="auto", cmap="viridis")
         ax.set_yticks(range(len(ys)), [short_label(y) for y in ys], fontsize=7)
         ax.set_xticks(range(len(xs)), [short_label(x, 24) for x in xs], fontsize=7, rotation=45,
@@ -468,7 +466,6 @@ def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
         fig.colorbar(im, ax=ax)
         ax.set_title(f"{m} (mean over the other keys and seeds)", fontsize=8)
         fig.savefig(os.path.join(out, f"heatmap_{m}.png"))
-        plt.close(fig)
 
 
 def pivot(out: str, rows: str, cols: str, metric: str, digits: int = 3) -> str:
