@@ -23,7 +23,7 @@ Run:
 Expected (docs/poisoning.md has the tables): test error rate without attack
 ~0.06-0.11 for every rule; the full-knowledge Fang attacks raise the error of
 the rule they target far above it and above Gaussian noise and label flipping;
-the whole grid (213 cells) in ~15 minutes on an idle 2-core CPU.
+the whole grid (189 cells) in ~15 minutes on an idle 2-core CPU.
 """
 
 RULES = [

@@ -2,6 +2,8 @@
 
   fljax run CONFIG [--set key=value ...] [--out DIR] [--resume] [--no-progress]
   fljax sweep CONFIG [--grid KEY=V1,V2,...]... [--set key=value ...] [--out DIR]
+  (run and sweep, over several processes / hosts: --coordinator HOST:PORT
+   --num-processes N --process-id I [--coordinator-timeout S])
   fljax leak CONFIG [--set key=value ...] [--out DIR]
   fljax list [KIND]
   fljax --version
@@ -46,9 +48,19 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--out", default=None, help="output folder (default runs/<config>-<time>)")
         s.add_argument("--no-progress", action="store_true", help="no progress bar")
         s.add_argument("--debug", action="store_true", help="show tracebacks")
+        if name in ("run", "sweep"):
+            g = s.add_argument_group("several processes (fljax/distributed.py; default: the "
+                                     "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
+                                     "JAX_PROCESS_ID environment variables)")
+            g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                           help="address of process 0, which hosts the coordinator")
+            g.add_argument("--num-processes", type=int, default=None)
+            g.add_argument("--process-id", type=int, default=None)
+            g.add_argument("--coordinator-timeout", type=float, default=60.0, metavar="S",
+                           help="seconds to wait for the coordinator (default 60)")
         if name == "run":
             s.add_argument("--resume", action="store_true",
-                           help="continue from DIR/checkpoint.msgpack (needs --out)")
+                           help="continue from the last checkpoint in --out DIR")
         if name == "sweep":
             s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                            help="a grid axis (repeatable); replaces the file's list for KEY")
@@ -72,15 +84,27 @@ def _list(kind: str | None) -> None:
             print(f"  {name:24s} {doc}")
 
 
+def _distributed(args) -> None:
+    from fljax import distributed
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                           args.coordinator_timeout)
+
+
 def _run(args) -> None:
     from fljax import simulate
 
+    _distributed(args)
     cfg = config_lib.resolve(simulate.DEFAULTS, config_lib.load_file(args.config), args.set)
     if args.resume and not args.out:
         raise config_lib.ConfigError("--resume needs --out DIR of the run to continue")
     out = args.out or _default_out(args.config)
     res = simulate.run(cfg, out, progress=not args.no_progress, resume=args.resume)
     s = res.summary
+    import jax
+
+    if jax.process_index() != 0:
+        return
     ups = s["client_updates_per_s"]
     acc = s.get("final_main_accuracy")
     acc_text = "nan" if acc is None else f"{acc:.4f}"
@@ -90,12 +114,14 @@ def _run(args) -> None:
     print(f"final accuracy {acc_text}{extra} after {s['final_round']} rounds in "
           f"{s['wall_time_s']:.1f}s" + (f" ({ups:.0f} client-updates/s)" if ups else "")
           + (f"; DIVERGED at round {s['diverged_round']}" if s.get("diverged") else "")
+          + (f"; peak memory {s['peak_memory_gb']:.2f} GB" if s.get("peak_memory_gb") else "")
           + f"; results in {out}")
 
 
 def _sweep(args) -> None:
     from fljax import simulate, sweep
 
+    _distributed(args)
     base = config_lib.resolve(simulate.DEFAULTS, config_lib.load_file(args.config), args.set)
     grid = sweep.load_sweep(args.config)
     for g in args.grid:
@@ -140,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("fljax: interrupted; what finished is on disk (rerun the same command to "
-              "continue: `fljax run --resume`, or `fljax sweep` skips finished cells)",
-              file=sys.stderr)
+              "continue: `fljax run --resume`; `fljax sweep` skips finished cells and "
+              "resumes the others from their checkpoints)", file=sys.stderr)
         return 130
     return 0
 

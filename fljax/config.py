@@ -101,16 +101,62 @@ def parse_value(text: str) -> Any:
 
 
 def load_file(path: str) -> dict:
-    """Imports a config file and returns ``get_config()``."""
+    """Imports a config file and returns ``get_config()`` as a dict.
+
+    Every way the file can fail to give a config raises a one-line
+    :class:`ConfigError` naming the file: missing, a directory, a syntax error
+    (with its line number), an exception while importing it or inside
+    ``get_config()`` (its type, message and the file's line it came from),
+    no ``get_config``, or a result that is not a dict.
+    """
+    shown = repr(path)
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {shown} not found")
     if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path!r}")
+        raise ConfigError(f"config file {shown} is not a file")
     name = os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(f"fljax_config_{name}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"config file {shown} is not a Python file (it must end in .py)")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path!r} defines no get_config()")
-    return dict(module.get_config())
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:  # IndentationError included
+        where = f" at line {e.lineno}" if e.lineno else ""
+        raise ConfigError(f"config file {shown} has a syntax error{where}: "
+                          f"{_one_line(e.msg)}") from None
+    except Exception as e:  # noqa: BLE001 - any error of user code becomes one line
+        raise ConfigError(f"config file {shown} failed to import: {type(e).__name__}"
+                          f"{_raised_at(e, path)}: {_one_line(str(e))}") from None
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigError(f"config file {shown} defines no get_config()")
+    try:
+        cfg = get_config()
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"config file {shown}: get_config() raised {type(e).__name__}"
+                          f"{_raised_at(e, path)}: {_one_line(str(e))}") from None
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"config file {shown}: get_config() must return a dict, "
+                          f"got {type(cfg).__name__} {_one_line(repr(cfg), 60)}")
+    return dict(cfg)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _raised_at(error: BaseException, path: str) -> str:
+    """`` at line N`` for the deepest traceback frame in ``path`` ('' if none)."""
+    line = None
+    tb = error.__traceback__
+    target = os.path.abspath(path)
+    while tb is not None:
+        if os.path.abspath(tb.tb_frame.f_code.co_filename) == target:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f" at line {line}" if line else ""
 
 
 def parse_assignment(assignment: str) -> tuple[list[str], Any]:

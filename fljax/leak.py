@@ -19,6 +19,11 @@ Outputs in ``out_dir`` (written as the runs finish):
 * ``grid_<i>_<name>.png`` per run and ``grid.png`` for all runs: originals on
   top, reconstructions below.
 
+Every field is checked by :func:`validate` before any work (no data loaded
+for an attack, no folder created): a bad value in the last run fails before
+the first runs, with one :class:`fljax.config.ConfigError` line naming the
+field, the value and what is allowed.
+
 Run it as ``fljax leak CONFIG [--set k=v ...] [--out DIR]``, or from Python::
 
   cfg = config.resolve(leak.DEFAULTS, config.load_file('configs/dlm_digits.py'))
@@ -43,7 +48,7 @@ from jax.flatten_util import ravel_pytree
 from fljax import config as config_lib
 from fljax import transforms as transforms_lib
 from fljax.attacks import leakage
-from fljax.models import get_model
+from fljax.models import MODELS, get_model
 
 OPEN = config_lib.OPEN
 
@@ -93,12 +98,118 @@ def select_victims(x: np.ndarray, y: np.ndarray, num_victims: int, batch_size: i
 
     Returns ``x float32[V, B, ...]`` and ``y int32[V, B]``.
     """
+    _check_victims(len(x), num_victims, batch_size, offset)
     perm = np.random.default_rng(seed).permutation(len(x))
     idx = perm[offset:offset + num_victims * batch_size]
-    if len(idx) < num_victims * batch_size:
-        raise config_lib.ConfigError("data: not enough examples for num_victims * batch_size")
     idx = idx.reshape(num_victims, batch_size)
     return x[idx], y[idx]
+
+
+def _bad(path: str, value: Any, allowed: str) -> config_lib.ConfigError:
+    return config_lib.ConfigError(f"config field '{path}' = {value!r} is not allowed; "
+                                  f"allowed: {allowed}")
+
+
+def _int_at_least(path: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _bad(path, value, f"an integer >= {low}")
+
+
+def _positive(path: str, value: Any) -> None:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not np.isfinite(value) or value <= 0):
+        raise _bad(path, value, "a finite number > 0")
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def _check_victims(num_examples: int, num_victims: int, batch_size: int, offset: int) -> None:
+    _int_at_least("data.num_victims", num_victims, 1)
+    _int_at_least("data.batch_size", batch_size, 1)
+    _int_at_least("data.offset", offset, 0)
+    if offset + num_victims * batch_size > num_examples:
+        raise config_lib.ConfigError(
+            f"config fields 'data.num_victims' = {num_victims}, 'data.batch_size' = {batch_size} "
+            f"and 'data.offset' = {offset} need {offset + num_victims * batch_size} examples; "
+            f"allowed: offset + num_victims * batch_size <= {num_examples} (the data set's size)")
+
+
+def _check_out_dir(out_dir: str) -> None:
+    """``out_dir`` must be a folder or creatable as one (checked without creating it)."""
+    path = os.path.abspath(out_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise config_lib.ConfigError(f"--out {out_dir!r} is a file; allowed: a folder "
+                                     "(existing or new)")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise config_lib.ConfigError(f"--out {out_dir!r} lies under the file {parent!r}; "
+                                     "allowed: a folder (existing or new)")
+    if not os.access(parent, os.W_OK):
+        raise config_lib.ConfigError(f"--out {out_dir!r}: {parent!r} is not writable")
+
+
+def validate(cfg: dict, out_dir: str | None = None) -> list[dict]:
+    """Checks every field of a resolved config (and ``out_dir``); returns the expanded runs.
+
+    Nothing is trained or attacked: each run's model, defences and attack are
+    only *built* (closures), which is where their keyword arguments are checked.
+    Raises a one-line :class:`fljax.config.ConfigError` naming the first bad
+    field, its value and what is allowed.
+    """
+    if out_dir is not None:
+        _check_out_dir(out_dir)
+    if isinstance(cfg.get("seed"), bool) or not isinstance(cfg.get("seed"), int):
+        raise _bad("seed", cfg.get("seed"), "an integer")
+    d = cfg["data"]
+    config_lib.choice("data.name", d["name"], ("digits",))
+    _int_at_least("grid.max_images", cfg["grid"]["max_images"], 1)
+    x_all, y_all = _load_data(d["name"])
+    _check_victims(len(x_all), d["num_victims"], d["batch_size"], d["offset"])
+    input_shape, num_classes = x_all.shape[1:], int(y_all.max()) + 1
+    runs = expand_runs(cfg)
+    raw = cfg.get("runs") or []
+    for i, r in enumerate(runs):
+        def field(dotted, i=i):  # where the value came from: the run or the top level
+            node = raw[i] if i < len(raw) else {}
+            for k in dotted.split("."):
+                if not isinstance(node, dict) or k not in node:
+                    return dotted
+                node = node[k]
+            return f"runs[{i}].{dotted}"
+
+        m, v = r["model"], r["victim"]
+        config_lib.choice(field("model.name"), m["name"], MODELS)
+        config_lib.choice(field("model.init"), m["init"], ("uniform", "default"))
+        _positive(field("model.init_scale"), m["init_scale"])
+        if isinstance(m["seed"], bool) or not isinstance(m["seed"], int):
+            raise _bad(field("model.seed"), m["seed"], "an integer")
+        _positive(field("victim.lr"), v["lr"])
+        _int_at_least(field("victim.local_steps"), v["local_steps"], 1)
+        try:
+            model = get_model(m["name"], input_shape, num_classes, **m["kwargs"])
+        except (TypeError, ValueError) as e:
+            raise _bad(field("model.kwargs"), m["kwargs"],
+                       f"keyword arguments of model {m['name']!r} ({_one_line(e)})") from None
+        for j, dfn in enumerate(r["defences"]):
+            kwargs = dfn.get("kwargs", {})
+            if not isinstance(kwargs, dict):
+                raise _bad(f"{field('defences')}[{j}].kwargs", kwargs, "a dict")
+            try:
+                transforms_lib.get_transform(dfn["name"], **kwargs)
+            except (TypeError, ValueError) as e:
+                raise _bad(f"{field('defences')}[{j}].kwargs", kwargs,
+                           f"keyword arguments of {dfn['name']!r} ({_one_line(e)})") from None
+        a = r["attack"]
+        try:
+            leakage.get_attack(a["name"], model, batch_size=d["batch_size"], **a["kwargs"])
+        except (TypeError, ValueError) as e:
+            raise _bad(field("attack.kwargs"), a["kwargs"],
+                       f"keyword arguments of attack {a['name']!r} ({_one_line(e)})") from None
+    return runs
 
 
 def expand_runs(cfg: dict) -> list[dict]:
@@ -183,8 +294,9 @@ def attack_one_run(run: dict, x: np.ndarray, y: np.ndarray, seed: int,
     if m["init"] == "uniform":
         params = leakage.observe.uniform_init(params, jax.random.fold_in(k_model, 1),
                                               m["init_scale"])
-    elif m["init"] != "default":
-        raise config_lib.ConfigError(f"model.init must be 'uniform' or 'default', got {m['init']!r}")
+    elif m["init"] != "default":  # validate() rejects it first
+        raise config_lib.ConfigError(f"config field 'model.init' = {m['init']!r} is not "
+                                     "allowed; allowed: default, uniform")
 
     v = run["victim"]
     num_victims = x.shape[0]
@@ -258,16 +370,19 @@ def run(cfg: dict, out_dir: str, progress: bool = True) -> dict:
 
     Args:
       cfg: a config resolved against :data:`DEFAULTS` (``config.resolve``).
-      out_dir: output directory (created).
+      out_dir: output directory (created once every field is valid).
       progress: show a tqdm bar over the runs.
 
     Returns:
       The summary dict written to ``summary.json``.
+
+    Raises:
+      fljax.config.ConfigError: a bad field (see :func:`validate`), before any work.
     """
     from tqdm.auto import tqdm
 
+    runs = validate(cfg, out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    runs = expand_runs(cfg)
     d = cfg["data"]
     x_all, y_all = _load_data(d["name"])
     x, y = select_victims(x_all, y_all, d["num_victims"], d["batch_size"], cfg["seed"],

@@ -74,29 +74,35 @@ def kept_rows(info: dict, n: int):
     when the rule does not select (mean, median, ...).
 
     ``accepted`` (ERR / LFR / FLTrust / FoolsGold), ``admitted`` (FLAME),
-    ``selected`` (Multi-Krum, Bulyan: indices) and ``index`` (Krum) are
-    understood.
+    ``selected`` (Multi-Krum, Bulyan: indices; SignGuard, Multi-Metrics: a
+    mask) and ``index`` (Krum) are understood: a ``bool[n]`` mask or integer
+    row indices.
     """
-    for name in ("accepted", "admitted"):
-        if name in info and getattr(info[name], "shape", None) == (n,):
-            return info[name].astype(bool)
-    if "selected" in info:
-        sel = jnp.asarray(info["selected"]).reshape(-1)
-        return jnp.zeros((n,), bool).at[sel].set(True)
-    if "index" in info:
-        return jnp.zeros((n,), bool).at[jnp.asarray(info["index"])].set(True)
+    for name in ("accepted", "admitted", "selected", "index"):
+        if name not in info:
+            continue
+        v = jnp.asarray(info[name])
+        if v.dtype == jnp.bool_:
+            if v.shape == (n,):  # a mask over the rows
+                return v
+            continue
+        if jnp.issubdtype(v.dtype, jnp.integer):  # row indices
+            return jnp.zeros((n,), bool).at[v.reshape(-1)].set(True)
     return None
 
 
 def round_diagnostics(updates: jax.Array, malicious: jax.Array, aggregate: jax.Array,
-                      info: dict) -> dict:
+                      info: dict, axis: str | None = None) -> dict:
     """What the attack did to this round's aggregate.
 
     Args:
-      updates: ``float[K, d]`` the rows the rule received.
+      updates: ``float[K, d]`` the rows the rule received (with ``axis``: a
+        block of their columns, the other blocks on the devices of ``axis``).
       malicious: ``bool[K]`` the rows the attackers controlled this round.
-      aggregate: ``float[d]`` the rule's output.
+      aggregate: ``float[d]`` the rule's output (the same block with ``axis``).
       info: the rule's ``info``.
+      axis: a mesh axis over which the columns are split (sums over
+        columns are reduced over it).
 
     Returns:
       ``malicious_rows`` (count), ``malicious_kept`` (fraction of the
@@ -109,21 +115,33 @@ def round_diagnostics(updates: jax.Array, malicious: jax.Array, aggregate: jax.A
     from fljax.aggregators.base import finite_rows
 
     k = updates.shape[0]
+    benign = (~malicious) & finite_rows(updates, axis)
+    w = benign.astype(updates.dtype) / jnp.maximum(jnp.sum(benign), 1).astype(updates.dtype)
+    honest = _linalg.weighted_row_sum(updates, w, benign)  # float[d]
+    return compare_to_honest(honest, malicious, aggregate, kept_rows(info, k), axis)
+
+
+def compare_to_honest(honest: jax.Array, malicious: jax.Array, aggregate: jax.Array,
+                      kept, axis: str | None = None) -> dict:
+    """:func:`round_diagnostics` from the honest mean ``float[d]`` (a streamed
+    round accumulates it chunk by chunk) and the rows the rule kept
+    (``bool[K]`` or None, :func:`kept_rows`)."""
+    from fljax.aggregators import _linalg
+    from fljax.aggregators.base import finite_rows
+
     nmal = jnp.sum(malicious.astype(jnp.int32))
-    kept = kept_rows(info, k)
     if kept is None:
         frac = jnp.full((), jnp.nan, jnp.float32)
     else:
         frac = jnp.where(nmal > 0, jnp.sum((kept & malicious).astype(jnp.float32))
                          / jnp.maximum(nmal, 1).astype(jnp.float32), jnp.nan)
-    benign = (~malicious) & finite_rows(updates)
-    w = benign.astype(updates.dtype) / jnp.maximum(jnp.sum(benign), 1).astype(updates.dtype)
-    honest = _linalg.weighted_row_sum(updates, w, benign)  # float[d]
-    both = jnp.stack([honest, aggregate.astype(updates.dtype)])
-    scale, base = _linalg.row_norms(both, jnp.all(jnp.isfinite(both), axis=1))
+    both = jnp.stack([honest, aggregate.astype(honest.dtype)])
+    scale, base = _linalg.row_norms(both, finite_rows(both, axis), axis=axis)
     hn, an = scale[0] * base[0], scale[1] * base[1]
     unit = both / jnp.where(scale > 0, scale, 1.0)[:, None]
     dot = jnp.dot(unit[0], unit[1], precision=jax.lax.Precision.HIGHEST)
+    if axis is not None:
+        dot = jax.lax.psum(dot, axis)
     cos = dot / jnp.maximum(base[0] * base[1], 1e-30)
     ok = (hn > 0) & (an > 0) & jnp.isfinite(cos)
     return {
@@ -132,3 +150,11 @@ def round_diagnostics(updates: jax.Array, malicious: jax.Array, aggregate: jax.A
         "cosine_to_honest": jnp.where(ok, cos, jnp.nan),
         "norm_ratio_to_honest": jnp.where(hn > 0, an / jnp.where(hn > 0, hn, 1.0), jnp.nan),
     }
+
+
+def no_diagnostics() -> dict:
+    """:func:`round_diagnostics`' fields for a round without attackers (NaN;
+    ``malicious_rows`` 0)."""
+    nan = jnp.full((), jnp.nan, jnp.float32)
+    return {"malicious_rows": jnp.zeros((), jnp.int32), "malicious_kept": nan,
+            "cosine_to_honest": nan, "norm_ratio_to_honest": nan}

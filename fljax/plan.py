@@ -68,6 +68,9 @@ DEFAULTS: dict = {
         "optimizer_kwargs": dict(OPEN),
     },
     "aggregator": {"name": "mean", "kwargs": dict(OPEN)},
+    # Pre-aggregators that see all rows and return rows, run in front of the
+    # rule (after the server transforms): [{'name': 'nnm', 'kwargs': {...}}]
+    "pre_aggregation": [],
     # Per-client transforms of the update, applied by the client before it
     # sends it (clipping, noise, leakage defences): [{'name': ..., 'kwargs': {...}}]
     "client_transforms": [],
@@ -89,7 +92,7 @@ DEFAULTS: dict = {
     "server_data": {"root_size": 100, "validation_size": 200},
     "execution": {
         "strategy": "auto",  # auto | vmap | map
-        "client_chunk": 0,  # clients per chunk for map (0: the strategy's default)
+        "client_chunk": 0,  # clients per chunk for map (0: what fits, see memory_gb)
         "eval_batch": 1024,
         # lax.scan unrolling of the local steps (0: all when <= 16 steps, else 8);
         # XLA:CPU runs convolutions inside loops much slower than unrolled.
@@ -98,6 +101,20 @@ DEFAULTS: dict = {
         "stop_on_divergence": True,
         # Sweeps: cells per compiled program (0: as many as fit in memory).
         "cells_per_program": 0,
+        # Memory budget per device in GB (0: the device's own; for CPU devices
+        # the host's available memory). The client chunk and a sweep's cells per
+        # program are picked to fit it; a round that cannot fit fails before
+        # training, with the figure (fljax/memory.py).
+        "memory_gb": 0.0,
+        # Devices the client axis (a sweep: the cell axis) is split over
+        # (0: all devices, over every process of a multi-host run).
+        "devices": 0,
+        # auto: rules linear in the updates (mean, norm_clipping, weak_dp) stream
+        # (never hold all K updates) unless an attack rewrites the matrix;
+        # stream: require it; dense: always build the [K, d] matrix.
+        "aggregation": "auto",
+        # Save a checkpoint every N rounds (0: at every evaluation), for --resume.
+        "checkpoint_every": 0,
     },
 }
 
@@ -110,6 +127,9 @@ class RoundData(NamedTuple):
     offsets: jax.Array  # int32[C]
     counts: jax.Array  # int32[C]
     test: TestSet  # padded test batches
+    # One entry per attack part: the Subset a subset backdoor trains on and is
+    # measured on (fljax.attacks.SUBSETS), None for the other parts.
+    attack: tuple = ()
 
 
 Part = tuple  # (name, frozen static kwargs, sorted value names)
@@ -133,6 +153,7 @@ class Spec:
     client_optimizer: Part
     server_optimizer: Part
     aggregator: Part
+    pre_aggregation: tuple  # of Parts
     client_transforms: tuple
     server_transforms: tuple
     attack: tuple  # of Parts; () = no attack
@@ -140,6 +161,8 @@ class Spec:
     chunk: int
     root_size: int
     validation_size: int
+    aggregation: str = "dense"  # 'stream' | 'dense' (resolved)
+    devices: int = 1  # devices of the run (resolved; the client or cell axis is split over them)
 
     def kwargs(self, part: Part) -> dict:
         """The static keyword arguments of a part, as a dict again."""
@@ -152,6 +175,7 @@ class Plan(NamedTuple):
     data: RoundData
     cfg: dict
     federated: Any  # the host FederatedData (names, sizes, for reports)
+    memory: Any = None  # fljax.memory.Estimate of one round (per device)
 
 
 def _thaw(frozen):
@@ -359,6 +383,11 @@ def _check_scalars(cfg: dict) -> None:
     _int_at_least(ex["eval_batch"], "execution.eval_batch", 1)
     _int_at_least(ex["unroll"], "execution.unroll", 0)
     _int_at_least(ex["cells_per_program"], "execution.cells_per_program", 0)
+    _int_at_least(ex["devices"], "execution.devices", 0)
+    _int_at_least(ex["checkpoint_every"], "execution.checkpoint_every", 0)
+    _number_at_least(ex["memory_gb"], "execution.memory_gb", 0.0)
+    if ex["aggregation"] not in ("auto", "stream", "dense"):
+        _fail("execution.aggregation", ex["aggregation"], "one of auto, stream, dense")
     sd = cfg["server_data"]
     _int_at_least(sd["root_size"], "server_data.root_size", 0)
     _int_at_least(sd["validation_size"], "server_data.validation_size", 0)
@@ -372,9 +401,8 @@ def _check_scalars(cfg: dict) -> None:
         _fail("attack.schedule.probability", p, "it must be a number in (0, 1]")
 
 
-def _transform_parts(specs, path: str, shapes) -> tuple[tuple, list]:
-    from fljax import transforms as transforms_lib
-
+def _transform_parts(specs, path: str, shapes, kind: str = "transform") -> tuple[tuple, list]:
+    """The parts of a list of ``{'name', 'kwargs'}`` stages (transforms or pre-aggregators)."""
     parts, values = [], []
     if not isinstance(specs, list):
         _fail(path, specs, "it must be a list of {'name': ..., 'kwargs': {...}}")
@@ -385,7 +413,7 @@ def _transform_parts(specs, path: str, shapes) -> tuple[tuple, list]:
         extra = set(spec) - {"name", "kwargs"}
         if extra:
             raise ConfigError(f"{p} has unknown fields {sorted(extra)}; use 'name' and 'kwargs'")
-        factory = registry.get("transform", spec["name"], f"{p}.name")
+        factory = registry.get(kind, spec["name"], f"{p}.name")
         kwargs = dict(spec.get("kwargs") or {})
         full = dict(kwargs)
         if "shapes" in inspect.signature(factory).parameters:
@@ -397,7 +425,10 @@ def _transform_parts(specs, path: str, shapes) -> tuple[tuple, list]:
     return tuple(parts), values
 
 
-def _attack_parts(ac: dict, fed) -> tuple[tuple, list]:
+def _attack_parts(ac: dict, fed, eval_batch: int = 1024) -> tuple[tuple, list, tuple, list, Any]:
+    """The attack parts, their values, their subsets (host arrays, None for
+    parts without one), the built attacks and the data (without the examples a
+    subset holds out)."""
     from fljax import attacks as attacks_lib
 
     entries = []
@@ -413,17 +444,32 @@ def _attack_parts(ac: dict, fed) -> tuple[tuple, list]:
             raise ConfigError(f"attack.combine[{i}] must be a dict with 'name' and optional "
                               f"'kwargs', got {spec!r}")
         entries.append((f"attack.combine[{i}]", spec))
-    parts, values = [], []
+    parts, values, subsets, built = [], [], [], []
     for path, spec in entries:
         name = spec["name"]
         factory = registry.get("attack", name, f"{path}.name" if path != "attack" else "attack.name")
         kwargs = dict(spec.get("kwargs") or {})
         data_args = attacks_lib.data_arguments(factory, fed.num_classes, fed.input_shape)
-        call_factory(factory, f"{path}.kwargs", *data_args, **kwargs)
+        selector = attacks_lib.subset_selector(factory)
+        extra, subset = {}, None
+        if selector is not None:
+            if "subset" in kwargs:
+                raise ConfigError(f"{path}.kwargs.subset is chosen by the simulator; drop it")
+            _annotation_check(factory, kwargs, f"{path}.kwargs")
+            chosen = {k: p.default for k, p in inspect.signature(factory).parameters.items()
+                      if p.default is not inspect.Parameter.empty}
+            try:
+                subset, fed = selector(fed, batch=eval_batch,
+                                       **{**chosen, **_normalise_ints(factory, kwargs)})
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{path}.kwargs: {e}") from None
+            extra = {"subset": subset}
+        built.append(call_factory(factory, f"{path}.kwargs", *data_args, **kwargs, **extra))
         part, vals = _part(factory, name, kwargs)
         parts.append(part)
         values.append(_f32(vals))
-    return tuple(parts), values
+        subsets.append(subset)
+    return tuple(parts), values, tuple(subsets), built, fed
 
 
 def build_rule(name: str, kwargs: dict, resources: dict, path: str = "aggregator",
@@ -498,8 +544,8 @@ def _trace_rule(spec: Spec, hparams: dict, data) -> None:
     2b < n) fail before training. Cached per (rule part, K, d)."""
     from fljax import round as round_lib
 
-    key = (spec.aggregator, spec.clients_per_round, spec.model, spec.input_shape,
-           spec.num_classes, spec.root_size, spec.validation_size)
+    key = (spec.aggregator, spec.pre_aggregation, spec.clients_per_round, spec.model,
+           spec.input_shape, spec.num_classes, spec.root_size, spec.validation_size)
     if key in _TRACE_CACHE:
         if _TRACE_CACHE[key] is not None:
             raise ConfigError(_TRACE_CACHE[key])
@@ -537,6 +583,9 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
     from fljax import transforms as transforms_lib
     from fljax import metrics as metrics_lib
 
+    from fljax import memory as memory_lib
+
+    memory_lib.host_available()  # read before this run's data exists (once per process)
     _check_scalars(cfg)
     dc = cfg["data"]
     k = cfg["clients_per_round"]
@@ -565,8 +614,19 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
 
     ct_parts, ct_values = _transform_parts(cfg["client_transforms"], "client_transforms", shapes)
     st_parts, st_values = _transform_parts(cfg["server_transforms"], "server_transforms", shapes)
-    a_parts, a_values = _attack_parts(ac, fed)
-    agg_part, agg_values, _ = _aggregator_part(cfg["aggregator"], fed, k)
+    pa_parts, pa_values = _transform_parts(cfg["pre_aggregation"], "pre_aggregation", shapes,
+                                           "pre_aggregator")
+    a_parts, a_values, a_subsets, a_built, fed = _attack_parts(ac, fed,
+                                                               cfg["execution"]["eval_batch"])
+    agg_part, agg_values, rule = _aggregator_part(cfg["aggregator"], fed, k)
+    if pa_parts:  # the rule as the round runs it (pre-aggregators see all rows: never streamed)
+        from fljax import aggregators as aggregators_lib
+
+        from fljax.round import _part_kwargs
+
+        stages = [registry.get("pre_aggregator", p_[0], "pre_aggregation")(**_part_kwargs(p_, v))
+                  for p_, v in zip(pa_parts, pa_values)]
+        rule = aggregators_lib.compose(*stages, aggregator=rule)
 
     cc = cfg["client"]
     steps = data_lib.num_local_steps(fed.max_client_size, cc["batch_size"], cc["epochs"],
@@ -576,14 +636,11 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
                                         (cc["epochs"] * fed.max_client_size) % cc["batch_size"]
                                         == 0))
     unroll = cfg["execution"]["unroll"] or (steps if steps <= 16 else 8)
-    strategy = cfg["execution"]["strategy"]
-    chunk = cfg["execution"]["client_chunk"]
-    if strategy == "auto":
-        from fljax.execution import default_strategy
+    from fljax.attacks.attacker import as_attacker, combine
 
-        strategy, auto_chunk = default_strategy()
-        chunk = chunk or auto_chunk
-    chunk = min(chunk or k, k)
+    crafts = bool(a_built) and combine(*map(as_attacker, a_built)).craft is not None
+    aggregation = _aggregation(cfg, rule, crafts)
+    devices = _devices(cfg["execution"]["devices"])
 
     # Server-side clean data: indices into the training examples, by seed.
     sd = cfg["server_data"]
@@ -620,13 +677,14 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
         unroll=unroll, input_shape=tuple(fed.input_shape), num_classes=fed.num_classes,
         model=(cfg["model"]["name"], registry.freeze(cfg["model"]["kwargs"]), ()),
         client_optimizer=c_part, server_optimizer=s_part, aggregator=agg_part,
-        client_transforms=ct_parts, server_transforms=st_parts, attack=a_parts,
-        strategy=strategy, chunk=chunk, root_size=int(root_size),
-        validation_size=int(val_size))
+        pre_aggregation=pa_parts, client_transforms=ct_parts, server_transforms=st_parts,
+        attack=a_parts, strategy="map", chunk=1, root_size=int(root_size),
+        validation_size=int(val_size), aggregation=aggregation, devices=len(devices))
     hparams = {
         "client": _f32(c_values),
         "server": _f32(s_values),
         "aggregator": agg_values,
+        "pre_aggregation": pa_values,
         "client_transforms": ct_values,
         "server_transforms": st_values,
         "attack": a_values,
@@ -639,10 +697,129 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
     }
     test = metrics_lib.test_set(fed.x_test, fed.y_test, cfg["execution"]["eval_batch"])
     data = RoundData(jnp.asarray(fed.x), jnp.asarray(fed.y), jnp.asarray(fed.offsets),
-                     jnp.asarray(fed.counts), TestSet(*(jnp.asarray(a) for a in test)))
+                     jnp.asarray(fed.counts), TestSet(*(jnp.asarray(a) for a in test)),
+                     attack=tuple(None if sub is None else jax.tree_util.tree_map(jnp.asarray, sub)
+                                  for sub in a_subsets))
+    host = sum(np.asarray(a).nbytes for a in (fed.x, fed.y, fed.x_test, fed.y_test))
+    spec, estimate = fit_memory(cfg, spec, hparams, data, rule, crafts, devices, host=host)
     if check:
         _trace_rule(spec, hparams, data)
-    return Plan(spec, hparams, data, cfg, fed)
+    return Plan(spec, hparams, data, cfg, fed, estimate)
+
+
+def _aggregation(cfg: dict, rule, crafts: bool) -> str:
+    """``'stream'`` or ``'dense'`` (``execution.aggregation``; see DEFAULTS)."""
+    mode = cfg["execution"]["aggregation"]
+    if mode == "dense":
+        return "dense"
+    why = None
+    if rule.stream is None:
+        why = (f"aggregator {cfg['aggregator']['name']!r} has no streaming form (only rules "
+               "linear in the updates do: mean, norm_clipping, weak_dp)")
+    elif crafts:
+        why = (f"attack {cfg['attack']['name']!r} rewrites rows seeing the whole update matrix, "
+               "which a streamed round never holds")
+    if why is None:
+        return "stream"
+    if mode == "stream":
+        _fail("execution.aggregation", mode, why + "; use 'auto' or 'dense'")
+    return "dense"
+
+
+def _devices(requested: int) -> list:
+    """The run's devices: ``requested`` of them (0: all, over every process)."""
+    devices = jax.devices()
+    if requested > len(devices):
+        kinds = sorted({f"{d.platform}" for d in devices})
+        _fail("execution.devices", requested,
+              f"only {len(devices)} {'/'.join(kinds)} device(s) exist "
+              f"({jax.process_count()} process(es)); use 0 (all) or at most {len(devices)}"
+              + (" (XLA_FLAGS=--xla_force_host_platform_device_count=N fakes N CPU devices)"
+                 if kinds == ["cpu"] else ""))
+    return devices[:requested] if requested else devices
+
+
+def fit_memory(cfg: dict, spec: Spec, hparams: dict, data, rule, crafts: bool,
+               devices: list, cells: int = 1, host: int = 0):
+    """Picks the client chunk (and strategy) that fits the memory budget.
+
+    ``execution.strategy`` / ``client_chunk`` as given are kept when they fit
+    (else one :class:`ConfigError` line with the figure); ``auto`` is ``map``
+    one client at a time on CPU (the fastest there) and elsewhere the largest
+    chunk that fits (``vmap`` when all K do). A budget too small for one
+    client, or for a rule that needs all K updates at once, fails here.
+
+    Returns:
+      ``(spec with strategy and chunk, fljax.memory.Estimate)``.
+    """
+    from fljax import memory as memory_lib
+    from fljax import round as round_lib
+    from fljax.aggregators.base import rule_memory
+
+    ex = cfg["execution"]
+    k = spec.clients_per_round
+    budget, sharing = memory_lib.device_budget(devices, ex["memory_gb"])
+    shards = len(devices)
+    template = jax.eval_shape(lambda: round_lib.make_round(spec).init(
+        hparams, data, jax.random.PRNGKey(0)))
+    dim = memory_lib.nbytes(template.params) // 4
+    fixed = dict(
+        k=k, dim=dim, shards=shards, stream=spec.aggregation == "stream",
+        columns=bool(rule.columns), crafts=crafts, server_tf=bool(spec.server_transforms),
+        rule_bytes=lambda n, d: rule_memory(rule, n, d),
+        data=memory_lib.nbytes(data), state=memory_lib.nbytes(template),
+        client=memory_lib.client_bytes(spec, hparams["client"]),
+        evaluate=memory_lib.evaluate_bytes(spec, ex["eval_batch"]),
+        cells=cells, budget=budget, sharing=sharing,
+        host=host if devices[0].platform == "cpu" else 0, cpu=devices[0].platform == "cpu")
+    est = lambda c: memory_lib.estimate(chunk=c, **fixed)  # noqa: E731
+    per_device = -(-k // shards)
+    strategy, chunk = ex["strategy"], ex["client_chunk"]
+    if strategy == "auto" and chunk:
+        strategy = "map"  # a chunk given: chunks of it
+    where = (f"execution.memory_gb = {ex['memory_gb']}" if ex["memory_gb"] > 0 else
+             f"the {budget / memory_lib.GB:.2f} GB this device has")
+    if strategy == "vmap" or (strategy == "map" and chunk):
+        c = per_device if strategy == "vmap" else min(chunk, per_device)
+        e = est(c)
+        if not e.fits:
+            raise ConfigError(
+                f"execution.strategy = {strategy!r}"
+                + (f" with client_chunk = {chunk}" if strategy == "map" else "")
+                + f" needs {e.describe()}, more than {where}; use strategy 'auto' (it picks a "
+                "chunk that fits), a smaller client_chunk or fewer clients_per_round")
+        strategy = "vmap" if strategy == "vmap" else "map"
+    else:
+        from fljax.execution import default_strategy
+
+        auto, _ = default_strategy(devices[0].platform)
+        e = est(1)
+        if not e.fits:
+            rows = e.parts.get("updates", 0) + e.parts.get("rule", 0)
+            if not fixed["stream"] and e.total - rows <= budget:
+                raise ConfigError(
+                    f"aggregator {cfg['aggregator']['name']!r} needs all {k} updates of a round "
+                    f"at once: {e.describe()}, more than {where}; lower clients_per_round, "
+                    "use more devices (execution.devices), raise execution.memory_gb, or a "
+                    "streaming rule (mean, norm_clipping, weak_dp)")
+            raise ConfigError(
+                f"{where[0].lower() + where[1:]} is too small for one client: a round with one "
+                f"client at a time needs {e.describe()}; raise execution.memory_gb")
+        if strategy == "map" or auto == "map":
+            c = 1 if strategy == "auto" else per_device
+            while c > 1 and not est(c).fits:
+                c = -(-c // 2)
+            strategy = "map"
+        else:  # accelerators: the largest chunk that fits (all K at once: vmap)
+            c = per_device
+            while c > 1 and not est(c).fits:
+                c = -(-c // 2)
+            strategy = "vmap" if c >= per_device and shards == 1 else "map"
+        e = est(c)
+    chunk = per_device if strategy == "vmap" else c
+    if shards == 1:
+        chunk = min(chunk, k)
+    return dataclasses.replace(spec, strategy=strategy, chunk=chunk), e
 
 
 def fingerprint(cfg: dict, ignore: tuple = ("rounds",)) -> str:

@@ -104,12 +104,23 @@ def _is_float_hint(hint) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def value_params(factory: Callable) -> frozenset[str]:
-    """The arguments of ``factory`` annotated ``float`` (or ``Optional[float]``)."""
+    """The arguments of ``factory`` annotated ``float`` (or ``Optional[float]``),
+    except those annotated :data:`fljax.types.StaticFloat`."""
     try:
-        hints = typing.get_type_hints(factory)
+        hints = typing.get_type_hints(factory, include_extras=True)
     except Exception:  # unresolvable annotations: treat everything as static
         return frozenset()
-    return frozenset(k for k, h in hints.items() if k != "return" and _is_float_hint(h))
+    out = set()
+    for k, h in hints.items():
+        if k == "return":
+            continue
+        if typing.get_origin(h) is typing.Annotated:
+            if "static" in h.__metadata__:
+                continue
+            h = typing.get_args(h)[0]
+        if _is_float_hint(h):
+            out.add(k)
+    return frozenset(out)
 
 
 def split_kwargs(factory: Callable, kwargs: dict) -> tuple[dict, dict]:

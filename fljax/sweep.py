@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import hashlib
 import itertools
 import json
 import os
@@ -173,27 +174,37 @@ def group_cells(cells: list[Cell], log=None) -> list[Group]:
     return [Group(k[0], v) for k, v in groups.items()]
 
 
-def _available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
+def cells_per_program(plan, requested: int = 0, cells: int = 0) -> int:
+    """How many cells one program holds: ``requested``, or as many as fit the
+    memory budget (:func:`fljax.memory.estimate` of the round with that many
+    cells per device; the cells are split over the run's devices, so the
+    count is a multiple of them unless fewer cells are left).
 
+    Args:
+      plan: a cell's :class:`~fljax.plan.Plan` (its ``memory`` estimate).
+      requested: ``execution.cells_per_program`` (0: what fits).
+      cells: how many cells are to run (the answer is at most this).
+    """
+    from fljax import memory as memory_lib
 
-def cells_per_program(spec, dim: int, requested: int = 0) -> int:
-    """How many cells one program holds: ``requested``, or what fits in half
-    the available memory (an estimate: four ``[K, d]`` float32 matrices and
-    the model's states per cell; see the scale issue for a measured model)."""
+    devices = plan.spec.devices
+    limit = cells or 1 << 30
     if requested:
-        return requested
-    per_cell = 4 * spec.clients_per_round * dim * 4 + 16 * dim * 4 + (1 << 20)
-    if spec.aggregator[0] == "foolsgold":
-        per_cell += spec.num_clients * dim * 4
-    return max(1, int(_available_memory() // 2 // per_cell))
+        return max(1, min(requested, limit))
+    inputs = dict(plan.memory.inputs)
+    inputs.update(chunk=plan.spec.chunk, shards=1)  # a sweep splits cells, not clients
+
+    def fits(per_device: int) -> bool:
+        return memory_lib.estimate(**{**inputs, "cells": per_device}).fits
+
+    per_device = 1
+    while per_device * devices < limit and fits(per_device * 2):
+        per_device *= 2
+    lo, hi = per_device, per_device * 2  # fits(lo); refine between lo and hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return max(1, min(lo * devices, limit))
 
 
 def _stack(trees: list):
@@ -202,14 +213,13 @@ def _stack(trees: list):
 
 def _metric_names(group: Group) -> list[str]:
     """The metric columns a group will report (from the round's shapes)."""
-    comp = simulate.compiled(group.spec, False)
+    rnd = simulate.make_round(group.spec)  # one device's round: only the shapes matter
     _, plan = group.cells[0]
     k_init, k_rounds = simulate.run_keys(0)
-    state = jax.eval_shape(comp.round.init, plan.hparams, plan.data, k_init)
-    ev = jax.eval_shape(comp.round.evaluate, plan.hparams, state, plan.data)
-    buf = comp.round.new_buffer()
-    buf = None if buf is None else jax.ShapeDtypeStruct(buf.shape, buf.dtype)
-    _, info, _ = jax.eval_shape(comp.round.step, plan.hparams, state, plan.data, k_rounds, buf)
+    state = jax.eval_shape(rnd.init, plan.hparams, plan.data, k_init)
+    ev = jax.eval_shape(rnd.evaluate, plan.hparams, state, plan.data)
+    buf = jax.eval_shape(rnd.new_buffer)
+    _, info, _ = jax.eval_shape(rnd.step, plan.hparams, state, plan.data, k_rounds, buf)
     scal = jax.eval_shape(lambda i: simulate._round_scalars(i, bool(group.spec.attack)), info)
     names = [{"accuracy": "main_accuracy", "loss": "main_loss", "error_rate": "main_error_rate"}.get(k, k) for k in ev]
     return names + sorted(scal)
@@ -236,7 +246,7 @@ def _check_manifest(out: str, config_path: str, base: dict, grid) -> None:
     elif os.path.exists(os.path.join(out, "results.csv")):
         raise ConfigError(f"{out}/results.csv exists but no sweep.json says which sweep wrote it; "
                           "pass another --out")
-    else:
+    elif jax.process_index() == 0:
         results_lib.write_json(path, {**mine, "config_file": config_path})
 
 
@@ -286,23 +296,22 @@ def run(defaults: dict, base: dict, grid, out: str, config_path: str = "",
         if header != columns:
             raise ConfigError(f"{csv_path} has other columns than this sweep writes; "
                               "pass another --out")
-    else:
+    elif jax.process_index() == 0:
         with open(csv_path, "w", newline="") as f:
             csv.writer(f).writerow(columns)
 
     todo = [(g, [(c, p) for c, p in g.cells if c.index not in done]) for g in groups]
     total = sum(c.cfg["rounds"] for g, cs in todo for c, _ in cs)
-    bar = tqdm(total=total, desc=f"sweep ({len(cells)} cells)", disable=not progress,
-               dynamic_ncols=True, leave=False, unit="cell-round")
+    bar = tqdm(total=total, desc=f"sweep ({len(cells)} cells)",
+               disable=not progress or jax.process_index() != 0, dynamic_ncols=True,
+               leave=False, unit="cell-round")
+    saved = _saved_programs(out)
     ran = 0
     for g, cs in todo:
         if not cs:
             continue
-        dim = simulate.compiled(g.spec, False).round.dim
-        size = cells_per_program(g.spec, dim, cs[0][0].cfg["execution"]["cells_per_program"])
-        for start in range(0, len(cs), size):
-            chunk = cs[start:start + size]
-            _run_chunk(g.spec, chunk, out, csv_path, columns, bar)
+        for chunk, resume_from in _programs(cs, saved):
+            _run_chunk(g.spec, chunk, out, csv_path, columns, bar, resume_from)
             ran += len(chunk)
     bar.close()
     write_tables(out, keys, metric_names)
@@ -314,31 +323,116 @@ def run(defaults: dict, base: dict, grid, out: str, config_path: str = "",
     return summary
 
 
-def _run_chunk(spec, chunk, out, csv_path, columns, bar):
+def _saved_programs(out: str) -> dict:
+    """Checkpoints of programs that did not finish: ``{folder: cell indices}``."""
+    from fljax import checkpoint as ckpt_lib
+
+    root = os.path.join(out, "checkpoints")
+    found = {}
+    if os.path.isdir(root):
+        for name in sorted(os.listdir(root)):
+            meta = ckpt_lib.read_meta(os.path.join(root, name))
+            if meta is not None and "cells" in meta:
+                found[os.path.join(root, name)] = list(meta["cells"])
+    return found
+
+
+def _programs(cs: list, saved: dict) -> list:
+    """A group's unfinished cells as programs ``[(cells, checkpoint or None)]``:
+    first those a checkpoint holds (resumed as they were split), then the
+    rest in as many cells as fit (:func:`cells_per_program`)."""
+    by_index = {c.index: (c, p) for c, p in cs}
+    programs, taken = [], set()
+    for folder, indices in saved.items():
+        if indices and all(i in by_index and i not in taken for i in indices):
+            programs.append(([by_index[i] for i in indices], folder))
+            taken.update(indices)
+    rest = [(c, p) for c, p in cs if c.index not in taken]
+    if rest:
+        size = cells_per_program(rest[0][1], rest[0][0].cfg["execution"]["cells_per_program"],
+                                 len(rest))
+        programs += [(rest[i:i + size], None) for i in range(0, len(rest), size)]
+    return programs
+
+
+def _program_name(chunk) -> str:
+    first, last = chunk[0][0].index, chunk[-1][0].index
+    ids = ",".join(str(c.index) for c, _ in chunk)
+    return f"cells-{first:04d}-{last:04d}-{hashlib.sha256(ids.encode()).hexdigest()[:8]}"
+
+
+def _run_chunk(spec, chunk, out, csv_path, columns, bar, resume_from: Optional[str] = None):
+    """Runs one program (a chunk of a group's cells), checkpointing it under
+    ``out/checkpoints/<program>`` and resuming from ``resume_from``; appends
+    its rows to results.csv when it ends and then drops its checkpoint."""
+    import shutil
+
+    from fljax import checkpoint as ckpt_lib
+
+    primary = jax.process_index() == 0
     cfg0 = chunk[0][0].cfg
     batched = len(chunk) > 1
     comp = simulate.compiled(spec, batched)
     plans = [p for _, p in chunk]
     hparams = _stack([p.hparams for p in plans]) if batched else plans[0].hparams
     seeds = [c.cfg["seed"] for c, _ in chunk]
+    folder = resume_from or os.path.join(out, "checkpoints", _program_name(chunk))
+    state, carry, done = None, None, 0
+    if resume_from is not None:
+        width = len(chunk)
+        if batched and comp.mesh is not None:
+            width = -(-width // comp.devices) * comp.devices
+        k_init = simulate.run_keys(0)[0]
+        if batched:
+            shapes = jax.eval_shape(
+                jax.vmap(comp.round.init, in_axes=(0, None, 0)),
+                simulate._pad_cells(hparams, width), plans[0].data, jnp.stack([k_init] * width))
+        else:
+            shapes = jax.eval_shape(comp.round.init, hparams, plans[0].data, k_init)
+        state, meta = ckpt_lib.restore(folder, ckpt_lib.abstract(shapes, comp.sharding(batched)))
+        carry, done = meta.get("carry"), int(meta["round"])
     cell_dirs = []
     for cell, _ in chunk:
         d = os.path.join(out, "cells", _cell_name(cell))
+        cell_dirs.append(d)
+        if not primary:
+            continue
         os.makedirs(d, exist_ok=True)
         results_lib.write_json(os.path.join(d, "config.json"), cell.cfg)
-        open(os.path.join(d, "metrics.jsonl"), "w").close()
-        cell_dirs.append(d)
+        path = os.path.join(d, "metrics.jsonl")
+        kept = [h for h in results_lib.read_jsonl(path) if h["round"] <= done] if done else []
+        with open(path, "w") as f:  # a resumed program keeps the lines up to its checkpoint
+            f.writelines(results_lib.dumps(h) + "\n" for h in kept)
     last: list = [None] * len(chunk)
+    if done:
+        for i, d in enumerate(cell_dirs):
+            lines = results_lib.read_jsonl(os.path.join(d, "metrics.jsonl"))
+            last[i] = lines[-1] if lines else None
+        if bar is not None:
+            bar.update(done * len(chunk))
     t0 = time.perf_counter()
+    mgr = ckpt_lib.manager(folder)
 
     def on_eval(state, r, records):
         for i, rec in enumerate(records):
-            results_lib.append_jsonl(os.path.join(cell_dirs[i], "metrics.jsonl"), rec)
+            if primary:
+                results_lib.append_jsonl(os.path.join(cell_dirs[i], "metrics.jsonl"), rec)
             last[i] = rec
 
-    simulate.run_cells(comp, hparams, plans[0].data, seeds, cfg0["rounds"], cfg0["eval_every"],
-                       on_eval=on_eval, bar=bar,
-                       stop_on_divergence=cfg0["execution"]["stop_on_divergence"])
+    def on_checkpoint(state, r, loop_carry):
+        ckpt_lib.save(mgr, r, state, {"cells": [c.index for c, _ in chunk], "round": r,
+                                      "carry": loop_carry})
+
+    try:
+        simulate.run_cells(comp, hparams, plans[0].data, seeds, cfg0["rounds"],
+                           cfg0["eval_every"], state=state, on_eval=on_eval, bar=bar,
+                           stop_on_divergence=cfg0["execution"]["stop_on_divergence"],
+                           checkpoint_every=cfg0["execution"]["checkpoint_every"],
+                           on_checkpoint=on_checkpoint, carry=carry, skip_first_eval=bool(done))
+    finally:
+        mgr.close()
+    if not primary:
+        return
     seconds = (time.perf_counter() - t0) / len(chunk)
     with open(csv_path, "a", newline="") as f:
         w = csv.writer(f)
@@ -361,6 +455,7 @@ def _run_chunk(spec, chunk, out, csv_path, columns, bar):
             row["seconds"] = f"{seconds:.3f}"
             w.writerow([row.get(c, "") for c in columns])
         f.flush()
+    shutil.rmtree(folder, ignore_errors=True)  # the rows are on disk: nothing to resume
 
 
 def read_results(out: str) -> list[dict]:

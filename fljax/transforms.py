@@ -21,6 +21,20 @@ from fljax.types import PRNGKey
 Transform = Callable[[jax.Array, PRNGKey], jax.Array]
 
 
+def _check(name: str, arg: str, value, ok: bool, allowed: str) -> None:
+    """Raises a ``ValueError`` naming the transform, the argument, the value and
+    what is allowed unless ``ok``. Arrays pass unchecked (a sweep's traced values)."""
+    if hasattr(value, "shape") or ok:
+        return
+    raise ValueError(f"{name}: {arg}={value!r} is not allowed; {allowed}")
+
+
+def _number(value) -> bool:
+    """A finite Python number (not a bool)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and bool(np.isfinite(value)))
+
+
 def identity() -> Transform:
     def transform(update, key):
         del key
@@ -36,6 +50,8 @@ def clip_by_norm(max_norm: float) -> Transform:
     float32 (entries near 1e38): the norm is taken as a power-of-two scale
     times a finite factor (``aggregators._linalg.row_norms``).
     """
+    _check("clip_by_norm", "max_norm", max_norm, _number(max_norm) and max_norm > 0,
+           "a number > 0")
 
     def transform(update, key):
         del key
@@ -53,6 +69,7 @@ def clip_by_norm(max_norm: float) -> Transform:
 
 def gaussian_noise(stddev: float) -> Transform:
     """Adds i.i.d. ``N(0, stddev^2)`` noise to every coordinate."""
+    _check("gaussian_noise", "stddev", stddev, _number(stddev) and stddev >= 0, "a number >= 0")
 
     def transform(update, key):
         return update + stddev * jax.random.normal(key, update.shape, update.dtype)
@@ -118,6 +135,7 @@ def laplace_noise(scale: float) -> Transform:
     References:
       Zhu, Liu, Han, "Deep Leakage from Gradients", NeurIPS 2019 (Sec. 5).
     """
+    _check("laplace_noise", "scale", scale, _number(scale) and scale >= 0, "a number >= 0")
 
     def transform(update, key):
         return update + scale * jax.random.laplace(key, update.shape, update.dtype)
@@ -149,6 +167,8 @@ def row_noise(scale: float, distribution: str = "gaussian", clip: float = 0.2,
     """
     if distribution not in ("gaussian", "laplace"):
         raise ValueError(f"distribution must be 'gaussian' or 'laplace', got {distribution!r}")
+    _check("row_noise", "scale", scale, _number(scale) and scale >= 0, "a number >= 0")
+    _check("row_noise", "clip", clip, _number(clip) and clip > 0, "a number > 0")
 
     def one(t, key):
         if t.ndim >= 2:
@@ -183,6 +203,8 @@ def prune(percent: float, shapes: Sequence[tuple[int, ...]] | None = None) -> Tr
       Zhu, Liu, Han, NeurIPS 2019 (gradient pruning, Sec. 5);
       Zhao, Luo, Ding, arXiv 2206.04887 (``defense.py::sparsification``).
     """
+    _check("prune", "percent", percent, _number(percent) and 0 <= percent <= 100,
+           "a number in [0, 100]")
 
     def one(t, key):
         del key
@@ -206,8 +228,8 @@ def quantize(bits: int = 0, stochastic: bool = False,
     References:
       Zhu, Liu, Han, NeurIPS 2019 (fp16 / int8 defences, Sec. 5).
     """
-    if bits < 0 or bits == 1:
-        raise ValueError(f"bits must be 0 (off) or >= 2, got {bits}")
+    if not isinstance(bits, int) or isinstance(bits, bool) or bits < 0 or bits == 1 or bits > 32:
+        raise ValueError(f"quantize: bits={bits!r} is not allowed; 0 (off) or an int in [2, 32]")
 
     def one(t, key):
         if bits == 16:
@@ -239,6 +261,10 @@ def dp(clip: float | None = None, noise_multiplier: float = 0.0) -> Transform:
       McMahan, Ramage, Talwar, Zhang, "Learning Differentially Private
       Recurrent Language Models", ICLR 2018 (DP-FedAvg).
     """
+    if clip is not None:
+        _check("dp", "clip", clip, _number(clip) and clip > 0, "a number > 0 (or None)")
+    _check("dp", "noise_multiplier", noise_multiplier,
+           _number(noise_multiplier) and noise_multiplier >= 0, "a number >= 0")
 
     def transform(update, key):
         if clip is not None:

@@ -18,6 +18,11 @@ from fljax.attacks.attacker import Schedule
 from tests import simulate_reference
 
 
+# Measurements of the machine, not of the experiment: they differ between
+# identical runs.
+MEASURED = ("elapsed", "peak_memory_gb")
+
+
 def small_cfg(*assignments, **base_over):
     base = {
         "rounds": 2,
@@ -115,7 +120,7 @@ def test_same_seed_is_bit_identical_and_other_seed_differs():
     cfg = small_cfg("rounds=3")
     a = simulate.run(cfg, progress=False, log=None).history
     b = simulate.run(cfg, progress=False, log=None).history
-    strip = lambda h: [{k: v for k, v in r.items() if k != "elapsed"} for r in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in r.items() if k not in MEASURED} for r in h]  # noqa: E731
     assert strip(a) == strip(b)
     c = simulate.run(small_cfg("rounds=3", "seed=1"), progress=False, log=None).history
     assert strip(a) != strip(c)
@@ -187,7 +192,7 @@ def test_resume_is_exact(tmp_path, assignments):
     simulate.run(part, str(tmp_path / "r"), progress=False, log=None)
     resumed = simulate.run(cfg, str(tmp_path / "r"), progress=False, log=None, resume=True)
     assert_trees_equal(full.state, resumed.state)
-    drop = lambda h: [{k: v for k, v in r.items() if k != "elapsed"} for r in h]  # noqa: E731
+    drop = lambda h: [{k: v for k, v in r.items() if k not in MEASURED} for r in h]  # noqa: E731
     assert drop(full.history) == drop(resumed.history)
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["round"] for l in lines] == [0, 2, 4]
@@ -434,7 +439,7 @@ def test_injected_kernel_by_name_matches_the_jnp_path():
     if not ok:
         pytest.skip(why)
     a, _, _ = run_rounds(small_cfg("aggregator={'name': 'trimmed_mean', 'kwargs': "
-                                   "{'num_trim': 1}}"), 2)
+                                   "{'num_trim': 1, 'kernel': None}}"), 2)
     b, _, _ = run_rounds(small_cfg("aggregator={'name': 'trimmed_mean', 'kwargs': {'num_trim': 1, "
                                    "'kernel': 'kernels.order_stats:rank_weighted_sum'}}"), 2)
     assert_trees_close(a.params, b.params, atol=1e-5)
@@ -445,3 +450,72 @@ def test_quickstart_reaches_accuracy_in_a_shrunken_run():
                          ["rounds=40", "eval_every=40"])
     res = simulate.run(cfg, progress=False, log=None)
     assert res.summary["final_main_accuracy"] >= 0.85
+
+
+def test_pre_aggregation_from_the_config():
+    """``pre_aggregation`` stages run in front of the rule: NNM then the mean
+    equals the rule built by hand with ``compose``; impossible settings fail
+    before training.
+
+    Catches: the config list ignored, or applied after the rule."""
+    from fljax import aggregators
+
+    cfg = small_cfg("pre_aggregation=[{'name': 'nnm', 'kwargs': {'num_byzantine': 1}}]",
+                    "aggregator={'name': 'mean', 'kwargs': {'weighted': False}}")
+    plan = plan_lib.prepare(cfg)
+    rnd = simulate.compiled(plan.spec).round
+    agg = rnd.components(plan.hparams, plan.data).aggregator
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 7))
+    want = aggregators.compose(aggregators.nnm(1), aggregator=aggregators.mean(weighted=False))
+    got = agg.aggregate(x, agg.init(7), jax.random.PRNGKey(1))[0]
+    np.testing.assert_allclose(np.asarray(got),
+                               np.asarray(want.aggregate(x, want.init(7), jax.random.PRNGKey(1))[0]),
+                               rtol=1e-6)
+    plain = np.asarray(aggregators.mean(weighted=False).aggregate(x, None, None)[0])
+    assert not np.allclose(np.asarray(got), plain)
+    run_rounds(cfg, 1)
+    with pytest.raises(config.ConfigError, match="pre_aggregation"):
+        plan_lib.prepare(small_cfg("pre_aggregation=[{'name': 'nope'}]"))
+    with pytest.raises(config.ConfigError):
+        plan_lib.prepare(small_cfg("pre_aggregation=[{'name': 'nnm', 'kwargs': {'num_byzantine': 4}}]"))
+
+
+def _rule_kwargs(name):
+    from tests.registry_test import REQUIRED
+
+    return {k: v for k, v in REQUIRED.get(name, {}).items()
+            if k not in ("eval_fn", "server_update_fn", "num_clients")}
+
+
+@pytest.mark.parametrize("name", __import__("fljax.aggregators").aggregators.RULES)
+def test_every_rule_traces_inside_the_round(name):
+    """Every rule, with an attack, traces through the whole round (the step and
+    its diagnostics), not only on its own.
+
+    Catches: a rule whose ``info`` the round cannot read (SignGuard's
+    ``selected`` is a mask where Multi-Krum's holds indices)."""
+    cfg = small_cfg("clients_per_round=12", "attack.name='sign_flip'", "attack.num_malicious=8",
+                    f"aggregator={{'name': {name!r}, 'kwargs': {_rule_kwargs(name)!r}}}")
+    plan = plan_lib.prepare(cfg)
+    rnd = simulate.compiled(plan.spec).round
+    k_init, k_rounds = simulate.run_keys(0)
+    state = jax.eval_shape(rnd.init, plan.hparams, plan.data, k_init)
+    buf = rnd.new_buffer()
+    buf = None if buf is None else jax.ShapeDtypeStruct(buf.shape, buf.dtype)
+    _, info, _ = jax.eval_shape(rnd.step, plan.hparams, state, plan.data, k_rounds, buf)
+    assert info.update_norms.shape == (12,)
+
+
+def test_err_scores_the_models_the_server_really_makes():
+    """Under server Adam (lr 0.01) ERR's candidate with every row is scored
+    exactly at the parameters the server then adopts (num_reject = 0).
+
+    Catches: candidates scored as ``params + aggregate`` (ERR / LFR's old
+    ``server_lr`` default), which the server never makes under Adam."""
+    cfg = small_cfg("server.optimizer='adam'", "server.learning_rate=0.01",
+                    "aggregator={'name': 'err', 'kwargs': {'num_reject': 0}}")
+    state, info, plan = run_rounds(cfg, 1)
+    rnd = simulate.compiled(plan.spec).round
+    flat = jax.flatten_util.ravel_pytree(state.params)[0]
+    err, _ = rnd.resources(plan.hparams, plan.data)["eval_fn"](flat)
+    assert float(info.agg_info["metric_full"]) == pytest.approx(float(err), abs=1e-6)

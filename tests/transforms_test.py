@@ -33,3 +33,27 @@ def test_unknown_transform():
     import pytest
     with pytest.raises(ValueError, match="unknown transform"):
         transforms.get_transform("blur")
+
+
+def test_factories_reject_out_of_range_strengths_with_one_line():
+    """A negative noise scale, a percent outside [0, 100], a non-positive clip...
+    fail when the transform is built, naming it, the argument and the value.
+    Arrays (a sweep's traced values) are not checked."""
+    import pytest
+
+    bad = [
+        (lambda: transforms.gaussian_noise(-1.0), r"gaussian_noise: stddev=-1\.0 .*>= 0"),
+        (lambda: transforms.laplace_noise(float("nan")), r"laplace_noise: scale=nan"),
+        (lambda: transforms.row_noise(0.1, clip=0.0), r"row_noise: clip=0\.0 .*> 0"),
+        (lambda: transforms.prune(101.0), r"prune: percent=101\.0 .*\[0, 100\]"),
+        (lambda: transforms.quantize(1), r"quantize: bits=1 .*0 \(off\) or an int in \[2, 32\]"),
+        (lambda: transforms.quantize(4.0), r"quantize: bits=4\.0"),
+        (lambda: transforms.dp(-1.0, 0.5), r"dp: clip=-1\.0"),
+        (lambda: transforms.dp(1.0, -0.5), r"dp: noise_multiplier=-0\.5"),
+        (lambda: transforms.clip_by_norm("1"), r"clip_by_norm: max_norm='1'"),
+    ]
+    for build, pattern in bad:
+        with pytest.raises(ValueError, match=pattern):
+            build()
+    transforms.gaussian_noise(jnp.asarray(-1.0))  # traced / array values pass through
+    transforms.dp(None, 0.0)

@@ -8,6 +8,7 @@ from fljax.aggregators.base import (
     AggregationContext,
     Aggregator,
     EmptyState,
+    PreAggregator,
     finite_rows,
     on_pytree,
 )
@@ -28,6 +29,18 @@ from fljax.aggregators.invariant import invariant
 from fljax.aggregators.krum import krum, multi_krum
 from fljax.aggregators.median import coordinate_median
 from fljax.aggregators.trimmed_mean import trimmed_mean
+from fljax.aggregators.arc import arc
+from fljax.aggregators.caf import caf
+from fljax.aggregators.crfl import crfl
+from fljax.aggregators.dnc import dnc
+from fljax.aggregators.mda import mda
+from fljax.aggregators.meamed import meamed
+from fljax.aggregators.monna import monna
+from fljax.aggregators.multi_metrics import multi_metrics
+from fljax.aggregators.signguard import signguard
+from fljax.aggregators.smea import smea
+from fljax.aggregators.bucketing import bucketing
+from fljax.aggregators.nnm import nnm
 
 # Public rules: every name here must appear in the conformance table of
 # tests/aggregators/conformance_test.py (a meta-test checks it).
@@ -51,6 +64,25 @@ RULES = (
     "bulyan",
     "geometric_median",
     "invariant",
+    # Round two (issue 15): ByzFL's and FLPoison's rules. multi_metrics (on='models')
+    # and crfl need context.params.
+    "mda",
+    "monna",
+    "meamed",
+    "caf",
+    "smea",
+    "dnc",
+    "signguard",
+    "multi_metrics",
+    "crfl",
+)
+
+# Pre-aggregators (float[n, d] -> float[m, d]), composed in front of a rule with
+# compose(*stages, aggregator=rule); a config names them like rules.
+PRE_AGGREGATORS = (
+    "nnm",
+    "bucketing",
+    "arc",
 )
 
 __all__ = [
@@ -62,8 +94,11 @@ __all__ = [
     "compose",
     "get_aggregator",
     "resource_arguments",
+    "get_pre_aggregator",
+    "PreAggregator",
+    "PRE_AGGREGATORS",
     "RULES",
-] + list(RULES)
+] + list(RULES) + list(PRE_AGGREGATORS)
 
 
 # Server resources a rule may take as factory arguments; the simulator builds
@@ -83,4 +118,16 @@ def get_aggregator(name: str, **kwargs) -> Aggregator:
     """Builds a rule by its factory name; unknown names raise a ``ValueError``."""
     if name not in RULES:
         raise ValueError(f"unknown aggregator {name!r}; choose one of {sorted(RULES)}")
+    return globals()[name](**kwargs)
+
+
+def get_pre_aggregator(name: str, **kwargs) -> PreAggregator:
+    """Builds a pre-aggregator by its factory name (``'nnm'``, ``'bucketing'``, ``'arc'``).
+
+    Unknown names raise a ``ValueError``. The simulator builds a config's
+    ``pre_aggregation`` list with it and passes the stages to :func:`compose`
+    in front of the rule.
+    """
+    if name not in PRE_AGGREGATORS:
+        raise ValueError(f"unknown pre-aggregator {name!r}; choose one of {sorted(PRE_AGGREGATORS)}")
     return globals()[name](**kwargs)

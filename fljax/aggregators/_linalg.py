@@ -18,6 +18,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from fljax.aggregators import _ops
 
@@ -45,7 +46,8 @@ _TINY_SUM_SQ = 1e-30
 
 
 def row_norms(x: jax.Array, valid: jax.Array,
-              centre: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+              centre: Optional[jax.Array] = None,
+              axis: Optional[str] = None) -> tuple[jax.Array, jax.Array]:
     """Overflow-safe L2 norms of the valid rows of ``x - centre``, as two factors.
 
     ``‖x_i - c‖ = scale_i · base_i`` with both factors finite for every finite
@@ -60,6 +62,8 @@ def row_norms(x: jax.Array, valid: jax.Array,
       x: ``float[n, d]``; invalid rows may hold anything (NaN, inf).
       valid: ``bool[n]``; invalid rows get ``scale = 1, base = 0``.
       centre: optional ``float[d]`` subtracted from every row.
+      axis: a mesh axis over which the columns are split (``x`` and
+        ``centre`` are one block): the sums and maxima are reduced over it.
 
     Returns:
       ``(scale, base)``, ``float[n]`` each; the norm is ``scale * base``
@@ -71,20 +75,22 @@ def row_norms(x: jax.Array, valid: jax.Array,
     # Rows are reduced independently, so invalid rows are masked in the [n]
     # results, not in the [n, d] input (a mask inside the reduction made it
     # ~8x slower on XLA:CPU).
-    sum_sq = jnp.where(valid, jnp.sum(jnp.square(diff()), axis=1), 0.0)  # float[n]
+    psum = (lambda v: v) if axis is None else (lambda v: lax.psum(v, axis))  # noqa: E731
+    pmax = (lambda v: v) if axis is None else (lambda v: lax.pmax(v, axis))  # noqa: E731
+    sum_sq = jnp.where(valid, psum(jnp.sum(jnp.square(diff()), axis=1)), 0.0)  # float[n]
     bad = valid & (~jnp.isfinite(sum_sq) | (sum_sq < _TINY_SUM_SQ))
     ones = jnp.ones_like(sum_sq)
 
     def rescaled():
         y = diff()
-        top = jnp.where(valid, jnp.max(jnp.abs(y), axis=1), 0.0)  # float[n]
+        top = jnp.where(valid, pmax(jnp.max(jnp.abs(y), axis=1)), 0.0)  # float[n]
         # A power of two near the largest entry, at most 2**126 so that its
         # reciprocal is a normal float (XLA:CPU flushes subnormals to zero):
         # the division is exact and leaves entries of at most 4.
         _, exponent = jnp.frexp(jnp.where(top > 0, top, 1.0))
         scale = jnp.ldexp(jnp.ones_like(top), jnp.minimum(exponent, 126))
         scale = jnp.where(bad & (top > 0), scale, 1.0)
-        base = jnp.sqrt(jnp.sum(jnp.square(y / scale[:, None]), axis=1))
+        base = jnp.sqrt(psum(jnp.sum(jnp.square(y / scale[:, None]), axis=1)))
         return scale, jnp.where(bad, base, jnp.sqrt(sum_sq))  # sum_sq is 0 on invalid rows
 
     return jax.lax.cond(jnp.any(bad), rescaled, lambda: (ones, jnp.sqrt(sum_sq)))

@@ -15,10 +15,10 @@ Everything here is a pure jnp function of static shapes, safe under ``jit`` and
   bitwise bisection on order-preserving integer keys. Neither needs a transpose
   or a gather. See ``benchmarks/aggregators.py`` for the measured alternatives.
 
-The order-statistic rules (median, trimmed mean, invariant) also accept an
-injected kernel that computes rank-weighted sums in one call (see
-``OrderStatsKernel`` below; ``kernels/order_stats.py`` is a compiled CPU one,
-~5x faster than these jnp paths at 200 x 1M). The jnp paths stay the default.
+These are the jnp paths of the order-statistic rules (median, trimmed mean,
+invariant, Bulyan). Where it can be built, those rules use a compiled CPU
+kernel by default instead (``kernel='auto'``, see ``_kernels.py``); the jnp
+paths serve every other backend and ``kernel=None``.
 
 Non-finite rows are the caller's business: the helpers take a ``valid`` row mask
 and treat invalid rows as +inf (they sort last and are never counted).
@@ -54,6 +54,7 @@ def tiling(method: str, block, batch):
 def pairwise_sq_dists(
     updates: jax.Array,
     valid: Optional[jax.Array] = None,
+    axis: Optional[str] = None,
 ) -> jax.Array:
     """Squared Euclidean distances between the rows, through a centred Gram matrix.
 
@@ -71,6 +72,9 @@ def pairwise_sq_dists(
       updates: ``float[n, d]``.
       valid: optional ``bool[n]``; rows marked False get distance +inf to every
         other row (their contents, NaN included, are never read into the result).
+      axis: a mesh axis over which the columns are split (``updates`` is one
+        block): each device forms the partial Gram matrix of its columns and
+        one ``psum`` adds them (the squared norms likewise).
 
     Returns:
       ``float[n, n]`` symmetric, zero diagonal, entries in ``[0, +inf]``.
@@ -80,8 +84,10 @@ def pairwise_sq_dists(
         valid = jnp.ones((n,), bool)
     big = jnp.asarray(jnp.inf, updates.dtype)
 
+    psum = (lambda v: v) if axis is None else (lambda v: lax.psum(v, axis))  # noqa: E731
+
     def centred_gram(x):  # float[n, d] with finite (or zeroed) rows -> float[n, n]
-        sq = jnp.sum(x * x, axis=1)  # float[n], may overflow to inf for huge rows
+        sq = psum(jnp.sum(x * x, axis=1))  # float[n], may overflow to inf for huge rows
         # Robust centre: mean of the valid rows with norm <= the median valid norm.
         sq_valid = jnp.where(valid, sq, big)
         num_valid = jnp.sum(valid)
@@ -89,7 +95,7 @@ def pairwise_sq_dists(
         w = (valid & (sq_valid <= med)).astype(x.dtype)
         w = w / jnp.maximum(jnp.sum(w), 1.0)
         centre = jnp.dot(w, x, precision=lax.Precision.HIGHEST)  # float[d]
-        return centred_gram_blocked(x, centre, valid)
+        return psum(centred_gram_blocked(x, centre, valid))
 
     # Common case: no screening copy of the [n, d] matrix.
     gram = map_valid_rows(centred_gram, updates, valid)
@@ -308,19 +314,7 @@ def bitonic_sort_rows(tile: jax.Array) -> jax.Array:
 
 
 # --------------------------------------------------------------------------- #
-# Rank weights: order statistics as one rank-weighted sum.
-#
-# An injected order-statistics kernel (``kernel=`` of coordinate_median,
-# trimmed_mean and invariant; e.g. ``kernels.order_stats.rank_weighted_sum``)
-# has the signature
-#
-#   kernel(updates: float[n, d], valid: bool[n], weights: float[n],
-#          *, with_signs=False) -> float[d]  (or (float[d], float[d]))
-#
-# and returns, per column, sum_r weights[r] * (r-th smallest valid value),
-# ranks r >= m = sum(valid) ignored, with_signs adding the sum of the valid
-# rows' signs. The rules build the weights from the traced m.
-OrderStatsKernel = Callable[..., jax.Array]
+# Order-preserving integer keys and bitwise bisection.
 
 
 def float_to_key(x: jax.Array) -> jax.Array:

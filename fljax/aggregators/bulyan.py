@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fljax.aggregators import _ops
+from fljax.aggregators import _kernels, _ops
 from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
 
 
@@ -19,6 +19,7 @@ def bulyan(
     num_byzantine: int,
     block: int | None = None,
     batch: int | None = None,
+    kernel: _kernels.KernelArg = "auto",
 ) -> Aggregator:
     """Bulyan: recursive Krum selection, then a per-coordinate trimmed mean around the median.
 
@@ -37,8 +38,15 @@ def bulyan(
 
     Args:
       num_byzantine: ``f`` (static); needs ``n >= 4f + 3``.
-      block: column-tile width of the per-coordinate kernel.
+      block: column-tile width of the per-coordinate step's jnp path.
       batch: tiles per ``lax.map`` step (None: the measured default).
+      kernel: the per-coordinate step: ``'auto'`` (default: the compiled CPU
+        kernel ``kernels.order_stats.closest_to_median_mean`` where it can be
+        built and the backend is the CPU, else the jnp path; see
+        ``_kernels.py``), None (the jnp path) or a kernel with that
+        function's signature. The kernel reads the selected rows in place
+        (no ``[theta, d]`` gather); the paths differ only in the rounding of
+        the sums.
 
     Returns:
       An :class:`Aggregator` with ``info = {'selected': int32[theta]`` (in
@@ -51,6 +59,7 @@ def bulyan(
     """
     f = num_byzantine
     require(f >= 0, "bulyan", f"num_byzantine must be >= 0, got {f}")
+    _kernels.check(kernel, "bulyan")
 
     def aggregate(updates, state, key, context=None):
         del context
@@ -64,31 +73,51 @@ def bulyan(
         dists = _ops.pairwise_sq_dists(updates, valid)  # float[n, n]
         rank = jax.random.permutation(key, n)  # tie-break rank per client
         ids = jnp.arange(n)
+        # Each row's distances sorted once; an iteration then takes the k
+        # nearest *live* others by a running count over that order (O(n^2),
+        # no sort per iteration: 0.14 s -> ~1 ms at n = 100).
+        nbr = jnp.argsort(dists, axis=1)  # int[n, n], nearest first
+        d_sorted = jnp.take_along_axis(dists, nbr, axis=1)  # float[n, n]
+        other = nbr != ids[:, None]  # self excluded
 
         def select_one(t, carry):
             removed, selected = carry  # bool[n], int32[theta]
             live = ~removed
             # Krum on R = live rows: |R| = n - t, neighbours |R| - f - 2.
-            d = jnp.where(live[None, :] & ~jnp.eye(n, dtype=bool), dists, jnp.inf)
-            d = jnp.sort(d, axis=1)  # float[n, n]
             k = n - t - f - 2
-            s = jnp.sum(jnp.where(ids[None, :] < k, d, 0.0), axis=1)
+            use = live[nbr] & other  # bool[n, n] in each row's sorted order
+            take = use & (jnp.cumsum(use.astype(jnp.int32), axis=1) <= k)
+            s = jnp.sum(jnp.where(take, d_sorted, 0.0), axis=1)
             s = jnp.where(live & valid, s, jnp.inf)
             s = jnp.where(jnp.isnan(s), jnp.inf, s)
-            # Order: score, then valid before invalid, then live before removed, then rank.
-            order = jnp.lexsort((rank, removed, ~valid, s))
-            chosen = order[0].astype(jnp.int32)
+            # Lowest score; among equal scores valid before invalid, then live
+            # before removed, then the key's rank (one argmin, no sort).
+            tie = (~valid).astype(jnp.int32) * (2 * n) + removed.astype(jnp.int32) * n + rank
+            chosen = jnp.argmin(jnp.where(s == jnp.min(s), tie, 3 * n)).astype(jnp.int32)
             return removed.at[chosen].set(True), selected.at[t].set(chosen)
 
         init = (jnp.zeros((n,), bool), jnp.zeros((theta,), jnp.int32))
         _, selected = lax.fori_loop(0, theta, select_one, init)
-        chosen = updates[selected]  # float[theta, d]
-        chosen_valid = valid[selected]  # all True unless > f rows are non-finite
-        out = closest_to_median_mean(chosen, chosen_valid, beta, block, batch)
+
+        def with_kernel(fn):  # the selected finite rows, read in place
+            chosen = jnp.zeros((n,), bool).at[selected].set(True) & valid  # bool[n]
+            return fn(updates, chosen, beta).astype(updates.dtype)
+
+        def without():
+            chosen = updates[selected]  # float[theta, d]
+            chosen_valid = valid[selected]  # all True unless > f rows are non-finite
+            return closest_to_median_mean(chosen, chosen_valid, beta, block, batch)
+
+        out = _kernels.dispatch(kernel, "closest_to_median_mean", with_kernel, without, updates)
         info = {"selected": selected, "num_nonfinite": n - jnp.sum(valid.astype(jnp.int32))}
         return out, state, info
 
-    return Aggregator(init_empty, aggregate)
+    def memory(n, d, itemsize):  # Krum's distances, then the closest-to-median tiles
+        from fljax.aggregators.krum import distance_memory
+
+        return distance_memory(n, d, itemsize) + 2 * d * itemsize
+
+    return Aggregator(init_empty, aggregate, memory=memory)
 
 
 def closest_to_median_mean(

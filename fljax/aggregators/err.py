@@ -25,10 +25,26 @@ def err(eval_fn: EvalFn, num_reject: int, base: Union[str, Aggregator] = "mean",
 
     The ``n`` leave-one-out aggregates and the ``n + 1`` evaluations each run
     as one ``vmap`` (for ``base='mean'`` the leave-one-out means are closed
-    form, ``(S − w_i x_i) / (W − w_i)``). Non-finite rows get impact ``+inf``
-    (rejected first); a NaN impact of a finite row counts as ``-inf``. Ties
-    keep the lower row index. ``context.weights`` weight the mean when given
-    and are passed (as a subset) to a wrapped rule.
+    form, ``(S − w_i x_i) / (W − w_i)``, or one matrix product when a row
+    dwarfs the others and the closed form would cancel their digits).
+    ``context.weights`` weight the mean when given and are passed (as a
+    subset) to a wrapped rule.
+
+    Hostile rows: non-finite rows get impact ``+inf`` (rejected first, never
+    averaged). A candidate model whose error rate or loss is not finite is
+    the worst possible. If one is, every row's own model ``params + lr·x_i``
+    is scored as well and rows whose own model cannot be scored (finite
+    updates so large that the logits overflow) are screened like non-finite
+    rows before the candidates are rebuilt (``info['num_unscorable']``).
+    Impacts ``inf − inf`` (neither model scorable) are undetermined and rank
+    just below ``+inf``. Screened rows are left out of the result even when
+    ``num_reject`` is smaller than their number. Equal impacts are ordered by
+    a random permutation drawn from ``key`` (never by row index).
+
+    Limitation (Fang et al.'s leave-one-out): when two or more rows each ruin
+    the model alone, leaving one of them out changes little, and the error
+    rate (a coarse metric) often not at all, so their impacts tie with the
+    honest rows' (masking). LFR's loss usually still tells them apart.
 
     Args:
       eval_fn: ``(params float[d]) -> (error_rate, loss)`` on the server's
@@ -41,13 +57,17 @@ def err(eval_fn: EvalFn, num_reject: int, base: Union[str, Aggregator] = "mean",
         :class:`Aggregator`. A stateful base keeps its state through the final
         aggregate; the leave-one-out calls see the same input state and their
         new states are dropped. Memory for a wrapped rule is ``n·(n−1)·d``.
-      server_lr: the server learning rate the simulator will apply, so the
-        candidate models are the ones the server would actually get.
+      server_lr: the server learning rate, for direct calls: candidates are
+        scored as ``params + server_lr * aggregate``. Inside the simulator
+        ``context.server_step`` is used instead (the server's real step, its
+        optimizer and state included), and this value is ignored.
 
     Returns:
       An :class:`Aggregator` that needs ``context.params``. ``info`` holds
-      ``impact`` (``float[n]``), ``accepted`` (``bool[n]``), ``metric_full``
-      (the error rate with everyone) and ``num_nonfinite``.
+      ``impact`` (``float[n]``: ``+inf`` for screened rows, float32's
+      largest where undetermined), ``accepted`` (``bool[n]``), ``metric_full``
+      (the error rate with everyone, after screening), ``num_nonfinite`` and
+      ``num_unscorable``.
 
     References:
       Fang et al., USENIX Security 2020, Section 5.

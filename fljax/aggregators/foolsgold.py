@@ -23,7 +23,8 @@ class FoolsGoldState(NamedTuple):
     history: jax.Array
 
 
-def foolsgold_weights(history: jax.Array, kappa: float = 1.0) -> jax.Array:
+def foolsgold_weights(history: jax.Array, kappa: float = 1.0,
+                      valid: Optional[jax.Array] = None) -> jax.Array:
     """FoolsGold's weights ``float[n]`` in ``[0, 1]`` from histories ``float[n, d]``.
 
     The reference code, vectorised::
@@ -37,22 +38,29 @@ def foolsgold_weights(history: jax.Array, kappa: float = 1.0) -> jax.Array:
     The reference divides by ``max α`` unguarded and returns NaN weights when
     every client looks like a sybil; here all weights are then 0. A pardon
     ratio with ``v_j = 0`` (so ``v_i < 0``) is skipped instead of dividing by
-    zero.
+    zero. Rows with ``valid`` False (``bool[n]``, default all valid) take no
+    part: the others' weights are those of the valid rows alone, and theirs
+    are 0.
     """
     n = history.shape[0]
+    valid = jnp.ones((n,), bool) if valid is None else valid
+    pair = valid[:, None] & valid[None, :] & ~jnp.eye(n, dtype=bool)  # bool[n, n]
     unit, _ = unit_rows(history)
     cs = cosine_similarity(unit) - jnp.eye(n, dtype=history.dtype)  # float[n, n]
+    # Invalid rows are nobody's neighbour: -inf drops them from every max
+    # (the diagonal stays the reference's cos(i, i) - 1).
+    cs = jnp.where(pair | jnp.eye(n, dtype=bool), cs, -jnp.inf)
     v = jnp.max(cs, axis=1)  # float[n]
     pardon = (v[:, None] < v[None, :]) & (v[None, :] != 0)
     ratio = v[:, None] / jnp.where(v[None, :] != 0, v[None, :], 1.0)
-    cs = jnp.where(pardon, cs * ratio, cs)
-    alpha = jnp.clip(1.0 - jnp.max(cs, axis=1), 0.0, 1.0)
+    cs = jnp.where(pardon & pair, cs * ratio, cs)
+    alpha = jnp.where(valid, jnp.clip(1.0 - jnp.max(cs, axis=1), 0.0, 1.0), 0.0)
     top = jnp.max(alpha)
     alpha = jnp.where(top > 0, alpha / jnp.where(top > 0, top, 1.0), 0.0)
     alpha = jnp.where(alpha == 1.0, 0.99, alpha)
     safe = jnp.where(alpha > 0, alpha, 0.5)
     logit = kappa * (jnp.log(safe / (1.0 - safe)) + 0.5)
-    return jnp.where(alpha > 0, jnp.clip(logit, 0.0, 1.0), 0.0)
+    return jnp.where(valid & (alpha > 0), jnp.clip(logit, 0.0, 1.0), 0.0)
 
 
 def foolsgold(num_clients: int, kappa: float = 1.0, normalize: bool = False) -> Aggregator:
@@ -64,7 +72,14 @@ def foolsgold(num_clients: int, kappa: float = 1.0, normalize: bool = False) -> 
     current updates. As in the reference code this is a weighted *sum*, not a
     mean (its size grows with the number of clients that look honest), unless
     ``normalize=True``, which divides by ``Σ_i w_i`` (zero if all weights are
-    zero). Non-finite rows get weight 0 and leave the history untouched.
+    zero). Non-finite rows get weight 0, leave the history untouched and take
+    no part in the other clients' weights this round.
+    A history entry beyond float32's range is stored as ``±inf`` and read as
+    ``±`` float32's largest value (never NaN).
+    Not a defence against scale: a huge update that looks like no other
+    keeps its weight, and the weighted sum follows it (clip in front with
+    ``compose`` to bound it); with ``normalize=False`` the sum overflows to
+    ``inf`` only where its true value exceeds float32's range.
     The reference's optional "important features" mask is not implemented:
     the whole update is compared.
 
@@ -112,13 +127,24 @@ def foolsgold(num_clients: int, kappa: float = 1.0, normalize: bool = False) -> 
         finite = finite_rows(updates)  # bool[n]
         x = jnp.where(finite[:, None], updates, 0.0)  # float[n, d]
         history = state.history.at[ids].add(x.astype(state.history.dtype))
-        w = foolsgold_weights(history[ids].astype(updates.dtype), kappa)  # float[n]
-        w = jnp.where(finite, w, 0.0)
-        out = w @ x
-        if normalize:
-            total = jnp.sum(w)
-            out = jnp.where(total > 0, out / jnp.where(total > 0, total, 1.0), 0.0)
+        # Two finite updates near float32's largest overflow a history to
+        # ±inf (never NaN: screened rows add 0). Read as ±float32's largest, so
+        # the direction survives: an inf history gave NaN cosines and zero
+        # weight to every client in every later round. (Saturating the stored
+        # sums instead cost a second [n, d] pass.)
+        big = jnp.finfo(state.history.dtype).max
+        rows = history[ids]  # float[n, d]
+        rows = jnp.where(jnp.isinf(rows), jnp.sign(rows) * big, rows)
+        w = foolsgold_weights(rows.astype(updates.dtype), kappa, finite)  # float[n]
+        total = jnp.sum(w)
+        # The weighted mean first (a convex combination cannot overflow), then
+        # the reference's sum as total * mean: finite whenever it is representable.
+        unit = (w / jnp.where(total > 0, total, 1.0)) @ x  # float[d]
+        out = unit if normalize else total * unit
         info = {"weights": w, "accepted": w > 0, "num_nonfinite": n - jnp.sum(finite)}
         return out, FoolsGoldState(history), info
 
-    return Aggregator(init, aggregate)
+    def memory(n, d, itemsize):  # unit rows of the history, [n, n] similarities
+        return 3 * n * d * itemsize + 3 * n * n * itemsize  # XLA: 120 MB at 200 x 50,000
+
+    return Aggregator(init, aggregate, memory=memory)

@@ -26,7 +26,8 @@ def lfr(eval_fn: EvalFn, num_reject: int, base: Union[str, Aggregator] = "mean",
       eval_fn: ``(params float[d]) -> (error_rate, loss)``; a jax function.
       num_reject: how many rows to reject (static, ``<= n - 1``).
       base: ``'mean'`` or an :class:`Aggregator`.
-      server_lr: the server learning rate the simulator will apply.
+      server_lr: the server learning rate, for direct calls (see :func:`err`);
+        inside the simulator ``context.server_step`` is used instead.
 
     Returns:
       An :class:`Aggregator` that needs ``context.params``; ``info`` as for

@@ -10,8 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fljax.aggregators.base import Aggregator, init_empty, require
-from fljax.aggregators.norm_clipping import clipped_sum
+from fljax.aggregators.base import Aggregator, Stream, init_empty, require
+from fljax.aggregators.norm_clipping import clipped_stream, clipped_sum, clipping_memory
 
 PLACEMENTS = ("sum", "average")
 
@@ -43,6 +43,8 @@ def weak_dp(max_norm: float, sigma: float, placement: str = "sum") -> Aggregator
     Returns:
       An :class:`Aggregator`; ``info`` holds ``norms``, ``clipped``,
       ``noise_std`` (the std that reached the result) and ``num_nonfinite``.
+      It streams (the clipped sum accumulates chunk by chunk; the noise is
+      drawn once, in ``finish``, from the same key as ``aggregate``'s).
 
     References:
       Sun et al., "Can You Really Backdoor Federated Learning?", 2019.
@@ -54,18 +56,17 @@ def weak_dp(max_norm: float, sigma: float, placement: str = "sum") -> Aggregator
     if isinstance(sigma, (int, float)):
         require(sigma >= 0, "weak_dp", f"sigma={sigma} must be >= 0")
 
+    def noisy(total, m, key):  # the clipped sum and the count of finite rows -> (out, std)
+        m = jnp.maximum(m, 1).astype(total.dtype)
+        noise = sigma * jax.random.normal(key, total.shape, total.dtype)
+        if placement == "sum":
+            return (total + noise) / m, sigma / m
+        return total / m + noise, jnp.asarray(sigma, total.dtype)
+
     def aggregate(updates, state, key, context=None):
         del context
-        d = updates.shape[1]
         total, finite, norms = clipped_sum(updates, max_norm)  # float[d]
-        m = jnp.maximum(jnp.sum(finite), 1).astype(updates.dtype)
-        noise = sigma * jax.random.normal(key, (d,), updates.dtype)
-        if placement == "sum":
-            out = (total + noise) / m
-            noise_std = sigma / m
-        else:
-            out = total / m + noise
-            noise_std = jnp.asarray(sigma, updates.dtype)
+        out, noise_std = noisy(total, jnp.sum(finite), key)
         info = {
             "norms": norms,
             "clipped": finite & (norms > max_norm),
@@ -74,4 +75,15 @@ def weak_dp(max_norm: float, sigma: float, placement: str = "sum") -> Aggregator
         }
         return out, state, info
 
-    return Aggregator(init_empty, aggregate)
+    zero, add = clipped_stream(max_norm)
+
+    def finish(acc, row_info, state, key, context=None):
+        del context
+        m = acc["count"].astype(jnp.int32)
+        out, noise_std = noisy(acc["sum"], m, key)
+        info = {"norms": row_info["norms"], "clipped": row_info["clipped"],
+                "noise_std": noise_std, "num_nonfinite": row_info["norms"].shape[0] - m}
+        return out, state, info
+
+    return Aggregator(init_empty, aggregate, stream=Stream(zero, add, finish),
+                      memory=clipping_memory)

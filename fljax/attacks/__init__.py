@@ -16,6 +16,13 @@ also returns diagnostics (Fang's lambda, gamma, z, ``fallback``).
 Data-level attacks are pure transforms of a malicious client's batch,
 ``poison(x, y, key) -> (x, y)``, applied inside local training where the
 (traced) malicious mask is set; select them by name from :data:`DATA_ATTACKS`.
+The backdoors among them (``pixel_backdoor``, ``dba``, ``targeted_task``,
+``edge_case``) are :class:`~fljax.attacks.attacker.Attacker` s that also
+report ``backdoor_accuracy``.
+
+:data:`STRATEGIES` change how a malicious client trains or what it sends
+(model replacement, constrain-and-scale, PGD, Neurotoxin); a backdoor
+combines with them through ``attack.combine``.
 
 Data-leakage (reconstruction) attacks live in :mod:`fljax.attacks.leakage`.
 """
@@ -27,8 +34,14 @@ from fljax.attacks.gaussian import gaussian
 from fljax.attacks.ipm import ipm
 from fljax.attacks.label_flip import label_flip
 from fljax.attacks.min_max import min_max, min_sum
+from fljax.attacks.neurotoxin import neurotoxin
+from fljax.attacks.pgd import pgd
+from fljax.attacks.pixel_backdoor import dba, pixel_backdoor
+from fljax.attacks.replacement import constrain_and_scale, model_replacement
 from fljax.attacks.scaling import scaling
 from fljax.attacks.sign_flip import sign_flip
+from fljax.attacks.subset_backdoor import (edge_case, select_edge_case, select_targeted_task,
+                                           targeted_task)
 
 UPDATE_ATTACKS = {
     "sign_flip": sign_flip,
@@ -45,10 +58,32 @@ UPDATE_ATTACKS = {
 # Factories that take the number of classes first (the simulator passes it).
 DATA_ATTACKS = {
     "label_flip": label_flip,
+    "pixel_backdoor": pixel_backdoor,
+    "dba": dba,
+    "targeted_task": targeted_task,
+    "edge_case": edge_case,
+}
+
+# How malicious clients train and what they send (combine with a backdoor).
+STRATEGIES = {
+    "model_replacement": model_replacement,
+    "constrain_and_scale": constrain_and_scale,
+    "pgd": pgd,
+    "neurotoxin": neurotoxin,
 }
 
 # Every attack by name (what ``attack.name`` selects).
-ATTACKS = {**UPDATE_ATTACKS, **DATA_ATTACKS}
+ATTACKS = {**UPDATE_ATTACKS, **STRATEGIES, **DATA_ATTACKS}
+
+# Data attacks that train on a natural subset of the data, and the host
+# function that chooses it when the experiment is prepared:
+# ``select(fed, batch=..., **the attack's kwargs) -> (Subset, fed)`` (the data
+# comes back without the examples the subset holds out). The factory then
+# gets the subset as ``subset=``.
+SUBSETS = {
+    targeted_task: select_targeted_task,
+    edge_case: select_edge_case,
+}
 
 
 def data_arguments(factory, num_classes: int, input_shape: tuple) -> tuple:
@@ -63,7 +98,13 @@ def data_arguments(factory, num_classes: int, input_shape: tuple) -> tuple:
     return (num_classes, input_shape) if names[1:2] == ["input_shape"] else (num_classes,)
 
 
-__all__ = ["ATTACKS", "data_arguments", "DATA_ATTACKS", "UPDATE_ATTACKS", "alie", "fang_krum",
-           "fang_trimmed_mean", "gaussian", "ipm", "label_flip", "leakage", "min_max", "min_sum",
-           "scaling",
-           "sign_flip"]
+def subset_selector(factory):
+    """The host function choosing ``factory``'s subset (:data:`SUBSETS`), or None."""
+    return SUBSETS.get(factory)
+
+
+__all__ = ["ATTACKS", "data_arguments", "DATA_ATTACKS", "STRATEGIES", "SUBSETS", "UPDATE_ATTACKS",
+           "alie", "constrain_and_scale", "dba", "edge_case", "fang_krum", "fang_trimmed_mean",
+           "gaussian", "ipm", "label_flip", "leakage", "min_max", "min_sum", "model_replacement",
+           "neurotoxin", "pgd", "pixel_backdoor", "scaling", "sign_flip", "subset_selector",
+           "targeted_task"]

@@ -85,6 +85,21 @@ class TestSet(NamedTuple):
     mask: jax.Array  # bool[nb, B]: False on padding
 
 
+class Subset(NamedTuple):
+    """A natural subset of the data that an attack trains on and is judged on
+    (e.g. the sevens of a few writers, or held-out tail examples).
+
+    Chosen on the host when the experiment is prepared (see
+    ``fljax.attacks.subset_backdoor``), it travels with the round's shared
+    data (``RoundData.attack``), so every cell of a sweep sees the same arrays
+    and none of it is host work per round.
+    """
+
+    x: Any  # float[P, ...]: the examples the attackers inject into their batches
+    y: Any  # int32[P]: their true labels
+    test: TestSet  # where the attack's success is measured
+
+
 class LocalTraining(NamedTuple):
     """Changes to a client's local training (identity where not malicious)."""
 

@@ -51,6 +51,8 @@ class AttackContext(NamedTuple):
       weights: ``float[n]`` the rows' client weights (example counts).
       client_ids: ``int32[n]`` which client sent each row.
       state: the attacker's own state (see ``fljax.attacks.Attacker``).
+      server_lr: ``float[]`` the server optimizer's learning rate (model
+        replacement boosts by ``n / server_lr``).
     """
 
     params: Optional[jax.Array] = None
@@ -60,6 +62,7 @@ class AttackContext(NamedTuple):
     weights: Optional[jax.Array] = None
     client_ids: Optional[jax.Array] = None
     state: Any = None
+    server_lr: Optional[jax.Array] = None
 
 
 CraftFn = Callable[[Updates, ClientMask, PRNGKey, Optional[AttackContext]], tuple[Updates, Info]]

@@ -24,7 +24,8 @@ class Entry(NamedTuple):
       rtol, atol: tolerances against the float64 reference.
       order_invariant: False if the output may legitimately depend on client
         order (through the documented tie rule).
-      huge_bound: max |output| allowed with f rows of magnitude 1e6.
+      huge_bound: max |output| allowed with f finite rows of any magnitude
+        (1e3 up to float32's largest, see ``hostile.HUGE``); honest rows are N(0, 1).
     """
 
     name: str

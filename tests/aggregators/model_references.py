@@ -104,17 +104,22 @@ def foolsgold_rounds(rounds, normalize=False):
     return outs
 
 
-def loo_rejection(updates, params, eval_fn, num_reject, metric, server_lr=1.0):
-    """Fang et al. ERR (metric 0) / LFR (metric 1) around the plain mean."""
+def loo_rejection(updates, params, eval_fn, num_reject, metric, server_lr=1.0, rank=None):
+    """Fang et al. ERR (metric 0) / LFR (metric 1) around the plain mean.
+
+    Equal impacts are ordered by ``rank`` (fljax draws it from the key; see
+    ``table_model.loo_rank``), by row index when it is None.
+    """
     updates = np.asarray(updates, np.float64)
     n = updates.shape[0]
+    rank = np.arange(n) if rank is None else np.asarray(rank)
     full = updates.mean(0)
     base_value = eval_fn(params + server_lr * full)[metric]
     impact = []
     for i in range(n):
         rest = np.delete(updates, i, axis=0).mean(0)
         impact.append(base_value - eval_fn(params + server_lr * rest)[metric])
-    order = sorted(range(n), key=lambda i: (impact[i], i))
+    order = sorted(range(n), key=lambda i: (impact[i], rank[i]))
     kept = sorted(order[: n - num_reject])
     return updates[kept].mean(0), np.array(impact), kept
 

@@ -132,11 +132,25 @@ def test_flame_noise_scale_and_nonfinite():
 
 
 def test_flame_vmaps_and_validates():
-    x = jnp.asarray(np.random.default_rng(5).standard_normal((2, 5, 3)), jnp.float32)
-    agg = A.flame(cluster_on="updates")
+    """Under vmap every instance is clustered on its own (the HDBSCAN callback sees
+    one instance's distances): each instance's admitted rows and value are its own
+    (the reference run on that instance alone).
+
+    Catches: a batched callback that clusters the stacked instances together or
+    returns instance 0's labels for all (the old test checked the shape only).
+    """
+    rng = np.random.default_rng(5)
+    x = 1.0 + 0.2 * rng.standard_normal((2, 7, 6))
+    x[0, :3] = -2.0 + 0.05 * rng.standard_normal((3, 6))  # a different minority per instance
+    x[1, 4:] = -2.0 + 0.05 * rng.standard_normal((3, 6))
+    x = jnp.asarray(x, jnp.float32)
     keys = jax.random.split(KEY, 2)
-    out, _, _ = jax.jit(jax.vmap(lambda u, k: agg.aggregate(u, agg.init(3), k)))(x, keys)
-    assert out.shape == (2, 3)
+    agg = A.flame(cluster_on="updates", noise_lambda=0.0)
+    out, _, info = jax.jit(jax.vmap(lambda u, k: agg.aggregate(u, agg.init(6), k)))(x, keys)
+    np.testing.assert_array_equal(info["admitted"], [[0, 0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]])
+    for i in range(2):
+        np.testing.assert_allclose(out[i], ref.flame_no_noise(np.asarray(x[i]))[0],
+                                   rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="flame"):
         A.flame(cluster_on="gradients")
     with pytest.raises(ValueError, match="flame"):
@@ -195,6 +209,30 @@ def test_foolsgold_nonfinite_rows_keep_history_clean():
     assert float(info["weights"][0]) == 0.0 and int(info["num_nonfinite"]) == 2
 
 
+
+def test_foolsgold_history_beyond_float32_keeps_its_direction():
+    """A client sending a 3e38 update every round: its history overflows to ±inf,
+    is read as ±float32's largest (same direction), and never turns NaN.
+
+    Catches: reading the inf history as is: NaN cosines and zero weight to
+    every client in every later round.
+    """
+    rng = np.random.default_rng(30)
+    agg = A.foolsgold(num_clients=6, normalize=True)
+    state = agg.init(4)
+    history = np.zeros((6, 4))
+    attack = np.float32(3e38) * np.array([1, -1, -1, 1], np.float32)
+    for _ in range(3):
+        x = rng.standard_normal((6, 4)).astype(np.float32)
+        x[0] = attack
+        history += x.astype(np.float64)
+        out, state, info = _run(agg, x, state=state)
+        assert not np.any(np.isnan(np.asarray(state.history))) and np.all(np.isfinite(out))
+        # Saturation keeps the attacker's direction here (the same update each round).
+        want = ref.foolsgold_weights(history)
+        np.testing.assert_allclose(info["weights"], want, rtol=1e-4, atol=1e-5)
+    assert float(jnp.sum(info["weights"])) > 0
+
 # ---------------------------------------------------------------- ERR / LFR
 
 def _linear_task(seed=10, m=64, d=5):
@@ -250,9 +288,150 @@ def test_lfr_with_wrapped_rule_and_nonfinite():
     accepted = np.asarray(info["accepted"])
     assert not accepted[[0, 2, 5]].any() and accepted.sum() == 4
     np.testing.assert_allclose(out, ref.norm_clipping(x[accepted], 10.0), rtol=1e-5)
-    # The mean base screens non-finite rows the same way.
+    # The mean base: test_lfr_with_nonfinite_rows_is_lfr_on_the_finite_rows.
+
+
+def test_lfr_with_nonfinite_rows_is_lfr_on_the_finite_rows():
+    """Impacts and output equal the reference run on the five finite rows.
+
+    Catches: non-finite rows keeping their weight in the candidate means
+    (``jnp.where(usable, w, 0.0)`` -> ``w``: every impact shifts) or in the
+    final mean (``accepted & usable`` -> ``accepted``: the output shrinks by
+    the screened rows' share, ~17 % here).
+    """
+    eval_fn, eval_np, w_true = _linear_task()
+    rng = np.random.default_rng(12)
+    x = (w_true + 0.3 * rng.standard_normal((7, 5))).astype(np.float32)
+    x[5] = -3.0 * w_true
+    x = _with_nonfinite(x, rows=(0, 2))
+    finite = np.flatnonzero(np.isfinite(x).all(1))
+    ctx = AggregationContext(params=jnp.zeros(5))
+    # A budget below the two screened rows: one stays "accepted" but out of the mean.
     out, _, info = _run(A.lfr(eval_fn=eval_fn, num_reject=1), x, ctx)
-    assert np.all(np.isfinite(out))
+    want, impact, _ = ref.loo_rejection(x[finite], np.zeros(5), eval_np, 0, 1)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(info["impact"])[finite], impact, rtol=1e-3, atol=1e-5)
+    assert int(info["num_nonfinite"]) == 2
+
+
+@pytest.mark.parametrize("rule", ["err", "lfr"])
+def test_err_lfr_screen_rows_whose_own_model_cannot_be_scored(rule):
+    """Two finite rows near float32's largest: every candidate model's loss overflows.
+
+    Their own models cannot be scored either, so they are screened like NaN
+    rows; the result is the mean of the six honest rows (equal or random-signed
+    attackers, 3e38 and float32's largest).
+
+    Catches: unscorable metrics ranked as harmless (``NaN -> -inf``: ERR kept
+    both attackers and rejected two honest rows, the output was inf), skipping
+    the own-model screen (all impacts undetermined: the key picks), and means
+    that sum before dividing (inf).
+    """
+    eval_fn, _, w_true = _linear_task()
+    agg = getattr(A, rule)(eval_fn=eval_fn, num_reject=2)
+    fn = jax.jit(agg.aggregate)
+    rng = np.random.default_rng(20)
+    honest = np.delete(np.arange(8), [2, 6])
+    for kind in ("same", "signs"):
+        for magnitude in (3e38, float(np.finfo(np.float32).max)):
+            x = (w_true + 0.3 * rng.standard_normal((8, 5))).astype(np.float32)
+            signs = np.sign(rng.standard_normal((2, 5))) if kind == "signs" else np.ones((2, 5))
+            x[[2, 6]] = np.float32(magnitude) * signs
+            out, _, info = fn(jnp.asarray(x), agg.init(5), KEY,
+                              AggregationContext(params=jnp.zeros(5)))
+            where = (kind, magnitude)
+            np.testing.assert_array_equal(np.flatnonzero(np.asarray(info["accepted"])), honest,
+                                          err_msg=str(where))
+            assert int(info["num_unscorable"]) == 2 and int(info["num_nonfinite"]) == 0, where
+            np.testing.assert_allclose(out, x[honest].astype(np.float64).mean(0), rtol=1e-5,
+                                       atol=1e-6, err_msg=str(where))
+
+
+
+@pytest.mark.parametrize("rule", ["err", "lfr"])
+def test_err_lfr_unscorable_model_is_the_worst(rule):
+    """A validation function that is NaN for 5 < w_0 < 50: the model with
+    everyone (w_0 ~ 14) cannot be scored, the one without the attacker can,
+    and the attacker's own model (w_0 = 100) can too, so nothing is screened.
+
+    Catches: a NaN metric ranked as harmless (``-inf``): the attacker's impact
+    became -inf and it was kept.
+    """
+    def eval_fn(w):
+        bad = (w[0] > 5.0) & (w[0] < 50.0)
+        value = jnp.sum(jnp.square(w))
+        return jnp.where(bad, jnp.nan, value / (1.0 + value)), jnp.where(bad, jnp.nan, value)
+
+    x = np.full((7, 3), 0.1, np.float32) + np.arange(7, dtype=np.float32)[:, None] / 100
+    x[3, 0] = 100.0
+    agg = getattr(A, rule)(eval_fn=eval_fn, num_reject=1)
+    out, _, info = _run(agg, x, AggregationContext(params=jnp.zeros(3)))
+    assert not bool(info["accepted"][3]) and int(info["num_unscorable"]) == 0
+    assert float(info["impact"][3]) == np.inf
+    np.testing.assert_allclose(out, np.delete(x, 3, 0).astype(np.float64).mean(0), rtol=1e-6)
+
+def test_lfr_rejects_huge_rows_whose_loss_stays_finite():
+    """Two equal rows at 1e30: the logistic loss stays finite, so nothing is
+    screened; the loss impacts alone reject them (leaving one out divides the
+    attack by ~2), as in the float64 reference."""
+    eval_fn, eval_np, w_true = _linear_task()
+    rng = np.random.default_rng(21)
+    x = (w_true + 0.3 * rng.standard_normal((8, 5))).astype(np.float32)
+    x[[0, 5]] = np.float32(1e30) * np.sign(rng.standard_normal(5))
+    out, _, info = _run(A.lfr(eval_fn=eval_fn, num_reject=2), x,
+                        AggregationContext(params=jnp.zeros(5)))
+    assert int(info["num_unscorable"]) == 0
+    _, impact, kept = ref.loo_rejection(x, np.zeros(5), eval_np, 2, 1)
+    assert kept == [1, 2, 3, 4, 6, 7]
+    np.testing.assert_allclose(info["impact"], impact, rtol=1e-4)
+    np.testing.assert_array_equal(np.flatnonzero(np.asarray(info["accepted"])), [1, 2, 3, 4, 6, 7])
+    np.testing.assert_allclose(out, np.delete(x, [0, 5], 0).astype(np.float64).mean(0),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("magnitude", [1e3, 1e12, 1e30, 3e38])
+def test_leave_one_out_means_exact_under_one_dominant_row(magnitude):
+    """The mean without a row that dwarfs the others is the others' mean, to float32 accuracy.
+
+    Catches: the closed form ``(S - w_i x_i) / (W - w_i)`` used unguarded
+    (``DOMINANCE = inf``): it cancels every digit of the other rows (at 1e30
+    the honest mean came out as ~1e23 noise).
+    """
+    from fljax.aggregators import _rejection
+
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((6, 40)).astype(np.float32)
+    x[3] = np.float32(magnitude) * np.sign(rng.standard_normal(40))
+    w = np.arange(1.0, 7.0, dtype=np.float32)
+    valid = np.ones(6, bool)
+    got = np.asarray(jax.jit(_rejection.mean_and_leave_one_out)(
+        jnp.asarray(x), jnp.asarray(w), jnp.asarray(valid), jnp.max(jnp.abs(jnp.asarray(x)), 1)))
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    np.testing.assert_allclose(got[0], w64 @ x64 / w64.sum(), rtol=1e-5, atol=1e-6 * magnitude)
+    for i in range(6):
+        keep = np.delete(np.arange(6), i)
+        want = w64[keep] @ x64[keep] / w64[keep].sum()
+        scale = np.max(np.abs(x64[keep]))  # float32 can do no better than eps * this
+        np.testing.assert_allclose(got[1 + i], want, rtol=1e-5, atol=1e-6 * scale,
+                                   err_msg=f"without row {i}")
+
+
+@pytest.mark.parametrize("rule", ["err", "lfr"])
+def test_err_lfr_break_ties_with_the_key(rule):
+    """Identical rows tie on every impact: which ones are rejected follows the key.
+
+    Catches: a stable argsort by impact (rows 4 and 5 were rejected for every
+    key, the README said ties follow the key).
+    """
+    eval_fn, _, _ = _linear_task()
+    agg = getattr(A, rule)(eval_fn=eval_fn, num_reject=2)
+    ctx = AggregationContext(params=jnp.zeros(5))
+    x = np.ones((6, 5), np.float32)
+    rejected = set()
+    for seed in range(8):
+        _, _, info = _run(agg, x, ctx, key=jax.random.PRNGKey(seed))
+        rejected.add(tuple(np.flatnonzero(~np.asarray(info["accepted"]))))
+    assert len(rejected) > 3, rejected
 
 
 def test_err_validates():
@@ -373,7 +552,9 @@ def test_compose_applies_per_client_transforms_first():
     manual = x + np.asarray(noise)
     np.testing.assert_allclose(out1, out2)
     np.testing.assert_allclose(out1, manual.mean(0), rtol=1e-5, atol=1e-6)
-    assert A.compose(aggregator=A.mean()) is not None
+    # No transforms: exactly the aggregator (was only checked `is not None`).
+    bare = A.compose(aggregator=A.trimmed_mean(1))
+    np.testing.assert_array_equal(_run(bare, x)[0], _run(A.trimmed_mean(1), x)[0])
 
 
 def test_every_model_rule_is_registered():

@@ -13,6 +13,7 @@ import pytest
 
 from fljax import aggregators as A
 from fljax.aggregators import AggregationContext, on_pytree
+from tests.aggregators import hostile
 from tests.aggregators.table_model import TABLE
 
 N, D, F = 7, 5, 2
@@ -66,21 +67,101 @@ def test_fixed_point(case):
     np.testing.assert_allclose(out, v, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", [c for c in TABLE if c.bounded], ids=lambda c: c.name)
-def test_bounded_with_huge_rows(case):
-    x, params = _data(2)
-    x[:F] = 1e6 * np.sign(np.random.default_rng(3).standard_normal((F, D)))
-    out, _ = _call(case, x, params)
-    assert np.all(np.isfinite(out)) and np.max(np.abs(out)) < 100
+def _sum_error(magnitude):
+    """What float32 may lose summing rows of ``magnitude``: n * eps * magnitude per entry."""
+    return N * np.finfo(np.float32).eps * magnitude
+
+
+def _assert_exact_where_representable(out, want, magnitude, case, where):
+    """``out`` equals the float64 ``want`` wherever float32 can hold it (inf elsewhere)."""
+    fits = np.abs(want) <= hostile.F32_MAX
+    assert np.all(np.isfinite(out[fits])), where
+    np.testing.assert_allclose(out[fits], want[fits], rtol=max(case.rtol, 1e-5),
+                               atol=case.atol + _sum_error(magnitude), err_msg=str(where))
+
+
+@pytest.mark.parametrize("case", TABLE, ids=IDS)
+def test_huge_finite_rows(case):
+    """F finite rows of every magnitude from 1e3 to float32's largest, random signs or equal.
+
+    No row counts as non-finite; bounded rules stay of the honest rows' order;
+    the unbounded ones stay finite, and robust_lr / FoolsGold equal their
+    float64 reference wherever it is representable.
+
+    Catches: sums before the division (robust_lr, ERR / LFR's means and
+    FoolsGold's normalised sum gave inf at 3e38), ERR / LFR ranking unscorable
+    models as harmless (they kept the attackers and rejected honest rows).
+    """
+    for kind in hostile.KINDS:
+        for magnitude in hostile.HUGE:
+            x, params = _data(2)
+            x = hostile.set_rows(x, np.arange(F), magnitude, kind, seed=3)
+            out, info = _call(case, x, params)
+            where = (case.name, kind, magnitude)
+            assert int(info["num_nonfinite"]) == 0, where
+            if case.exact_when_huge:
+                want = case.reference(x.astype(np.float64), params, F)
+                _assert_exact_where_representable(out, want, magnitude, case, where)
+                continue
+            assert np.all(np.isfinite(out)), where
+            if case.bounded:
+                assert np.max(np.abs(out)) < 100, (where, out)
+
+
+@pytest.mark.parametrize("case", TABLE, ids=IDS)
+def test_tiny_rows_are_ordinary_data(case):
+    """F rows of magnitude 1e-30 down to the smallest subnormal match the reference.
+
+    The reference gets the subnormals flushed to zero, as XLA:CPU reads them.
+    """
+    tiny = np.finfo(np.float32).tiny
+    for kind in hostile.KINDS:
+        for magnitude in hostile.TINY:
+            x, params = _data(5)
+            x = hostile.set_rows(x, np.arange(F), magnitude, kind)
+            out, _ = _call(case, x, params)
+            flushed = np.where(np.abs(x) < tiny, 0.0, x.astype(np.float64))
+            np.testing.assert_allclose(out, case.reference(flushed, params, F), rtol=case.rtol,
+                                       atol=case.atol, err_msg=f"{case.name} {kind} {magnitude}")
+
+
+@pytest.mark.parametrize("case", TABLE, ids=IDS)
+def test_mixed_scale_rows(case):
+    """F rows mixing ±3.4e38, ±1e30, subnormals, 0 and 1 entry by entry (one also NaN/inf)."""
+    for seed in range(3):
+        x, params = _data(6 + seed)
+        x = hostile.mixed_rows(x, [1, 4], seed=seed)
+        out, info = _call(case, x, params)
+        finite = np.isfinite(x).all(1)
+        where = (case.name, seed)
+        assert int(info["num_nonfinite"]) == int(np.sum(~finite)), where
+        if case.exact_when_huge:
+            want = case.reference(x[finite].astype(np.float64), params, F)
+            _assert_exact_where_representable(out, want, hostile.F32_MAX, case, where)
+            continue
+        assert np.all(np.isfinite(out)), where
+        if case.bounded:
+            assert np.max(np.abs(out)) < 100, (where, out)
 
 
 @pytest.mark.parametrize("case", TABLE, ids=IDS)
 def test_nonfinite_rows_screened(case):
+    """Two non-finite rows: the result is the reference's on the five finite rows.
+
+    Catches: dropping the finite-row mask from ERR / LFR's weights
+    (``jnp.where(usable, w, 0.0)`` -> ``w`` in ``_rejection.py``: the zeroed
+    rows then count in the means and shift the output by ~17-29 %), and
+    FoolsGold letting screened rows' empty histories change the others'
+    weights.
+    """
     x, params = _data(3)
     x[1, 0], x[4, 3] = np.nan, -np.inf
     out, info = _call(case, x, params)
     assert np.all(np.isfinite(out))
     assert int(info["num_nonfinite"]) == 2
+    keep = [0, 2, 3, 5, 6]
+    want = case.reference(x[keep], params, case.remaining_f(F, 2))
+    np.testing.assert_allclose(out, want, rtol=case.rtol, atol=case.atol)
 
 
 @pytest.mark.parametrize("case", TABLE, ids=IDS)

@@ -23,6 +23,9 @@ def finite(x):
 
 def mean_ref(x, f=0):
     del f
+    x = x[finite(x)]
+    if len(x) == 0:
+        return np.zeros(x.shape[1], x.dtype)
     return x.mean(0)
 
 
@@ -162,8 +165,12 @@ def bulyan_fast_ref(x, f, rank=None):
 
 
 def geometric_median_ref(x, num_iters=4, nu=1e-5):
+    """Smoothed Weiszfeld from the better of the mean and the origin (by the objective)."""
     x = x[finite(x)]
     z = x.mean(0)
+    objective = lambda v: sum(np.linalg.norm(v - xi) for xi in x)  # noqa: E731
+    if not objective(z) <= objective(np.zeros_like(z)):
+        z = np.zeros_like(z)
     for _ in range(num_iters):
         beta = np.array([1.0 / max(nu, np.linalg.norm(z - xi)) for xi in x])
         z = (beta[:, None] * x).sum(0) / beta.sum()

@@ -17,16 +17,23 @@ Conventions the harness must follow for these entries:
 * Noise is switched off in the table builds (``weak_dp`` with ``sigma=0``,
   ``flame`` with ``noise_lambda=0``), so every entry is deterministic.
 * ``fixed_point``: all rows equal to a ``v`` with ``‖v‖ <= 5`` return ``v``.
-  ``bounded``: with ``f < n/2`` rows of magnitude 1e6 the output stays of
-  the honest rows' order (FoolsGold's weighted sum and robust_lr's mean are
-  not, by design). Non-finite rows, order invariance, one trace per build
-  and the ``on_pytree`` adapter apply to every entry.
+  ``bounded``: with ``f < n/2`` finite rows of any magnitude from 1e3 to
+  float32's largest (``hostile.HUGE``) the output stays of the honest rows'
+  order (FoolsGold's weighted sum and robust_lr's mean are not, by design;
+  ERR's error-rate impacts tie when two such rows each ruin the model).
+  Every entry's output stays finite under them, except where ``exact_when_huge``
+  says the definition itself exceeds float32's range: those are compared with
+  their float64 reference wherever it is representable. Non-finite rows
+  (compared with the reference on the remaining rows, ``remaining_f``), tiny
+  and mixed-scale rows, order invariance, one trace per build and the
+  ``on_pytree`` adapter apply to every entry.
 """
 
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -41,6 +48,12 @@ class Case(NamedTuple):
     reference: Callable[[np.ndarray, np.ndarray, int], np.ndarray]  # (updates, params, f)
     fixed_point: bool = True
     bounded: bool = True
+    # Unbounded by definition, but exact: under huge rows the output equals the
+    # float64 reference wherever that is representable in float32 (else inf).
+    exact_when_huge: bool = False
+    # (f, k) -> the f the reference gets on the rows left after screening k
+    # non-finite ones (ERR / LFR spend their rejection budget on them first).
+    remaining_f: Callable[[int, int], int] = lambda f, k: f
     rtol: float = 1e-5
     atol: float = 1e-6
 
@@ -53,6 +66,16 @@ def server_target(d: int) -> np.ndarray:
 def _server_update_fn(d):
     target = jnp.asarray(server_target(d), jnp.float32)
     return lambda params, key: target - params  # one "training step" to the target
+
+
+def loo_rank(n: int, key=None) -> np.ndarray:
+    """The tie-break rank ERR / LFR draw from the harness's key (``PRNGKey(0)``).
+
+    They split their key into (full, leave-one-out, final, tie) and rank the
+    clients by ``jax.random.permutation(tie, n)`` among equal impacts.
+    """
+    key = jax.random.PRNGKey(0) if key is None else key
+    return np.asarray(jax.random.permutation(jax.random.split(key, 4)[3], n))
 
 
 def linear_eval(d: int, m: int = 40):
@@ -91,27 +114,35 @@ TABLE = [
         reference=lambda x, p, f: ref.foolsgold_rounds([x])[0],
         fixed_point=False,  # identical rows are all sybils: weight 0
         bounded=False,  # weighted sum; it screens sybils, not scale
+        exact_when_huge=True,
         rtol=1e-4,
         atol=1e-5,
     ),
     Case(
         name="err",
         build=lambda n, d, f: A.err(eval_fn=linear_eval(d)[0], num_reject=f),
-        reference=lambda x, p, f: ref.loo_rejection(x, p, linear_eval(x.shape[1])[1], f, 0)[0],
-        # Leave-one-out masking: with f >= 2 identical huge rows, dropping one
-        # leaves the error rate unchanged, so the error impacts tie.
+        reference=lambda x, p, f: ref.loo_rejection(x, p, linear_eval(x.shape[1])[1], f, 0,
+                                                    rank=loo_rank(len(x)))[0],
+        # Leave-one-out masking: with f >= 2 huge rows (1e3 .. 1e18 here),
+        # dropping one leaves the error rate unchanged, so the error impacts
+        # tie. Rows whose own model has an overflowing loss (>= ~1e19 here)
+        # are screened, so from there on ERR is bounded too (model_rules_test).
         bounded=False,
+        remaining_f=lambda f, k: f - k,
     ),
     Case(
         name="lfr",
         build=lambda n, d, f: A.lfr(eval_fn=linear_eval(d)[0], num_reject=f),
-        reference=lambda x, p, f: ref.loo_rejection(x, p, linear_eval(x.shape[1])[1], f, 1)[0],
+        reference=lambda x, p, f: ref.loo_rejection(x, p, linear_eval(x.shape[1])[1], f, 1,
+                                                    rank=loo_rank(len(x)))[0],
+        remaining_f=lambda f, k: f - k,
     ),
     Case(
         name="robust_lr",
         build=lambda n, d, f: A.robust_lr(threshold=max(n // 4, 1)),
         reference=lambda x, p, f: ref.robust_lr(x, max(x.shape[0] // 4, 1)),
         bounded=False,  # a (sign-corrected) mean
+        exact_when_huge=True,
     ),
     Case(
         name="norm_clipping",
@@ -129,3 +160,8 @@ TABLE = [
         reference=lambda x, p, f: ref.centered_clipping_rounds([x], 10.0, 3)[0],
     ),
 ]
+
+# Round two (issue 15): tests/aggregators/table_round2.py.
+from tests.aggregators import table_round2  # noqa: E402
+
+TABLE += table_round2.model_rows(Case)

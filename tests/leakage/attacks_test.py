@@ -89,3 +89,21 @@ def test_dlg_with_the_wrong_learning_rate_fails_on_weights(setup):
     below the baselines (the DLM paper's motivation)."""
     _, s = _attack(setup, "dlg", lr=0.1, num_steps=20, assumed_lr=1.0)
     assert np.all(s["psnr"] < s["psnr_mean"])
+
+
+def test_attack_settings_are_checked_when_built():
+    """Counts, the step size, the optimizer and the init are checked at
+    construction, not when the attack first runs inside ``jit``."""
+    import pytest
+
+    from fljax.attacks import leakage
+    from fljax.models import mlp
+
+    model = mlp((8, 8, 1), 10, hidden=(4,))
+    for kwargs, pattern in [({"num_steps": 0}, "num_steps=0"), ({"restarts": 0}, "restarts=0"),
+                            ({"num_steps": 10.0}, "num_steps=10.0"),
+                            ({"learning_rate": -0.1}, "learning_rate=-0.1"),
+                            ({"optimizer": "sgd"}, "optimizer='sgd'"),
+                            ({"init": "zeros"}, "init='zeros'")]:
+        with pytest.raises(ValueError, match=pattern):
+            leakage.get_attack("dlm_plus", model, **kwargs)

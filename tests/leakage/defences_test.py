@@ -51,22 +51,85 @@ def test_row_noise_scales_noise_by_the_row_norm_factor():
     np.testing.assert_allclose(out.reshape(4, 3), t + 10 * 1e-3 * noise, rtol=1e-5)
 
 
-def test_quantize_levels():
+# Distribution checks draw this many coordinates; every tolerance below is
+# 5 standard errors of the statistic for this count (derived, not tuned):
+# sample mean sigma / sqrt(n); sample std sigma / sqrt(2n) for a Gaussian,
+# 1.12 sigma / sqrt(n) for a Laplace (its kurtosis is 6); mean|x| / std by the
+# delta method 0.21 (Gaussian) and 0.34 (Laplace) / sqrt(n), bounded by 0.6.
+N_DRAWS = 200_000
+
+
+def _z(stat, expected, standard_error):
+    return abs(stat - expected) / standard_error
+
+
+def test_quantize_levels_are_exact():
+    """3 bits: every entry becomes round(t / step) * step with step = max|t| / 3.
+
+    Catches: all zeros, the wrong number of levels (``2**bits - 1`` a side),
+    a step from the mean instead of the max, truncation instead of rounding.
+    """
     q = np.asarray(transforms.quantize(3, shapes=SHAPES)(U, KEY))
     start = 0
     for s in SHAPES:
         n = int(np.prod(s))
-        assert len(np.unique(q[start:start + n])) <= 7  # 2^(3-1) - 1 = 3 levels a side
+        t = np.asarray(U[start:start + n])
+        step = np.float32(np.max(np.abs(t))) / np.float32(3.0)
+        want = (np.clip(np.round(t / step), -3, 3) * step).astype(np.float32)
+        np.testing.assert_array_equal(q[start:start + n], want)
+        levels = np.round(q[start:start + n] / step)
+        assert set(levels.tolist()) <= {-3, -2, -1, 0, 1, 2, 3}
+        assert np.max(np.abs(q[start:start + n])) == pytest.approx(np.max(np.abs(t)), rel=1e-6)
         start += n
     half = transforms.quantize(16)(U, KEY)
-    np.testing.assert_allclose(half, U, rtol=1e-3)
+    np.testing.assert_array_equal(half, np.asarray(U).astype(np.float16).astype(np.float32))
 
 
-def test_dp_clips_then_adds_noise():
+def test_stochastic_quantize_is_unbiased_between_the_two_nearest_levels():
+    """t = 0.25 * step rounds up with probability 0.25 (binomial tolerance)."""
+    t = jnp.concatenate([jnp.array([3.0]), jnp.full((N_DRAWS,), 0.25)])  # step = 1
+    q = np.asarray(transforms.quantize(3, stochastic=True)(t, KEY))
+    assert q[0] == 3.0 and set(np.unique(q[1:]).tolist()) <= {0.0, 1.0}
+    up = np.mean(q[1:])
+    assert _z(up, 0.25, np.sqrt(0.25 * 0.75 / N_DRAWS)) < 5, up
+
+
+def test_dp_clips_then_adds_gaussian_noise_of_std_multiplier_times_clip():
+    """dp(clip, z): the clipped update plus N(0, (z * clip)^2) per coordinate.
+
+    Catches: noise x100 (the old test only checked that the output changed),
+    noise not scaled by the clip, Laplace instead of Gaussian noise (its
+    mean |x| / std is 0.707, a Gaussian's 0.798), clipping skipped.
+    """
     out = transforms.dp(1.0, 0.0)(U * 100, KEY)
     assert float(jnp.linalg.norm(out)) == pytest.approx(1.0, rel=1e-5)
-    noisy = transforms.dp(1.0, 0.5)(U, KEY)
-    assert not np.allclose(noisy, transforms.clip_by_norm(1.0)(U, KEY))
+    u = jnp.zeros((N_DRAWS,)).at[0].set(1e3)  # norm 1e3: clipped to norm 2
+    for clip, z in ((2.0, 0.5), (None, 0.3)):
+        noisy = np.asarray(transforms.dp(clip, z)(u, KEY), np.float64)
+        base = np.asarray(transforms.clip_by_norm(clip)(u, KEY) if clip else u, np.float64)
+        noise = (noisy - base)[1:]
+        std = z * (clip if clip else 1.0)
+        assert _z(np.mean(noise), 0.0, std / np.sqrt(N_DRAWS)) < 5
+        assert _z(np.std(noise), std, std / np.sqrt(2 * N_DRAWS)) < 5, (clip, np.std(noise))
+        ratio = np.mean(np.abs(noise)) / np.std(noise)
+        assert _z(ratio, np.sqrt(2 / np.pi), 0.6 / np.sqrt(N_DRAWS)) < 5, ratio
+        np.testing.assert_allclose(noisy[0], base[0], atol=6 * std)
+
+
+def test_laplace_noise_has_the_laplace_moments():
+    """Laplace(0, b): mean 0, std sqrt(2) b, mean |x| = b (mean |x| / std = 0.707).
+
+    Catches: Gaussian noise of any scale (ratio 0.798), a wrong scale (10x),
+    and noise only checked at scale 0 (the identity).
+    """
+    b = 0.05
+    noise = np.asarray(transforms.laplace_noise(b)(jnp.zeros((N_DRAWS,)), KEY), np.float64)
+    assert _z(np.mean(noise), 0.0, np.sqrt(2) * b / np.sqrt(N_DRAWS)) < 5
+    # Var(|X|) = b^2; the sample std of a Laplace has relative error ~1.12 / sqrt(n).
+    assert _z(np.mean(np.abs(noise)), b, b / np.sqrt(N_DRAWS)) < 5
+    assert _z(np.std(noise), np.sqrt(2) * b, 1.12 * np.sqrt(2) * b / np.sqrt(N_DRAWS)) < 5
+    ratio = np.mean(np.abs(noise)) / np.std(noise)
+    assert _z(ratio, 1 / np.sqrt(2), 0.6 / np.sqrt(N_DRAWS)) < 5, ratio
 
 
 def test_registry_and_shapes_injection():

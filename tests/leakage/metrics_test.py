@@ -1,4 +1,4 @@
-"""PSNR / SSIM against hand-computed values (and scikit-image when installed)."""
+"""PSNR / SSIM against hand-computed values, a window loop and scikit-image."""
 
 import numpy as np
 import pytest
@@ -60,8 +60,52 @@ def test_ssim_data_range_matters():
     assert float(metrics.ssim(a, b, data_range=255.0)) > 0.95
 
 
+def _ssim_loop(x, y, win=7, c1=1e-4, c2=9e-4):
+    """SSIM by its definition: every win x win window inside the image, one at a
+    time (sample variances, n - 1), averaged over windows and then channels."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    per_channel = []
+    for ch in range(x.shape[-1]):
+        values = []
+        for i in range(x.shape[0] - win + 1):
+            for j in range(x.shape[1] - win + 1):
+                a = x[i:i + win, j:j + win, ch].ravel()
+                b = y[i:i + win, j:j + win, ch].ravel()
+                ma, mb = a.mean(), b.mean()
+                va, vb = a.var(ddof=1), b.var(ddof=1)
+                cab = ((a - ma) * (b - mb)).sum() / (a.size - 1)
+                values.append(((2 * ma * mb + c1) * (2 * cab + c2))
+                              / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+        per_channel.append(np.mean(values))
+    return float(np.mean(per_channel))
+
+
+def test_ssim_over_several_windows_matches_the_window_loop():
+    """Images with 2 to 20 windows per channel, the reference a plain loop.
+
+    Catches: taking one window's value (the first, or the centre), averaging
+    over channels before the windows' statistics, population variances.
+    """
+    rng = np.random.default_rng(4)
+    for shape in [(8, 7, 1), (9, 9, 1), (12, 10, 3), (7, 11, 2)]:
+        a = rng.random(shape).astype(np.float32)
+        b = np.clip(a + 0.3 * rng.standard_normal(shape), 0, 1).astype(np.float32)
+        want = _ssim_loop(a, b)
+        assert float(metrics.ssim(a, b)) == pytest.approx(want, abs=1e-5), shape
+    # Two windows with different similarity: a mean of 1 and the second's value.
+    x = np.zeros((8, 7, 1), np.float32)
+    x[7] = 1.0  # only the second window (rows 1..7) sees the bright row
+    y = x.copy()
+    y[7, :3] = 0.0
+    second = _ssim_loop(x[1:], y[1:])
+    assert second < 0.9
+    assert float(metrics.ssim(x, y)) == pytest.approx((1.0 + second) / 2, abs=1e-5)
+
+
 def test_ssim_matches_scikit_image():
-    skm = pytest.importorskip("skimage.metrics")
+    """docs/leakage.md: equal to ``skimage.metrics.structural_similarity`` to 1e-5
+    (scikit-image is a test dependency: the ``dev`` extra)."""
+    from skimage import metrics as skm
     rng = np.random.default_rng(2)
     for shape in [(8, 8, 1), (16, 12, 3), (32, 32, 1)]:
         a = rng.random(shape).astype(np.float32)

@@ -186,6 +186,18 @@ def gradient_matching(model: Model, *, name: str = "gradient_matching",
     if objective not in objectives_lib.OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of "
                          f"{sorted(objectives_lib.OBJECTIVES)}")
+    for arg, value, low in (("batch_size", batch_size, 1), ("num_steps", num_steps, 1),
+                            ("restarts", restarts, 1), ("unroll_steps", unroll_steps, 0),
+                            ("memory_size", memory_size, 1),
+                            ("linesearch_steps", linesearch_steps, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{arg}={value!r} must be an int >= {low}")
+    if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
+        raise ValueError(f"learning_rate={learning_rate!r} must be > 0")
+    if optimizer not in ("adam", "lbfgs"):
+        raise ValueError(f"optimizer={optimizer!r} must be 'adam' or 'lbfgs'")
+    if init not in ("randn", "uniform", "grey"):
+        raise ValueError(f"init={init!r} must be 'randn', 'uniform' or 'grey'")
     if scale_param not in ("linear", "log"):
         raise ValueError(f"scale_param must be 'linear' or 'log', got {scale_param!r}")
     if label not in ("learn", "idlg", "known"):

@@ -1,0 +1,84 @@
+"""Runs configs on 1 and on 8 devices and prints one JSON line per case
+(run by ``tests/sharded_test.py`` with 8 fake CPU devices; not a test module).
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharded_check.py CASE ...
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fljax import config, simulate, sweep  # noqa: E402
+
+BASE = {
+    "rounds": 2, "eval_every": 2, "clients_per_round": 10,
+    "data": {"name": "digits", "num_clients": 40, "partition": "dirichlet",
+             "partition_kwargs": {"alpha": 1.0}},
+    "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
+    "client": {"learning_rate": 0.1, "batch_size": 32, "epochs": 1},
+}
+LABEL_FLIP = ["attack.name='label_flip'", "attack.num_malicious=10"]
+CASES = {
+    "stream_mean_attack": LABEL_FLIP + [
+        "server_transforms=[{'name': 'clip_by_norm', 'kwargs': {'max_norm': 0.5}}]"],
+    "median_columns": LABEL_FLIP + ["aggregator={'name': 'coordinate_median'}"],
+    "multi_krum_columns": LABEL_FLIP + [
+        "aggregator={'name': 'multi_krum', 'kwargs': {'num_byzantine': 2}}",
+        "clients_per_round=16"],
+    "clip_columns": LABEL_FLIP + [
+        "aggregator={'name': 'norm_clipping', 'kwargs': {'max_norm': 0.5}}",
+        "execution.aggregation='dense'"],
+    "median_vmap": LABEL_FLIP + ["aggregator={'name': 'coordinate_median'}",
+                                 "execution.strategy='vmap'"],
+    "trimmed_fallback": ["aggregator={'name': 'trimmed_mean', 'kwargs': {'num_trim': 2}}",
+                         "attack.name='sign_flip'", "attack.num_malicious=10"],
+    "weak_dp_chunks": ["aggregator={'name': 'weak_dp', 'kwargs': {'max_norm': 0.5, "
+                       "'sigma': 0.01}}", "execution.client_chunk=3"],
+}
+METRICS = ("final_main_accuracy", "final_main_loss", "final_train_loss",
+           "final_cosine_to_honest", "final_norm_ratio_to_honest", "final_malicious_kept")
+
+
+def run_case(name: str) -> dict:
+    if name == "sweep_cells":
+        return sweep_case()
+    outs = []
+    for d in (1, 8):
+        cfg = config.resolve(simulate.DEFAULTS, BASE, CASES[name] + [f"execution.devices={d}"])
+        res = simulate.run(cfg, progress=False, log=None)
+        params = jax.tree_util.tree_leaves(simulate.to_host(res.state.params))
+        outs.append((res.summary, params))
+    (s1, p1), (s8, p8) = outs
+    return {"case": name, "devices": [s1["devices"], s8["devices"]],
+            "aggregation": s8["aggregation"],
+            "max_param_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(p1, p8)),
+            "metrics": {k: (s1.get(k), s8.get(k)) for k in METRICS if k in s1}}
+
+
+def sweep_case() -> dict:
+    """Three seeds as one vmapped program, on 1 device and split over 8."""
+    rows = []
+    for d in (1, 8):
+        base = config.resolve(simulate.DEFAULTS, BASE, LABEL_FLIP + [
+            "aggregator={'name': 'coordinate_median'}", f"execution.devices={d}"])
+        out = tempfile.mkdtemp()
+        sweep.run(simulate.DEFAULTS, base, {"seed": [0, 1, 2]}, out, progress=False, log=None)
+        rows.append(sorted(sweep.read_results(out), key=lambda r: int(r["cell"])))
+    metrics = {}
+    for r1, r8 in zip(*rows):
+        for k in ("main_accuracy", "main_loss", "train_loss"):
+            metrics[f"cell{r1['cell']}_{k}"] = (float(r1[k]), float(r8[k]))
+    return {"case": "sweep_cells", "devices": [1, 8], "aggregation": "dense",
+            "max_param_diff": 0.0, "metrics": metrics}
+
+
+if __name__ == "__main__":
+    assert len(jax.devices()) >= 8, "needs XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    for case in sys.argv[1:]:
+        print(json.dumps(run_case(case)), flush=True)
