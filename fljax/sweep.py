@@ -458,9 +458,46 @@ def _run_chunk(spec, chunk, out, csv_path, columns, bar, resume_from: Optional[s
     shutil.rmtree(folder, ignore_errors=True)  # the rows are on disk: nothing to resume
 
 
-def read_results(out: str) -> list[dict]:
+def history(out: str, cell: int) -> list[dict]:
+    """One cell's evaluations, as ``simulate.run``'s ``history``: a dict per
+    evaluation (``round``, ``main_accuracy``, what the attack adds, the round
+    diagnostics), read from ``out/cells/<cell>/metrics.jsonl`` (``cell``:
+    results.csv's ``cell`` column, an int or its text)."""
+    return results_lib.read_jsonl(
+        os.path.join(out, "cells", f"{int(cell):04d}", "metrics.jsonl"))
+
+
+def read_results(out: str, average_after: Optional[float] = None) -> list[dict]:
+    """The rows of ``out/results.csv`` (dicts of text, one per finished cell).
+
+    With ``average_after`` (a fraction of the rounds, e.g. 0.5), every metric of
+    a row that the cell's history records is instead its mean over the
+    evaluations after that fraction of the cell's rounds (NaN and missing
+    values skipped; empty when none is left). A metric that swings from one
+    evaluation to the next, such as a backdoor planted in the rounds an
+    attacker is sampled and healed in between, is then read over the second
+    half of training rather than at its last evaluation.
+    """
     with open(os.path.join(out, "results.csv"), newline="") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    if average_after is None:
+        return rows
+    if not 0.0 <= average_after < 1.0:
+        raise ValueError(f"average_after must be in [0, 1), got {average_after}")
+    for row in rows:
+        hist = history(out, row["cell"])
+        if not hist:
+            continue
+        rounds = _num(row.get("rounds"))
+        last = rounds if rounds is not None else max(h["round"] for h in hist)
+        late = [h for h in hist if h["round"] > average_after * last]
+        for key in row:
+            if key in ("cell", "round", "rounds", "seed", "elapsed", "diverged", "seconds") \
+                    or key not in hist[-1]:
+                continue
+            vals = [v for v in (_num(h.get(key)) for h in late) if v is not None and np.isfinite(v)]
+            row[key] = repr(float(np.mean(vals))) if vals else ""
+    return rows
 
 
 def _num(v):
@@ -563,12 +600,15 @@ def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
         fig.savefig(os.path.join(out, f"heatmap_{m}.png"))
 
 
-def pivot(out: str, rows: str, cols: str, metric: str, digits: int = 3) -> str:
+def pivot(out: str, rows: str, cols: str, metric: str, digits: int = 3,
+          average_after: Optional[float] = None) -> str:
     """A markdown table of ``metric`` from ``out/results.csv``: one row per value
     of grid key ``rows``, one column per value of ``cols``, each cell the mean ±
     sample standard deviation over the cells that share both (seeds and any
-    other key), e.g. ``pivot(out, 'aggregator', 'attack', 'main_error_rate')``."""
-    data = read_results(out)
+    other key), e.g. ``pivot(out, 'aggregator', 'attack', 'main_error_rate')``.
+    ``average_after``: each cell's metric averaged over its late evaluations
+    (see :func:`read_results`) instead of the last one."""
+    data = read_results(out, average_after)
     rv = list(dict.fromkeys(r[rows] for r in data))
     cv = list(dict.fromkeys(r[cols] for r in data))
     lines = ["| " + " | ".join([rows] + [short_label(c, 40) for c in cv]) + " |",

@@ -172,3 +172,32 @@ def test_pivot_is_mean_and_spread_over_the_other_keys(tmp_path):
         "| aggregator | none | ipm |\n|---|---|---|\n"
         "| mean | 0.20 ± 0.14 | 0.50 |\n"
         "| krum(num_byzantine=2) | 0.20 | – |\n")
+
+
+def test_history_and_late_averages(tmp_path):
+    """Catches: the late average taking evaluations of the first half, counting
+    a NaN, touching the grid keys, or reading another cell's history."""
+    (tmp_path / "results.csv").write_text(
+        "cell,attack.num_malicious,aggregator,seed,rounds,main_accuracy,backdoor_accuracy,seconds\n"
+        "0,2,mean,0,10,0.9,0.8,1.5\n"
+        "1,2,mean,1,10,0.7,0.1,1.5\n")
+    for cell, hist in [(0, [(2, 0.5, 0.0), (4, 0.6, 0.1), (6, 0.8, 0.6), (8, 0.85, None),
+                            (10, 0.9, 0.8)]),
+                       (1, [(5, 0.2, 0.9), (10, 0.7, 0.1)])]:
+        d = tmp_path / "cells" / f"{cell:04d}"
+        d.mkdir(parents=True)
+        d.joinpath("metrics.jsonl").write_text("".join(
+            json.dumps({"round": r, "main_accuracy": a, "backdoor_accuracy": b}) + "\n"
+            for r, a, b in hist))
+    assert [h["round"] for h in sweep.history(str(tmp_path), "1")] == [5, 10]
+    assert sweep.read_results(str(tmp_path))[0]["backdoor_accuracy"] == "0.8"  # the last value
+    late = sweep.read_results(str(tmp_path), average_after=0.5)
+    assert float(late[0]["main_accuracy"]) == pytest.approx((0.8 + 0.85 + 0.9) / 3)
+    assert float(late[0]["backdoor_accuracy"]) == pytest.approx((0.6 + 0.8) / 2)  # null skipped
+    assert float(late[1]["backdoor_accuracy"]) == pytest.approx(0.1)  # round 5 is not after 5
+    assert late[0]["attack.num_malicious"] == "2" and late[0]["seconds"] == "1.5"
+    table = sweep.pivot(str(tmp_path), "aggregator", "attack.num_malicious",
+                        "backdoor_accuracy", digits=2, average_after=0.5)
+    assert table == "| aggregator | 2 |\n|---|---|\n| mean | 0.40 ± 0.42 |\n"
+    with pytest.raises(ValueError):
+        sweep.read_results(str(tmp_path), average_after=1.0)
