@@ -600,29 +600,66 @@ def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
         fig.savefig(os.path.join(out, f"heatmap_{m}.png"))
 
 
+class Table(NamedTuple):
+    """A metric over two grid keys (:func:`table`): ``mean[i, j]`` and ``std[i, j]``
+    (sample standard deviation; NaN for a single value) over the ``count[i, j]``
+    cells whose key ``rows`` is ``row_values[i]`` and key ``cols`` is
+    ``col_values[j]`` (values as results.csv writes them: JSON for dicts)."""
+    row_values: list
+    col_values: list
+    mean: np.ndarray
+    std: np.ndarray
+    count: np.ndarray
+
+
+def table(out: str, rows: str, cols: str, metric: str, where: Optional[dict] = None,
+          average_after: Optional[float] = None) -> Table:
+    """``metric`` from ``out/results.csv`` as arrays: one row per value of grid
+    key ``rows``, one column per value of ``cols``, each entry the mean (and
+    spread) over the cells that share both, i.e. over the seeds and any other
+    key. ``where``: only the cells whose keys have these values (compared as
+    text, e.g. ``{"attack.num_malicious": 10}``); ``average_after``: each cell's
+    metric averaged over its late evaluations (:func:`read_results`)."""
+    data = read_results(out, average_after)
+    for k, v in (where or {}).items():
+        if data and k not in data[0]:
+            raise KeyError(f"where: {k!r} is not a column of {out}/results.csv")
+        data = [r for r in data if r[k] == _fmt(v)]
+    rv = list(dict.fromkeys(r[rows] for r in data))
+    cv = list(dict.fromkeys(r[cols] for r in data))
+    mean = np.full((len(rv), len(cv)), np.nan)
+    std = np.full((len(rv), len(cv)), np.nan)
+    count = np.zeros((len(rv), len(cv)), int)
+    for i, a in enumerate(rv):
+        for j, b in enumerate(cv):
+            vals = np.array([v for v in (_num(r.get(metric)) for r in data
+                                         if r[rows] == a and r[cols] == b) if v is not None])
+            count[i, j] = len(vals)
+            if len(vals):
+                mean[i, j] = vals.mean()
+            if len(vals) > 1:
+                std[i, j] = vals.std(ddof=1)
+    return Table(rv, cv, mean, std, count)
+
+
 def pivot(out: str, rows: str, cols: str, metric: str, digits: int = 3,
-          average_after: Optional[float] = None) -> str:
+          where: Optional[dict] = None, average_after: Optional[float] = None) -> str:
     """A markdown table of ``metric`` from ``out/results.csv``: one row per value
     of grid key ``rows``, one column per value of ``cols``, each cell the mean ±
     sample standard deviation over the cells that share both (seeds and any
     other key), e.g. ``pivot(out, 'aggregator', 'attack', 'main_error_rate')``.
-    ``average_after``: each cell's metric averaged over its late evaluations
-    (see :func:`read_results`) instead of the last one."""
-    data = read_results(out, average_after)
-    rv = list(dict.fromkeys(r[rows] for r in data))
-    cv = list(dict.fromkeys(r[cols] for r in data))
-    lines = ["| " + " | ".join([rows] + [short_label(c, 40) for c in cv]) + " |",
-             "|" + "---|" * (len(cv) + 1)]
-    for a in rv:
+    ``where`` and ``average_after`` as in :func:`table`."""
+    t = table(out, rows, cols, metric, where, average_after)
+    lines = ["| " + " | ".join([rows] + [short_label(c, 40) for c in t.col_values]) + " |",
+             "|" + "---|" * (len(t.col_values) + 1)]
+    for i, a in enumerate(t.row_values):
         cells = [short_label(a, 40)]
-        for b in cv:
-            vals = np.array([v for v in (_num(r.get(metric)) for r in data
-                                         if r[rows] == a and r[cols] == b) if v is not None])
-            if len(vals) == 0:
+        for j in range(len(t.col_values)):
+            if t.count[i, j] == 0:
                 cells.append("–")
-            elif len(vals) == 1:
-                cells.append(f"{vals[0]:.{digits}f}")
+            elif t.count[i, j] == 1:
+                cells.append(f"{t.mean[i, j]:.{digits}f}")
             else:
-                cells.append(f"{vals.mean():.{digits}f} ± {vals.std(ddof=1):.{digits}f}")
+                cells.append(f"{t.mean[i, j]:.{digits}f} ± {t.std[i, j]:.{digits}f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

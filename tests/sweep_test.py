@@ -201,3 +201,24 @@ def test_history_and_late_averages(tmp_path):
     assert table == "| aggregator | 2 |\n|---|---|\n| mean | 0.40 ± 0.42 |\n"
     with pytest.raises(ValueError):
         sweep.read_results(str(tmp_path), average_after=1.0)
+
+
+def test_table_filters_with_where(tmp_path):
+    """Catches: ``where`` ignored (a pivot mixing the no-attacker cells into the
+    attacked ones) or compared against the value's Python text."""
+    (tmp_path / "results.csv").write_text(
+        "cell,attack,attack.num_malicious,aggregator,seed,backdoor_accuracy\n"
+        '0,"{""name"": ""pixel""}",0,mean,0,0.0\n'
+        '1,"{""name"": ""pixel""}",10,mean,0,0.6\n'
+        '2,"{""name"": ""pixel""}",10,mean,1,0.8\n'
+        '3,"{""name"": ""pixel""}",10,median,0,0.1\n')
+    t = sweep.table(str(tmp_path), "aggregator", "attack", "backdoor_accuracy",
+                    where={"attack.num_malicious": 10})
+    assert t.row_values == ["mean", "median"] and t.count.tolist() == [[2], [1]]
+    np.testing.assert_allclose(t.mean, [[0.7], [0.1]])
+    assert np.isnan(t.std[1, 0]) and t.std[0, 0] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert sweep.pivot(str(tmp_path), "aggregator", "attack.num_malicious", "backdoor_accuracy",
+                       digits=1) == ("| aggregator | 0 | 10 |\n|---|---|---|\n"
+                                     "| mean | 0.0 | 0.7 ± 0.1 |\n| median | – | 0.1 |\n")
+    with pytest.raises(KeyError):
+        sweep.table(str(tmp_path), "aggregator", "attack", "backdoor_accuracy", where={"x": 1})
