@@ -653,7 +653,7 @@ def pivot(out: str, rows: str, cols: str, metric: str, digits: int = 3,
     lines = ["| " + " | ".join([rows] + [short_label(c, 40) for c in t.col_values]) + " |",
              "|" + "---|" * (len(t.col_values) + 1)]
     for i, a in enumerate(t.row_values):
-        cells = [short_label(a, 40)]
+        cells = [short_label(a, 64)]  # wide enough to tell weak_dp(..., placement=...) apart
         for j in range(len(t.col_values)):
             if t.count[i, j] == 0:
                 cells.append("–")
