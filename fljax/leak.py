@@ -340,16 +340,14 @@ _CSV_FIELDS = ["run", "name", "attack", "victim", "image", "true_label", "label"
 def _save_grid(path: str, originals: np.ndarray, rows: list[tuple[str, np.ndarray]],
                max_images: int) -> None:
     """Originals in the top row, one row of reconstructions per entry of ``rows``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays its own
 
     orig = originals.reshape((-1,) + originals.shape[2:])[:max_images]
     n = orig.shape[0]
     all_rows = [("original", orig)] + [(name, r.reshape((-1,) + r.shape[2:])[:n])
                                        for name, r in rows]
-    fig, axes = plt.subplots(len(all_rows), n, figsize=(0.9 * n + 2.2, 0.95 * len(all_rows)),
-                             squeeze=False)
+    fig = Figure(figsize=(0.9 * n + 2.2, 0.95 * len(all_rows)))
+    axes = fig.subplots(len(all_rows), n, squeeze=False)
     for i, (name, imgs) in enumerate(all_rows):
         for j in range(n):
             ax = axes[i, j]
@@ -361,7 +359,6 @@ def _save_grid(path: str, originals: np.ndarray, rows: list[tuple[str, np.ndarra
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _mean(a) -> float:

@@ -76,12 +76,10 @@ def prepare_out_dir(out_dir: str) -> str:
 def plot_history(history: list, path: str, title: str = "") -> None:
     """Saves test accuracy (and any ``*_accuracy`` metric an attack adds,
     e.g. backdoor accuracy) against rounds as a PNG."""
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays its own
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    fig = Figure(figsize=(5, 3.2), dpi=120)
+    ax = fig.subplots()
     rounds = [h["round"] for h in history]
     names = ["main_accuracy"] + sorted({k for h in history for k in h
                                         if k.endswith("_accuracy") and k != "main_accuracy"
@@ -99,4 +97,3 @@ def plot_history(history: list, path: str, title: str = "") -> None:
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)

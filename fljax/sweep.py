@@ -458,9 +458,46 @@ def _run_chunk(spec, chunk, out, csv_path, columns, bar, resume_from: Optional[s
     shutil.rmtree(folder, ignore_errors=True)  # the rows are on disk: nothing to resume
 
 
-def read_results(out: str) -> list[dict]:
+def history(out: str, cell: int) -> list[dict]:
+    """One cell's evaluations, as ``simulate.run``'s ``history``: a dict per
+    evaluation (``round``, ``main_accuracy``, what the attack adds, the round
+    diagnostics), read from ``out/cells/<cell>/metrics.jsonl`` (``cell``:
+    results.csv's ``cell`` column, an int or its text)."""
+    return results_lib.read_jsonl(
+        os.path.join(out, "cells", f"{int(cell):04d}", "metrics.jsonl"))
+
+
+def read_results(out: str, average_after: Optional[float] = None) -> list[dict]:
+    """The rows of ``out/results.csv`` (dicts of text, one per finished cell).
+
+    With ``average_after`` (a fraction of the rounds, e.g. 0.5), every metric of
+    a row that the cell's history records is instead its mean over the
+    evaluations after that fraction of the cell's rounds (NaN and missing
+    values skipped; empty when none is left). A metric that swings from one
+    evaluation to the next, such as a backdoor planted in the rounds an
+    attacker is sampled and healed in between, is then read over the second
+    half of training rather than at its last evaluation.
+    """
     with open(os.path.join(out, "results.csv"), newline="") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    if average_after is None:
+        return rows
+    if not 0.0 <= average_after < 1.0:
+        raise ValueError(f"average_after must be in [0, 1), got {average_after}")
+    for row in rows:
+        hist = history(out, row["cell"])
+        if not hist:
+            continue
+        rounds = _num(row.get("rounds"))
+        last = rounds if rounds is not None else max(h["round"] for h in hist)
+        late = [h for h in hist if h["round"] > average_after * last]
+        for key in row:
+            if key in ("cell", "round", "rounds", "seed", "elapsed", "diverged", "seconds") \
+                    or key not in hist[-1]:
+                continue
+            vals = [v for v in (_num(h.get(key)) for h in late) if v is not None and np.isfinite(v)]
+            row[key] = repr(float(np.mean(vals))) if vals else ""
+    return rows
 
 
 def _num(v):
@@ -516,6 +553,8 @@ def short_label(text: str, width: int = 36) -> str:
 
 
 def _component_label(v) -> str:
+    """``{"name": "err", "kwargs": {"base": {"name": "krum", ...}}}`` ->
+    ``err(base=krum(...))``: named entries, nested ones too, as calls."""
     if isinstance(v, dict) and "name" in v:
         kw = v.get("kwargs") or {}
         inner = ",".join(f"{k}={_component_label(kw[k])}" for k in sorted(kw))
@@ -526,10 +565,7 @@ def _component_label(v) -> str:
 
 
 def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays its own
 
     if not keys:
         return
@@ -548,8 +584,9 @@ def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
                     grid[i, j] = float(np.mean(vals))
         if np.all(np.isnan(grid)):
             continue
-        fig, ax = plt.subplots(figsize=(3.5 + 0.7 * len(xs), 1.5 + 0.3 * len(ys)), dpi=120,
-                               layout="constrained")
+        fig = Figure(figsize=(3.5 + 0.7 * len(xs), 1.5 + 0.3 * len(ys)), dpi=120,
+                     layout="constrained")
+        ax = fig.subplots()
         im = ax.imshow(grid, aspect="auto", cmap="viridis")
         ax.set_yticks(range(len(ys)), [short_label(y) for y in ys], fontsize=7)
         ax.set_xticks(range(len(xs)), [short_label(x, 44) for x in xs], fontsize=7, rotation=45,
@@ -565,29 +602,68 @@ def _heatmaps(out: str, rows: list, keys: list, metrics: list) -> None:
         fig.colorbar(im, ax=ax)
         ax.set_title(f"{m} (mean over the other keys and seeds)", fontsize=8)
         fig.savefig(os.path.join(out, f"heatmap_{m}.png"))
-        plt.close(fig)
 
 
-def pivot(out: str, rows: str, cols: str, metric: str, digits: int = 3) -> str:
+class Table(NamedTuple):
+    """A metric over two grid keys (:func:`table`): ``mean[i, j]`` and ``std[i, j]``
+    (sample standard deviation; NaN for a single value) over the ``count[i, j]``
+    cells whose key ``rows`` is ``row_values[i]`` and key ``cols`` is
+    ``col_values[j]`` (values as results.csv writes them: JSON for dicts)."""
+    row_values: list
+    col_values: list
+    mean: np.ndarray
+    std: np.ndarray
+    count: np.ndarray
+
+
+def table(out: str, rows: str, cols: str, metric: str, where: Optional[dict] = None,
+          average_after: Optional[float] = None) -> Table:
+    """``metric`` from ``out/results.csv`` as arrays: one row per value of grid
+    key ``rows``, one column per value of ``cols``, each entry the mean (and
+    spread) over the cells that share both, i.e. over the seeds and any other
+    key. ``where``: only the cells whose keys have these values (compared as
+    text, e.g. ``{"attack.num_malicious": 10}``); ``average_after``: each cell's
+    metric averaged over its late evaluations (:func:`read_results`)."""
+    data = read_results(out, average_after)
+    for k, v in (where or {}).items():
+        if data and k not in data[0]:
+            raise KeyError(f"where: {k!r} is not a column of {out}/results.csv")
+        data = [r for r in data if r[k] == _fmt(v)]
+    rv = list(dict.fromkeys(r[rows] for r in data))
+    cv = list(dict.fromkeys(r[cols] for r in data))
+    mean = np.full((len(rv), len(cv)), np.nan)
+    std = np.full((len(rv), len(cv)), np.nan)
+    count = np.zeros((len(rv), len(cv)), int)
+    for i, a in enumerate(rv):
+        for j, b in enumerate(cv):
+            vals = np.array([v for v in (_num(r.get(metric)) for r in data
+                                         if r[rows] == a and r[cols] == b) if v is not None])
+            count[i, j] = len(vals)
+            if len(vals):
+                mean[i, j] = vals.mean()
+            if len(vals) > 1:
+                std[i, j] = vals.std(ddof=1)
+    return Table(rv, cv, mean, std, count)
+
+
+def pivot(out: str, rows: str, cols: str, metric: str, digits: int = 3,
+          where: Optional[dict] = None, average_after: Optional[float] = None) -> str:
     """A markdown table of ``metric`` from ``out/results.csv``: one row per value
     of grid key ``rows``, one column per value of ``cols``, each cell the mean ±
     sample standard deviation over the cells that share both (seeds and any
-    other key), e.g. ``pivot(out, 'aggregator', 'attack', 'main_error_rate')``."""
-    data = read_results(out)
-    rv = list(dict.fromkeys(r[rows] for r in data))
-    cv = list(dict.fromkeys(r[cols] for r in data))
-    lines = ["| " + " | ".join([rows] + [short_label(c, 40) for c in cv]) + " |",
-             "|" + "---|" * (len(cv) + 1)]
-    for a in rv:
-        cells = [short_label(a, 40)]
-        for b in cv:
-            vals = np.array([v for v in (_num(r.get(metric)) for r in data
-                                         if r[rows] == a and r[cols] == b) if v is not None])
-            if len(vals) == 0:
+    other key), e.g. ``pivot(out, 'aggregator', 'attack', 'main_error_rate')``.
+    ``where`` and ``average_after`` as in :func:`table`."""
+    t = table(out, rows, cols, metric, where, average_after)
+    lines = ["| " + " | ".join([rows] + [short_label(c, 40) for c in t.col_values]) + " |",
+             "|" + "---|" * (len(t.col_values) + 1)]
+    for i, a in enumerate(t.row_values):
+        cells = [short_label(a, 64)]  # wide enough to tell weak_dp(..., placement=...) apart
+        for j in range(len(t.col_values)):
+            if t.count[i, j] == 0:
                 cells.append("–")
-            elif len(vals) == 1:
-                cells.append(f"{vals[0]:.{digits}f}")
+            elif t.count[i, j] == 1:
+                cells.append(f"{t.mean[i, j]:.{digits}f}")
             else:
-                cells.append(f"{vals.mean():.{digits}f} ± {vals.std(ddof=1):.{digits}f}")
+                cells.append(f"{t.mean[i, j]:.{digits}f} ± {t.std[i, j]:.{digits}f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -157,3 +157,79 @@ def test_short_label_names_nested_components_and_rounds_floats():
         == "gaussian(stddev=14.14)"
     assert sweep.short_label(json.dumps({"name": "none", "kwargs": {}})) == "none"
     assert sweep.short_label("plain text that is long", 10) == "plain text"
+
+
+def test_short_label_names_nested_rules():
+    """Catches: ERR around the trimmed mean and around Krum under one label
+    (the nested base printed as a dict repr and cut off)."""
+    err = json.dumps({"name": "err", "kwargs": {"num_reject": 20, "base": {
+        "name": "krum", "kwargs": {"num_byzantine": 20}}}})
+    assert sweep.short_label(err, 60) == "err(base=krum(num_byzantine=20),num_reject=20)"
+    assert sweep.short_label(err, 16) == "err(base=krum(n…"
+    assert sweep.short_label(json.dumps({"name": "mean"})) == "mean"
+    assert sweep.short_label("0.5") == "0.5"
+
+
+def test_pivot_is_mean_and_spread_over_the_other_keys(tmp_path):
+    """Catches: a pivot cell mixing rows of another rule or attack, or
+    dropping the seeds' spread."""
+    with open(tmp_path / "results.csv", "w") as f:
+        f.write("cell,aggregator,attack,seed,main_error_rate\n"
+                '0,"{""name"": ""mean""}",none,0,0.1\n'
+                '1,"{""name"": ""mean""}",none,1,0.3\n'
+                '2,"{""name"": ""mean""}",ipm,0,0.5\n'
+                '3,"{""name"": ""krum"", ""kwargs"": {""num_byzantine"": 2}}",none,0,0.2\n')
+    assert sweep.pivot(str(tmp_path), "aggregator", "attack", "main_error_rate", digits=2) == (
+        "| aggregator | none | ipm |\n|---|---|---|\n"
+        "| mean | 0.20 ± 0.14 | 0.50 |\n"
+        "| krum(num_byzantine=2) | 0.20 | – |\n")
+
+
+def test_history_and_late_averages(tmp_path):
+    """Catches: the late average taking evaluations of the first half, counting
+    a NaN, touching the grid keys, or reading another cell's history."""
+    (tmp_path / "results.csv").write_text(
+        "cell,attack.num_malicious,aggregator,seed,rounds,main_accuracy,backdoor_accuracy,seconds\n"
+        "0,2,mean,0,10,0.9,0.8,1.5\n"
+        "1,2,mean,1,10,0.7,0.1,1.5\n")
+    for cell, hist in [(0, [(2, 0.5, 0.0), (4, 0.6, 0.1), (6, 0.8, 0.6), (8, 0.85, None),
+                            (10, 0.9, 0.8)]),
+                       (1, [(5, 0.2, 0.9), (10, 0.7, 0.1)])]:
+        d = tmp_path / "cells" / f"{cell:04d}"
+        d.mkdir(parents=True)
+        d.joinpath("metrics.jsonl").write_text("".join(
+            json.dumps({"round": r, "main_accuracy": a, "backdoor_accuracy": b}) + "\n"
+            for r, a, b in hist))
+    assert [h["round"] for h in sweep.history(str(tmp_path), "1")] == [5, 10]
+    assert sweep.read_results(str(tmp_path))[0]["backdoor_accuracy"] == "0.8"  # the last value
+    late = sweep.read_results(str(tmp_path), average_after=0.5)
+    assert float(late[0]["main_accuracy"]) == pytest.approx((0.8 + 0.85 + 0.9) / 3)
+    assert float(late[0]["backdoor_accuracy"]) == pytest.approx((0.6 + 0.8) / 2)  # null skipped
+    assert float(late[1]["backdoor_accuracy"]) == pytest.approx(0.1)  # round 5 is not after 5
+    assert late[0]["attack.num_malicious"] == "2" and late[0]["seconds"] == "1.5"
+    table = sweep.pivot(str(tmp_path), "aggregator", "attack.num_malicious",
+                        "backdoor_accuracy", digits=2, average_after=0.5)
+    assert table == "| aggregator | 2 |\n|---|---|\n| mean | 0.40 ± 0.42 |\n"
+    with pytest.raises(ValueError):
+        sweep.read_results(str(tmp_path), average_after=1.0)
+
+
+def test_table_filters_with_where(tmp_path):
+    """Catches: ``where`` ignored (a pivot mixing the no-attacker cells into the
+    attacked ones) or compared against the value's Python text."""
+    (tmp_path / "results.csv").write_text(
+        "cell,attack,attack.num_malicious,aggregator,seed,backdoor_accuracy\n"
+        '0,"{""name"": ""pixel""}",0,mean,0,0.0\n'
+        '1,"{""name"": ""pixel""}",10,mean,0,0.6\n'
+        '2,"{""name"": ""pixel""}",10,mean,1,0.8\n'
+        '3,"{""name"": ""pixel""}",10,median,0,0.1\n')
+    t = sweep.table(str(tmp_path), "aggregator", "attack", "backdoor_accuracy",
+                    where={"attack.num_malicious": 10})
+    assert t.row_values == ["mean", "median"] and t.count.tolist() == [[2], [1]]
+    np.testing.assert_allclose(t.mean, [[0.7], [0.1]])
+    assert np.isnan(t.std[1, 0]) and t.std[0, 0] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert sweep.pivot(str(tmp_path), "aggregator", "attack.num_malicious", "backdoor_accuracy",
+                       digits=1) == ("| aggregator | 0 | 10 |\n|---|---|---|\n"
+                                     "| mean | 0.0 | 0.7 ± 0.1 |\n| median | – | 0.1 |\n")
+    with pytest.raises(KeyError):
+        sweep.table(str(tmp_path), "aggregator", "attack", "backdoor_accuracy", where={"x": 1})
