@@ -141,6 +141,7 @@ def make_round(spec, shards: int = 1) -> Round:
         dense rows' ``all_to_all`` into column blocks, the rule's row
         statistics). ``init`` and ``evaluate`` are the same either way.
     """
+    from fljax import aggregators as aggregators_lib
     from fljax import attacks as attacks_lib
     from fljax import models as models_lib
     from fljax.plan import _thaw, build_rule
