@@ -115,6 +115,22 @@ def test_krum_never_selects_nonfinite_rows():
     assert np.isfinite(np.asarray(out)).all()
 
 
+def test_multi_krum_selecting_one_row_is_krum():
+    """``multi_krum(f, num_selected=1)`` is accepted and equals Krum, output
+    and scores (with the same key, so the same tie rule).
+
+    Catches: ``num_selected >= 1`` tightened to ``> 1`` / ``>= 2``; the
+    selection's weights normalised by ``max(count, 2)`` (half of the one row);
+    multi-Krum's ``info['scores']`` dropped or renamed.
+    """
+    x = np.random.default_rng(6).standard_normal((9, 6)).astype(np.float32)
+    one, _, info = _agg(agg.multi_krum(2, num_selected=1), x)
+    want, _, kinfo = _agg(agg.krum(2), x)
+    np.testing.assert_array_equal(np.asarray(one), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(info["selected"]), [int(kinfo["index"])])
+    np.testing.assert_array_equal(np.asarray(info["scores"]), np.asarray(kinfo["scores"]))
+
+
 def test_bulyan_info():
     x = np.random.default_rng(3).standard_normal((11, 7)).astype(np.float32)
     _, _, info = _agg(agg.bulyan(2), x)
