@@ -69,7 +69,7 @@ TESTS = {
         "-k", "norm_clipping or weak_dp or streamed_rules"],
     "fljax/aggregators/mean.py": [
         _AGG + "stats_test.py", _AGG + "conformance_test.py", "tests/scale_test.py", "-k",
-        "mean and not trimmed and not geometric and not meamed or streamed_rules"],
+        "mean and not trimmed and not geometric and not meamed"],
     "fljax/aggregators/_rejection.py": [
         _AGG + "model_rules_test.py", _AGG + "model_table_test.py", "-k", "err or lfr"],
     "fljax/attacks/alie.py": ["tests/attacks/poisoning_test.py", "-k", "alie or bad_values"],
