@@ -200,6 +200,27 @@ def test_median_even_n_is_mean_of_middle_pair():
     assert _agg(agg.coordinate_median(), x)[0].tolist() == [3.5]
 
 
+@pytest.mark.parametrize("method", ["bisect", "sort"])
+def test_median_jnp_paths_with_one_or_no_finite_row(method):
+    """Both jnp methods equal ``np.median``; one finite row among NaN rows is
+    the median (also through the kernel); no finite row gives zeros.
+
+    Catches: the ``'sort'`` path's middle values weighted or combined wrongly
+    (``1.5 *``, ``-``, ``/``), ``hi_rank`` floored at 1 (one finite row then
+    averaged with a screened one), the all-screened zero dropped or given
+    for one finite row (``m >= 0``, ``m > 1``, ``1.0``).
+    """
+    x = np.random.default_rng(8).standard_normal((6, 5)).astype(np.float32)
+    rule = agg.coordinate_median(method=method, kernel=None)
+    np.testing.assert_allclose(np.asarray(_agg(rule, x)[0]), np.median(x, 0), atol=1e-6)
+    one = np.full_like(x, np.nan)
+    one[2] = x[2]
+    for r in (rule, agg.coordinate_median()):
+        np.testing.assert_array_equal(np.asarray(_agg(r, one)[0]), x[2])
+    none = np.full_like(x, np.nan)
+    assert np.asarray(_agg(rule, none)[0]).tolist() == [0.0] * 5
+
+
 def test_all_rows_nonfinite_gives_zeros():
     x = np.full((5, 3), np.nan, np.float32)
     for rule in (agg.coordinate_median(), agg.trimmed_mean(1), agg.invariant(),
