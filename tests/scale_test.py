@@ -57,7 +57,9 @@ def test_streamed_rules_equal_their_dense_form(rule):
 
     Catches: weights normalised per chunk instead of once, the count of
     finite rows taken per chunk, padding rows counted or read as numbers
-    (NaN in a padding row), the noise drawn per chunk or from another key.
+    (NaN in a padding row, a finite padding row kept: ``mask | finite``), the
+    noise drawn per chunk or from another key; mean's stream not screening
+    NaN rows or miscounting them (``num_nonfinite - bad``).
     """
     rng = np.random.default_rng(0)
     n, d = 11, 37
@@ -65,7 +67,9 @@ def test_streamed_rules_equal_their_dense_form(rule):
     x[4] *= 1e4
     screening = rule.stream is not None and "norms" in rule.stream.add(
         rule.stream.zero(d, jnp.float32), jnp.asarray(x[:1]), jnp.ones(1), jnp.ones(1, bool))[1]
-    if screening:
+    counts = "num_nonfinite" in rule.aggregate(jnp.asarray(x), rule.init(d), jax.random.PRNGKey(0),
+                                               None)[2]
+    if screening or counts:  # mean screens (and counts) NaN rows too
         x[7, 3] = np.nan
     w = jnp.asarray(rng.integers(1, 9, n).astype(np.float32))
     key = jax.random.PRNGKey(3)
@@ -75,12 +79,16 @@ def test_streamed_rules_equal_their_dense_form(rule):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=1e-6)
     for k in want_info:
         np.testing.assert_allclose(np.asarray(got_info[k]), np.asarray(want_info[k]), rtol=2e-5)
-    # Padding rows (mask False) with NaN in them change nothing.
-    xp = np.concatenate([x, np.full((2, d), np.nan, np.float32)])
-    wp = jnp.concatenate([w, jnp.ones(2)])
-    mask = np.arange(n + 2) < n
-    padded, _, _ = _stream(rule, jnp.asarray(xp), wp, key, chunk=4, mask=mask)
+    # Padding rows (mask False) change nothing: NaN ones, and finite ones (the
+    # round pads with repeats of real clients).
+    xp = np.concatenate([x, np.full((2, d), np.nan, np.float32), x[:2]])
+    wp = jnp.concatenate([w, jnp.ones(4)])
+    mask = np.arange(n + 4) < n
+    padded, _, padded_info = _stream(rule, jnp.asarray(xp), wp, key, chunk=4, mask=mask)
     np.testing.assert_allclose(np.asarray(padded), np.asarray(want), rtol=2e-5, atol=1e-6)
+    for k in want_info:
+        np.testing.assert_allclose(np.asarray(padded_info[k]), np.asarray(want_info[k]),
+                                   rtol=2e-5)
 
 
 def _two_rounds_aot(cfg):

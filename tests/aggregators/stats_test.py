@@ -115,6 +115,22 @@ def test_krum_never_selects_nonfinite_rows():
     assert np.isfinite(np.asarray(out)).all()
 
 
+def test_multi_krum_selecting_one_row_is_krum():
+    """``multi_krum(f, num_selected=1)`` is accepted and equals Krum, output
+    and scores (with the same key, so the same tie rule).
+
+    Catches: ``num_selected >= 1`` tightened to ``> 1`` / ``>= 2``; the
+    selection's weights normalised by ``max(count, 2)`` (half of the one row);
+    multi-Krum's ``info['scores']`` dropped or renamed.
+    """
+    x = np.random.default_rng(6).standard_normal((9, 6)).astype(np.float32)
+    one, _, info = _agg(agg.multi_krum(2, num_selected=1), x)
+    want, _, kinfo = _agg(agg.krum(2), x)
+    np.testing.assert_array_equal(np.asarray(one), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(info["selected"]), [int(kinfo["index"])])
+    np.testing.assert_array_equal(np.asarray(info["scores"]), np.asarray(kinfo["scores"]))
+
+
 def test_bulyan_info():
     x = np.random.default_rng(3).standard_normal((11, 7)).astype(np.float32)
     _, _, info = _agg(agg.bulyan(2), x)
@@ -182,6 +198,27 @@ def test_geometric_median_weights_and_robustness():
 def test_median_even_n_is_mean_of_middle_pair():
     x = np.array([[1.0], [10.0], [3.0], [4.0]], np.float32)
     assert _agg(agg.coordinate_median(), x)[0].tolist() == [3.5]
+
+
+@pytest.mark.parametrize("method", ["bisect", "sort"])
+def test_median_jnp_paths_with_one_or_no_finite_row(method):
+    """Both jnp methods equal ``np.median``; one finite row among NaN rows is
+    the median (also through the kernel); no finite row gives zeros.
+
+    Catches: the ``'sort'`` path's middle values weighted or combined wrongly
+    (``1.5 *``, ``-``, ``/``), ``hi_rank`` floored at 1 (one finite row then
+    averaged with a screened one), the all-screened zero dropped or given
+    for one finite row (``m >= 0``, ``m > 1``, ``1.0``).
+    """
+    x = np.random.default_rng(8).standard_normal((6, 5)).astype(np.float32)
+    rule = agg.coordinate_median(method=method, kernel=None)
+    np.testing.assert_allclose(np.asarray(_agg(rule, x)[0]), np.median(x, 0), atol=1e-6)
+    one = np.full_like(x, np.nan)
+    one[2] = x[2]
+    for r in (rule, agg.coordinate_median()):
+        np.testing.assert_array_equal(np.asarray(_agg(r, one)[0]), x[2])
+    none = np.full_like(x, np.nan)
+    assert np.asarray(_agg(rule, none)[0]).tolist() == [0.0] * 5
 
 
 def test_all_rows_nonfinite_gives_zeros():

@@ -320,6 +320,69 @@ def test_alie_z_stays_finite_past_half():
     assert np.isfinite(info["z"]) and np.all(np.isfinite(out))
 
 
+def test_alie_z_past_half_is_the_documented_clamp():
+    """Past ``f = n / 2`` the formula has no answer and ``alie_z`` clamps ``s``
+    at 1 and ``n - f`` at ``s + 1`` (its docstring): n = 10, f = 6 gives
+    ``Phi^-1(3 / 4)``, f = 9 gives ``Phi^-1(1 / 2) = 0``.
+
+    Catches: ``s`` clamped at 2, ``n - f`` at ``s - 1`` (z = -inf at f = 9) or
+    at ``s + 2``.
+    """
+    assert float(alie_z(10, 6)) == pytest.approx(0.6744898, abs=1e-6)
+    assert float(alie_z(10, 9)) == 0.0
+
+
+def test_alie_and_ipm_accept_their_boundary_values():
+    """``z = 0`` (ALIE sends the mean) and ``epsilon = 0`` (IPM sends zeros)
+    are valid, as are values below 1.
+
+    Catches: the ``>= 0`` checks tightened to ``> 0`` or ``>= 1``.
+    """
+    x, mal = _problem(3)
+    for make in (lambda: attacks.alie(z=0.0), lambda: attacks.alie(z=0.5),
+                 lambda: attacks.ipm(0.0), lambda: attacks.ipm(0.5)):
+        make()
+    out = attacks.alie(z=0.0)(jnp.asarray(x, jnp.float32), jnp.asarray(mal), KEY)
+    np.testing.assert_allclose(np.asarray(out)[mal][0], x.mean(0), rtol=1e-5, atol=1e-6)
+    out = attacks.ipm(0.0)(jnp.asarray(x, jnp.float32), jnp.asarray(mal), KEY)
+    assert not np.any(np.asarray(out)[mal])
+
+
+def test_sign_flip_and_ipm_defaults_are_the_papers():
+    """Defaults a config relies on: ``sign_flip()`` sends ``-u`` (scale 1),
+    ``ipm()`` sends ``-0.1`` times the mean (Xie et al.'s epsilon).
+
+    Catches: another default scale or epsilon.
+    """
+    x, mal = _problem(3)
+    u = jnp.asarray(x, jnp.float32)
+    flipped = np.asarray(attacks.sign_flip()(u, jnp.asarray(mal), KEY))
+    np.testing.assert_array_equal(flipped[mal], -np.asarray(u)[mal])
+    out = np.asarray(attacks.ipm()(u, jnp.asarray(mal), KEY))
+    np.testing.assert_allclose(out[mal][0], -0.1 * x.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_partial_knowledge_needs_one_row_for_ipm_and_two_for_alie():
+    """IPM learns a mean from one known row (a lone partial attacker sends
+    ``-epsilon`` times its own update); ALIE needs a spread, so two rows.
+
+    Catches: the known-row thresholds raised (IPM: 1 -> 2, ALIE: 2 -> 3),
+    which silently turns these attackers honest.
+    """
+    x, _ = _problem(8)
+    one = np.zeros(20, bool)
+    one[3] = True
+    out, info = _craft("ipm", x, one, "partial", epsilon=0.3)
+    assert not bool(info["fallback"])
+    np.testing.assert_allclose(out[3], -0.3 * x[3], rtol=1e-5, atol=1e-6)
+    two = one.copy()
+    two[5] = True
+    out, info = _craft("alie", x, two, "partial", z=1.0)
+    assert not bool(info["fallback"])
+    want = x[two].mean(0) - x[two].std(0, ddof=1)
+    np.testing.assert_allclose(out[3], want, rtol=1e-4, atol=1e-5)
+
+
 def test_ipm_is_minus_epsilon_mean():
     """Catches a mean over the wrong rows (full: all honest rows, malicious
     included; partial: malicious only)."""

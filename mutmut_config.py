@@ -1,0 +1,201 @@
+"""mutmut 2.x configuration: which tests each core module is checked with.
+
+Mutation testing is a habit, not a CI job (docs/testing.md): one module at a
+time, niced, with the smallest fast test selection that exercises it. mutmut
+imports this file from the repository root; the runner it calls is this file
+run as a script::
+
+    nice -n 15 mutmut run --paths-to-mutate fljax/aggregators/krum.py \
+        --runner "python mutmut_config.py fljax/aggregators/krum.py"
+    mutmut results            # ids of survivors;  mutmut show ID  for the diff
+
+What is not run (``pre_mutation`` marks it skipped), each for a reason stated
+in docs/testing.md:
+
+* the wording of a message (a string mutated to ``"XX...XX"`` that holds a
+  space or sits in a ``require`` / ``raise`` line): a message is not a result;
+* a rule's ``memory`` declaration (functions whose name ends in ``memory``):
+  it feeds the memory estimate and the chunk choice, never a number a run
+  produces (backends and chunks give the same results: tested).
+
+The runner uses a persistent JAX compilation cache (``$FLJAX_MUTATION_CACHE``,
+default ``/tmp/fljax-mutation-jax-cache``): programs a mutant does not change
+are not compiled again, which cuts a mutant's cost ~3x. Any failure (a test, a
+collection or import error) is exit status 1, which is what mutmut counts as
+killed (it counts every other non-zero status as survived).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+# module -> pytest arguments. Fast tests first: ``-x`` stops at the first
+# failure, so a killed mutant usually costs one import and one small compile.
+_AGG = "tests/aggregators/"
+TESTS = {
+    "fljax/client.py": [
+        "tests/client_test.py",
+        "tests/attacks/backdoor_test.py::test_pgd_projects_after_every_step",
+        "tests/attacks/backdoor_test.py::test_neurotoxin_leaves_masked_coordinates_at_zero",
+        "tests/simulate_test.py::test_round_matches_independent_reference[fedavg]",
+        "tests/simulate_test.py::test_round_matches_independent_reference[uneven-padded]",
+        "tests/simulate_test.py::test_round_matches_independent_reference[fixed-steps]"],
+    "fljax/round.py": [
+        "tests/simulate_test.py", "-k",
+        "matches_independent_reference or exactly_the_sampled or server_transforms_reach "
+        "or label_flip_inside or schedule_in_the_round or server_resources or non_finite "
+        "or pre_aggregation or every_backend"],
+    "fljax/execution.py": [
+        "tests/simulate_test.py::test_round_matches_independent_reference[fedavg]",
+        "tests/simulate_test.py::test_every_backend_gives_the_same_params",
+        "tests/scale_test.py::test_streamed_rules_equal_their_dense_form"],
+    "fljax/transforms.py": ["tests/transforms_test.py", "tests/leakage/defences_test.py"],
+    "fljax/aggregators/krum.py": [
+        _AGG + "stats_test.py", _AGG + "conformance_test.py", "-k",
+        "krum or impossible or all_rows"],
+    "fljax/aggregators/trimmed_mean.py": [
+        _AGG + "stats_test.py", _AGG + "conformance_test.py", "-k",
+        "trimmed or impossible or order_statistic"],
+    "fljax/aggregators/median.py": [
+        _AGG + "stats_test.py", _AGG + "conformance_test.py", "-k",
+        "(median and not geometric) or impossible or order_statistic or all_rows"],
+    "fljax/aggregators/bulyan.py": [
+        _AGG + "stats_test.py", _AGG + "conformance_test.py", "-k", "bulyan or impossible"],
+    "fljax/aggregators/norm_clipping.py": [
+        _AGG + "model_rules_test.py", _AGG + "model_table_test.py", "tests/scale_test.py",
+        "-k", "norm_clipping or weak_dp or streamed_rules"],
+    "fljax/aggregators/mean.py": [
+        _AGG + "stats_test.py", _AGG + "conformance_test.py", "tests/scale_test.py", "-k",
+        "mean and not trimmed and not geometric and not meamed"],
+    "fljax/aggregators/_rejection.py": [
+        _AGG + "model_rules_test.py", _AGG + "model_table_test.py", "-k", "err or lfr"],
+    "fljax/attacks/alie.py": ["tests/attacks/poisoning_test.py", "-k", "alie or bad_values"],
+    "fljax/attacks/fang.py": ["tests/attacks/poisoning_test.py", "-k", "fang or bad_values"],
+    "fljax/attacks/ipm.py": ["tests/attacks/poisoning_test.py", "-k", "ipm or bad_values"],
+    "fljax/attacks/min_max.py": [
+        "tests/attacks/poisoning_test.py", "-k", "min_max or min_sum or bad_values"],
+    "fljax/attacks/sign_flip.py": [
+        "tests/attacks/update_attacks_test.py", "tests/attacks/poisoning_test.py", "-k",
+        "sign_flip"],
+}
+
+
+def _changed_lines(context):
+    """(original, mutated) pairs of the lines this mutant changes."""
+    from mutmut import Context, mutate
+
+    fresh = Context(source=context.source, mutation_id=context.mutation_id,
+                    filename=context.filename, dict_synonyms=context.dict_synonyms)
+    mutated, _ = mutate(fresh)
+    old, new = context.source.splitlines(), mutated.splitlines()
+    if len(old) != len(new):
+        return None
+    return [(a, b) for a, b in zip(old, new) if a != b]
+
+
+def _is_message(context) -> bool:
+    pairs = _changed_lines(context)
+    if not pairs:
+        return False
+    for a, b in pairs:
+        if b.replace("XX", "") != a.replace("XX", ""):
+            return False  # not only a string wrapped in XX
+        strings = re.findall(r"XX(.*?)XX", b)
+        if not any(" " in s for s in strings) and not re.search(
+                r"\brequire\(|\braise\b|Error\(|warn\(|print\(", a):
+            return False
+    return True
+
+
+def _in_memory_declaration(context) -> bool:
+    """The mutated line lies in a function whose name ends in ``memory``."""
+    lines = context.source.splitlines()
+    i = context.mutation_id.line_number
+    indent = lambda s: len(s) - len(s.lstrip())  # noqa: E731
+    level = indent(lines[i])
+    for j in range(i, -1, -1):
+        s = lines[j]
+        if not s.strip() or (j < i and indent(s) >= level):
+            continue
+        if s.lstrip().startswith("def "):
+            return bool(re.match(r"def \w*memory\(", s.lstrip()))
+        level = indent(s)
+        if level == 0:
+            return False
+    return False
+
+
+def _outside_lines(context) -> bool:
+    """``$FLJAX_MUTATION_LINES`` (e.g. ``238-330,390-400``, 1-based, inclusive)
+    limits a run to those lines of the module (a large module in parts)."""
+    spans = os.environ.get("FLJAX_MUTATION_LINES")
+    if not spans:
+        return False
+    line = context.mutation_id.line_number + 1
+    for span in spans.split(","):
+        lo, _, hi = span.partition("-")
+        if int(lo) <= line <= int(hi or lo):
+            return False
+    return True
+
+
+def pre_mutation(context):
+    if _outside_lines(context) or _is_message(context) or _in_memory_declaration(context):
+        context.skip = True
+    elif context.filename in TESTS:  # several modules in one run: each its own tests
+        context.config.test_command = f"{sys.executable} mutmut_config.py {context.filename}"
+
+
+def report(modules) -> None:
+    """Counts per module from ``.mutmut-cache`` and each survivor's diff
+    (read-only; run it after the run has finished: the diffs are computed
+    against the module as it is now)."""
+    import sqlite3
+
+    from mutmut import Context, RelativeMutationID, mutate
+
+    db = sqlite3.connect("file:.mutmut-cache?mode=ro", uri=True)
+    files = [f for (f,) in db.execute("select filename from SourceFile order by filename")]
+    for filename in files:
+        if modules and filename not in modules:
+            continue
+        rows = db.execute(
+            "select m.id, m.status, l.line, l.line_number, m.\"index\" from Mutant m "
+            "join Line l on m.line = l.id join SourceFile s on l.sourcefile = s.id "
+            "where s.filename = ? order by m.id", (filename,)).fetchall()
+        counts = {}
+        for _, status, *_ in rows:
+            counts[status] = counts.get(status, 0) + 1
+        print(f"{filename}: {len(rows)} mutants {counts}")
+        source = open(filename).read()
+        for mid, status, line, number, index in rows:
+            if status not in ("bad_survived", "ok_suspicious", "bad_timeout"):
+                continue
+            ctx = Context(source=source, filename=filename,
+                          mutation_id=RelativeMutationID(line, index, number, filename))
+            old, new = source.splitlines(), mutate(ctx)[0].splitlines()
+            diff = [f"{a.strip()}  ->  {b.strip()}" for a, b in zip(old, new) if a != b]
+            print(f"  {mid} {status} line {number + 1}: " + " | ".join(diff)[:300])
+
+
+def main(module: str) -> int:
+    env = dict(os.environ)
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    env.setdefault("JAX_COMPILATION_CACHE_DIR",
+                   os.environ.get("FLJAX_MUTATION_CACHE", "/tmp/fljax-mutation-jax-cache"))
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+           "--no-header", "-W", "ignore", *TESTS[module]]
+    rc = subprocess.call(cmd, env=env)
+    return 0 if rc == 0 else 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--report":
+        report(sys.argv[2:])
+    else:
+        sys.exit(main(sys.argv[1]))
