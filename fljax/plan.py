@@ -401,9 +401,12 @@ def _check_scalars(cfg: dict) -> None:
         _fail("attack.schedule.probability", p, "it must be a number in (0, 1]")
 
 
-def _transform_parts(specs, path: str, shapes, kind: str = "transform") -> tuple[tuple, list]:
-    """The parts of a list of ``{'name', 'kwargs'}`` stages (transforms or pre-aggregators)."""
-    parts, values = [], []
+def _transform_parts(specs, path: str, shapes,
+                     kind: str = "transform") -> tuple[tuple, list, list]:
+    """The parts of a list of ``{'name', 'kwargs'}`` stages (transforms or
+    pre-aggregators), their values, and the stages built once with the
+    config's Python values (which checks them)."""
+    parts, values, built = [], [], []
     if not isinstance(specs, list):
         _fail(path, specs, "it must be a list of {'name': ..., 'kwargs': {...}}")
     for i, spec in enumerate(specs):
@@ -418,11 +421,11 @@ def _transform_parts(specs, path: str, shapes, kind: str = "transform") -> tuple
         full = dict(kwargs)
         if "shapes" in inspect.signature(factory).parameters:
             full.setdefault("shapes", shapes)
-        call_factory(factory, f"{p}.kwargs", **full)
+        built.append(call_factory(factory, f"{p}.kwargs", **full))
         part, vals = _part(factory, spec["name"], kwargs)
         parts.append(part)
         values.append(_f32(vals))
-    return tuple(parts), values
+    return tuple(parts), values, built
 
 
 def _attack_parts(ac: dict, fed, eval_batch: int = 1024,
@@ -618,10 +621,12 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
     param_shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0))
     shapes = transforms_lib.tensor_shapes(param_shapes)
 
-    ct_parts, ct_values = _transform_parts(cfg["client_transforms"], "client_transforms", shapes)
-    st_parts, st_values = _transform_parts(cfg["server_transforms"], "server_transforms", shapes)
-    pa_parts, pa_values = _transform_parts(cfg["pre_aggregation"], "pre_aggregation", shapes,
-                                           "pre_aggregator")
+    ct_parts, ct_values, _ = _transform_parts(cfg["client_transforms"], "client_transforms",
+                                              shapes)
+    st_parts, st_values, _ = _transform_parts(cfg["server_transforms"], "server_transforms",
+                                              shapes)
+    pa_parts, pa_values, stages = _transform_parts(cfg["pre_aggregation"], "pre_aggregation",
+                                                   shapes, "pre_aggregator")
     a_parts, a_values, a_subsets, a_built, fed = _attack_parts(ac, fed,
                                                                cfg["execution"]["eval_batch"],
                                                                model)
@@ -631,13 +636,9 @@ def prepare(cfg: dict, check: bool = True) -> Plan:
                           f"attacker groups (one target each); raise attack.num_malicious to "
                           f"at least {groups} or give fewer targets (0 runs without attackers)")
     agg_part, agg_values, rule = _aggregator_part(cfg["aggregator"], fed, k)
-    if pa_parts:  # the rule as the round runs it (pre-aggregators see all rows: never streamed)
+    if stages:  # the rule as the round runs it (pre-aggregators see all rows: never streamed)
         from fljax import aggregators as aggregators_lib
 
-        from fljax.round import _part_kwargs
-
-        stages = [registry.get("pre_aggregator", p_[0], "pre_aggregation")(**_part_kwargs(p_, v))
-                  for p_, v in zip(pa_parts, pa_values)]
         rule = aggregators_lib.compose(*stages, aggregator=rule)
 
     cc = cfg["client"]
