@@ -48,6 +48,8 @@ METRICS = ("final_main_accuracy", "final_main_loss", "final_train_loss",
 def run_case(name: str) -> dict:
     if name == "sweep_cells":
         return sweep_case()
+    if name == "column_rules":
+        return column_rules_case()
     outs = []
     for d in (1, 8):
         cfg = config.resolve(simulate.DEFAULTS, BASE, CASES[name] + [f"execution.devices={d}"])
@@ -59,6 +61,50 @@ def run_case(name: str) -> dict:
             "aggregation": s8["aggregation"],
             "max_param_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(p1, p8)),
             "metrics": {k: (s1.get(k), s8.get(k)) for k in METRICS if k in s1}}
+
+
+COLUMN_RULES = [("mean", {}), ("coordinate_median", {}), ("trimmed_mean", {"num_trim": 2}),
+                ("norm_clipping", {"max_norm": 1.0}), ("krum", {"num_byzantine": 2}),
+                ("multi_krum", {"num_byzantine": 2})]
+
+
+def column_rules_case() -> dict:
+    """Every rule built with ``columns=True`` on 8 column blocks of a matrix
+    whose row 3 is NaN in one column of the last block only and whose row 5
+    is 1e3 times larger, against the same rule on whole rows. Its
+    ``max_param_diff`` is the largest difference of the aggregates."""
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    from fljax import aggregators
+    from fljax.aggregators.base import AggregationContext
+
+    rng = np.random.default_rng(0)
+    n, d = 12, 8 * 5
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[3, d - 3] = np.nan
+    x[5] *= 1e3
+    w = rng.uniform(1.0, 3.0, size=n).astype(np.float32)
+    mesh = Mesh(np.array(jax.devices()[:8]), ("c",))
+    key = jax.random.key(0)
+    metrics, worst = {}, 0.0
+    for name, kwargs in COLUMN_RULES:
+        agg = aggregators.get_aggregator(name, **kwargs)
+        assert agg.columns, name
+        state = agg.init(d)
+        whole = np.asarray(agg.aggregate(
+            jax.numpy.asarray(x), state, key, AggregationContext(weights=w))[0])
+
+        def block(xb, agg=agg, state=state):
+            return agg.aggregate(xb, state, key, AggregationContext(weights=w, axis="c"))[0]
+
+        cols = np.asarray(jax.jit(jax.shard_map(block, mesh=mesh, in_specs=P(None, "c"),
+                                                out_specs=P("c"), check_vma=False))(x))
+        assert np.all(np.isfinite(whole)), (name, whole)
+        diff = float(np.max(np.abs(cols - whole) / np.maximum(1.0, np.abs(whole))))
+        worst = max(worst, diff if np.isfinite(diff) else np.inf)
+        metrics[name] = (0.0, diff)
+    return {"case": "column_rules", "devices": [1, 8], "aggregation": "dense",
+            "max_param_diff": worst, "metrics": metrics}
 
 
 def sweep_case() -> dict:

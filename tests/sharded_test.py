@@ -49,7 +49,7 @@ def test_sharded_rounds_equal_one_device():
     another order than the keys', row statistics (finiteness, norms) taken
     over one column block only, column blocks gathered in the wrong order.
     """
-    got = _check("stream_mean_attack", "median_columns")
+    got = _check("stream_mean_attack", "median_columns", "column_rules")
     for r in got.values():
         _assert_same(r)
     assert got["stream_mean_attack"]["aggregation"] == "stream"
