@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import re
 import typing
 from typing import Any, Callable
 
@@ -82,8 +83,12 @@ def summary(kind: str) -> list[tuple[str, str]]:
 
             factory = getattr(optax, "sgd" if name == "momentum" else name)
         doc = inspect.getdoc(factory) if callable(factory) else None
+        if kind == "dataset" and not callable(factory):
+            from fljax.data import DESCRIPTIONS
+
+            doc = DESCRIPTIONS[name]
         para = " ".join((doc or "").strip().split("\n\n")[0].split())
-        first = para.split(". ")[0].rstrip(".")
+        first = re.split(r"\.\s+(?=[A-Z])", para)[0].rstrip(".")  # not at "i.i.d. ``N``"
         if kind == "optimizer" and name == "momentum":
             first = "SGD with momentum 0.9 (optax.sgd(momentum=0.9))"
         out.append((name, first[:100] + ("..." if len(first) > 100 else "")))

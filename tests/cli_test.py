@@ -110,3 +110,18 @@ def test_cli_version_and_list(capsys):
     listing = capsys.readouterr().out
     assert "krum" in listing and "trimmed_mean" in listing
     assert cli.main(["list", "nonsense"]) == 2
+
+
+def test_every_listed_name_has_a_description():
+    """``fljax list`` gives one line for every name of every kind.
+
+    Catches: a name a config accepts that ``fljax list`` prints with an empty
+    description (the TFDS data sets had none: they have no loader function of
+    their own to take a docstring from).
+    """
+    from fljax import registry
+
+    for kind in registry.kinds():
+        rows = registry.summary(kind)
+        assert [name for name, _ in rows] == sorted(registry.names(kind)), kind
+        assert all(len(doc) > 10 for _, doc in rows), (kind, [n for n, d in rows if len(d) <= 10])

@@ -28,6 +28,30 @@ DATASETS = (("digits", "breast_cancer", "synthetic", "random_emnist", "random_ci
             + tuple(tfds.NAMES) + tuple(FED_EMNIST) + ("tfds",))
 PARTITIONS = tuple(partition.PARTITIONERS) + ("natural",)
 
+# One line per data set that has no loader function of its own (``fljax list``).
+DESCRIPTIONS = {
+    "synthetic": "FedProx's Synthetic(alpha, beta): 60 features, 10 classes, a softmax model "
+                 "and an input law per client",
+    "random_emnist": "Random 28x28x1 images, examples_per_client per client (benchmarks)",
+    "random_cifar": "Random 32x32x3 images, examples_per_client per client (benchmarks)",
+    "mnist": "MNIST through TFDS (the tfds extra): 60,000 + 10,000 28x28 grey digits, "
+             "10 classes",
+    "fashion_mnist": "Fashion-MNIST through TFDS: 60,000 + 10,000 28x28 grey images, "
+                     "10 classes",
+    "emnist_digits": "EMNIST digits through TFDS: 240,000 + 40,000 28x28 images, 10 classes",
+    "emnist_balanced": "EMNIST balanced through TFDS: 112,800 + 18,800 28x28 images, "
+                       "47 classes",
+    "emnist_byclass": "EMNIST byclass through TFDS: 697,932 + 116,323 28x28 images, "
+                      "62 classes",
+    "cifar10": "CIFAR-10 through TFDS: 50,000 + 10,000 32x32 colour images, 10 classes",
+    "cifar100": "CIFAR-100 through TFDS: 50,000 + 10,000 32x32 colour images, 100 classes",
+    "fed_emnist_digits": "Federated EMNIST by writer, digits (TFF's HDF5; the fed-emnist "
+                         "extra): 3,383 writers, 10 classes",
+    "fed_emnist": "Federated EMNIST by writer (TFF's HDF5; the fed-emnist extra): 3,400 "
+                  "writers, 62 classes",
+    "tfds": "Any other TFDS image classification set: dataset_kwargs.tfds_name",
+}
+
 # The dataset_kwargs each real-data loader takes (checked before loading).
 _TFDS_KWARGS = ("data_dir", "train_split", "test_split", "version", "download", "cache",
                 "image_key", "label_key", "id_key")
@@ -36,7 +60,7 @@ _FED_EMNIST_KWARGS = ("data_dir", "download", "cache", "invert", "url", "sha256"
 __all__ = [
     "FederatedData", "build", "client_batch_indices", "from_partition", "num_local_steps",
     "partition", "digits", "breast_cancer", "random_images", "synthetic_fedprox",
-    "DATASETS", "PARTITIONS", "FED_EMNIST", "DataError", "cache", "fed_emnist", "tfds",
+    "DATASETS", "DESCRIPTIONS", "PARTITIONS", "FED_EMNIST", "DataError", "cache", "fed_emnist", "tfds",
 ]
 
 
