@@ -162,6 +162,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks._common import best_of  # noqa: E402
+
 from fljax import aggregators  # noqa: E402
 
 # Rules with a parameter besides f, or that need a context (the global
@@ -279,15 +281,6 @@ def byzfl_peer(name, f):
         return None
     rule = make()
     return lambda x: rule(torch.from_numpy(x))
-
-
-def best_of(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def floor_fns(x, x_np):

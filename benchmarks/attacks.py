@@ -95,22 +95,14 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks._common import best_of  # noqa: E402
+
 from fljax import aggregators, attacks  # noqa: E402
 from fljax.attacks.base import AttackContext  # noqa: E402
-
-
-def best_of(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def builds(name, n, f):

@@ -27,8 +27,15 @@ import argparse
 import json
 import time
 
+import os
+import sys
+
 import jax
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._common import fljax_runner  # noqa: E402
 
 ATTACKS = {
     "clean": None,
@@ -111,21 +118,10 @@ def build(args, attack):
         num = max(1, round(args.malicious * cfg["data"]["num_clients"]))
         attack = attack_config(args, attack)
         cfg = config.resolve(simulate.DEFAULTS, cfg, [f"attack={dict(attack, num_malicious=num)!r}"])
-    plan = simulate.prepare(cfg)
-    comp = simulate.compiled(plan.spec)
-    k_init, k_rounds = simulate.run_keys(0)
-    box = [comp.init(plan.hparams, plan.data, k_init), comp.round.new_buffer()]
-
-    def one_round():
-        box[0], _, box[1] = comp.step(plan.hparams, box[0], plan.data, k_rounds, box[1])
-        jax.block_until_ready(box[0].params)
-
-    def evaluate():
-        jax.block_until_ready(comp.evaluate(plan.hparams, box[0], plan.data))
-
-    one_round()  # compiles
-    evaluate()
-    return one_round, evaluate, plan.spec
+    runner = fljax_runner(cfg)
+    runner.one_round()  # compiles
+    runner.evaluate()
+    return runner.one_round, runner.evaluate, runner.plan.spec
 
 
 def main():

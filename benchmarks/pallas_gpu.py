@@ -22,26 +22,17 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks._common import best_of  # noqa: E402
+
 from fljax import aggregators  # noqa: E402
 from fljax.aggregators import _ops  # noqa: E402
 from kernels import pallas_gram, pallas_order_stats  # noqa: E402
-
-
-def best_of(fn, repeats):
-    jax.block_until_ready(fn())  # compile + warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main(argv=None):
@@ -77,7 +68,7 @@ def main(argv=None):
         for what, fn in cases.items():
             row = {"what": what, "clients": n, "dim": d, "device": device}
             try:
-                seconds = best_of(lambda: fn(x), args.repeats)
+                seconds = best_of(lambda: fn(x), args.repeats, warmup=True)
             except Exception as e:  # e.g. out of memory for XLA's sort at N = 10,000
                 row["failed"] = f"{type(e).__name__}: {e}"[:300]
             else:

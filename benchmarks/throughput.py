@@ -19,8 +19,15 @@ import argparse
 import json
 import time
 
+import os
+import sys
+
 import jax
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._common import fljax_runner  # noqa: E402
 
 
 def fljax_rounds(args) -> dict:
@@ -36,20 +43,12 @@ def fljax_rounds(args) -> dict:
                    "epochs": args.epochs},
         "execution": {"strategy": args.strategy, "client_chunk": args.chunk},
     })
-    plan = simulate.prepare(cfg)
-    comp = simulate.compiled(plan.spec)
-    k_init, k_rounds = simulate.run_keys(0)
-    box = [comp.init(plan.hparams, plan.data, k_init), comp.round.new_buffer()]
-
-    def one_round():
-        box[0], _, box[1] = comp.step(plan.hparams, box[0], plan.data, k_rounds, box[1])
-        jax.block_until_ready(box[0].params)
-
-    meta = {"system": "fljax", "strategy": plan.spec.strategy, "model": args.model,
+    runner = fljax_runner(cfg)
+    meta = {"system": "fljax", "strategy": runner.plan.spec.strategy, "model": args.model,
             "clients": args.clients, "examples": args.examples, "batch": args.batch,
             "epochs": args.epochs, "device": jax.devices()[0].device_kind,
             "backend": jax.default_backend()}
-    return one_round, meta
+    return runner.one_round, meta
 
 
 def fedjax_rounds(args) -> dict:
