@@ -3,25 +3,27 @@
 Run:
   python docs/backdoor_report.py runs/sun2019_digits [--img docs/img/sun2019_digits.png]
 
-Reads every cell's ``config.json`` and ``metrics.jsonl`` under ``DIR/cells`` and prints one
-markdown table, one row per (attack, defence) over seeds: main and backdoor accuracy at the last
-evaluation and averaged over the evaluations of the second half of training (a backdoor that is
-planted in the rounds an attacker is sampled and healed in between swings from one evaluation
-to the next, so its last value alone is a lottery), and over the second-half evaluations that
-follow a round in which an attacker was sampled (``malicious_rows > 0`` since the previous
-evaluation), as mean ± sample standard deviation over seeds. With ``--img`` it also draws main and backdoor accuracy against rounds (one panel per
-attack setting with attackers, one line per defence, the mean over seeds with a band from the
-lowest to the highest seed).
+Reads every finished cell of the sweep (its ``config.json``, its history with
+``fljax.sweep.history`` and its second-half averages with ``fljax.sweep.read_results(DIR,
+average_after=0.5)``) and prints one markdown table, one row per (attack, defence) over seeds: main
+and backdoor accuracy at the last evaluation and averaged over the evaluations of the second half of
+training (a backdoor that is planted in the rounds an attacker is sampled and healed in between
+swings from one evaluation to the next, so its last value alone is a lottery), and over the
+second-half evaluations that follow a round in which an attacker was sampled (``malicious_rows > 0``
+since the previous evaluation), as mean ± sample standard deviation over seeds. With ``--img`` it
+also draws main and backdoor accuracy against rounds (one panel per attack setting with attackers,
+one line per defence, the mean over seeds with a band from the lowest to the highest seed).
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 
 import numpy as np
+
+from fljax import sweep
 
 
 def _fmt_kwargs(kwargs: dict) -> str:
@@ -45,17 +47,17 @@ def attack_label(cfg: dict) -> str:
 
 
 def load(out: str) -> list[dict]:
+    """Every finished cell of the sweep in ``out``: its config (``cells/<cell>/config.json``), its
+    history (:func:`fljax.sweep.history`) and its metrics averaged over the evaluations of the
+    second half of training (:func:`fljax.sweep.read_results` with ``average_after=0.5``)."""
     cells = []
-    for d in sorted(glob.glob(os.path.join(out, "cells", "*"))):
-        cfg_path, m_path = os.path.join(d, "config.json"), os.path.join(d, "metrics.jsonl")
-        if not (os.path.exists(cfg_path) and os.path.exists(m_path)):
-            continue
-        with open(cfg_path) as f:
+    rows = sweep.read_results(out, average_after=0.5)  # in the order the programs finished
+    for row in sorted(rows, key=lambda r: int(r["cell"])):
+        with open(os.path.join(out, "cells", f"{int(row['cell']):04d}", "config.json")) as f:
             cfg = json.load(f)
-        with open(m_path) as f:
-            hist = [json.loads(line) for line in f if line.strip()]
+        hist = sweep.history(out, row["cell"])
         if hist:
-            cells.append({"cfg": cfg, "hist": hist})
+            cells.append({"cfg": cfg, "hist": hist, "late": row})
     return cells
 
 
@@ -63,6 +65,12 @@ def _series(hist: list, key: str) -> tuple[np.ndarray, np.ndarray]:
     r = np.array([h["round"] for h in hist], float)
     v = np.array([np.nan if h.get(key) is None else h[key] for h in hist], float)
     return r, v
+
+
+def late_mean(cell: dict, key: str) -> float:
+    """``key`` averaged over the second half of training (NaN if never recorded)."""
+    v = cell["late"].get(key)
+    return float(v) if v not in (None, "") else np.nan
 
 
 def summarise(cell: dict) -> dict:
@@ -73,12 +81,11 @@ def summarise(cell: dict) -> dict:
         r, v = _series(hist, key)
         if np.all(np.isnan(v)):
             continue
-        late = (r > last_round / 2)
         out[key] = v[-1]
-        out[key + "_late"] = np.nanmean(v[late])
+        out[key + "_late"] = late_mean(cell, key)
         if key == "backdoor_accuracy":
             _, rows = _series(hist, "malicious_rows")
-            hit = late & (np.nan_to_num(rows) > 0)
+            hit = (r > last_round / 2) & (np.nan_to_num(rows) > 0)
             out[key + "_attacked"] = np.nanmean(v[hit]) if hit.any() else np.nan
     return out
 

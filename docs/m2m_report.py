@@ -3,14 +3,15 @@
 Run:
   python docs/m2m_report.py runs/m2m_digits [--img docs/img/m2m_digits.png]
 
-Reads every cell under ``DIR/cells`` (as docs/backdoor_report.py does) and prints four markdown
-tables over seeds (mean ± sample standard deviation), each value averaged over the evaluations of
-the second half of training unless marked: the mean backdoor accuracy per attack setting and
-defence (also at the last evaluation); each attacker's own backdoor accuracy
-(``backdoor_accuracy_<g>``: its trigger to its target) and their mean; the main accuracy. With
-``--img`` it draws, per attack setting, each attacker's backdoor accuracy against rounds under the
-plain mean (top), the mean backdoor accuracy per defence (middle) and the main accuracy per
-defence (bottom); lines are the mean over seeds, bands the lowest to the highest seed.
+Reads every finished cell of the sweep (as docs/backdoor_report.py does: ``fljax.sweep.history`` and
+``fljax.sweep.read_results(DIR, average_after=0.5)``) and prints four markdown tables over seeds
+(mean ± sample standard deviation), each value averaged over the evaluations of the second half of
+training unless marked: the mean backdoor accuracy per attack setting and defence (also at the last
+evaluation); each attacker's own backdoor accuracy (``backdoor_accuracy_<g>``: its trigger to its
+target) and their mean; the main accuracy. With ``--img`` it draws, per attack setting, each
+attacker's backdoor accuracy against rounds under the plain mean (top), the mean backdoor accuracy
+per defence (middle) and the main accuracy per defence (bottom); lines are the mean over seeds,
+bands the lowest to the highest seed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from backdoor_report import _ms, _series, defence_label, load  # noqa: E402
+from backdoor_report import _ms, _series, defence_label, late_mean, load  # noqa: E402
 
 
 def setting(cfg: dict) -> str:
@@ -45,15 +46,8 @@ def setting(cfg: dict) -> str:
     return f"{name} x{g}"
 
 
-def late_mean(hist: list, key: str) -> float:
-    r, v = _series(hist, key)
-    if np.all(np.isnan(v)):
-        return np.nan
-    return float(np.nanmean(v[r > hist[-1]["round"] / 2]))
-
-
-def last_value(hist: list, key: str) -> float:
-    v = hist[-1].get(key)
+def last_value(cell: dict, key: str) -> float:
+    v = cell["hist"][-1].get(key)
     return np.nan if v is None else float(v)
 
 
@@ -81,7 +75,7 @@ def tables(cells: list[dict]) -> str:
         lines = [f"**{title}**", "", "| defence | " + " | ".join(settings) + " |",
                  "|" + "---|" * (len(settings) + 1)]
         for d in defences:
-            row = [_ms([how(c["hist"], key) for c in g.get((s, d), [])]) for s in settings]
+            row = [_ms([how(c, key) for c in g.get((s, d), [])]) for s in settings]
             lines.append(f"| {d} | " + " | ".join(row) + " |")
         out.append("\n".join(lines))
     lines = ["**Each attacker's backdoor accuracy (its trigger to its target), second half**", ""]
@@ -92,9 +86,9 @@ def tables(cells: list[dict]) -> str:
                   + " | mean |", "|" + "---|" * (n + 3)]
         for s, d in multi:
             cs = g[(s, d)]
-            row = [_ms([late_mean(c["hist"], f"backdoor_accuracy_{i}") for c in cs])
+            row = [_ms([late_mean(c, f"backdoor_accuracy_{i}") for c in cs])
                    for i in range(n)]
-            row.append(_ms([late_mean(c["hist"], "backdoor_accuracy") for c in cs]))
+            row.append(_ms([late_mean(c, "backdoor_accuracy") for c in cs]))
             lines.append(f"| {s} | {d} | " + " | ".join(row) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out)

@@ -23,7 +23,9 @@ Data-level attacks are pure transforms of a malicious client's batch,
 The backdoors among them (``pixel_backdoor``, ``dba``, ``targeted_task``,
 ``edge_case``, and for several attackers with their own targets ``badnets``
 and ``m2m``) are :class:`~fljax.attacks.attacker.Attacker` s that also
-report ``backdoor_accuracy``.
+report ``backdoor_accuracy``; :func:`attacker_triggers` and
+:func:`stamp_trigger` show each attacker's trigger of a ``badnets`` or ``m2m``
+run on images.
 
 :data:`STRATEGIES` change how a malicious client trains or what it sends
 (model replacement, constrain-and-scale, PGD, Neurotoxin); a backdoor
@@ -53,6 +55,7 @@ from fljax.attacks.scaling import scaling
 from fljax.attacks.sign_flip import sign_flip
 from fljax.attacks.subset_backdoor import (edge_case, select_edge_case, select_targeted_task,
                                            targeted_task)
+from fljax.attacks.triggers import Triggers, attacker_triggers, stamp_trigger
 
 UPDATE_ATTACKS = {
     "sign_flip": sign_flip,
@@ -128,9 +131,9 @@ def subset_selector(factory):
     return SUBSETS.get(factory)
 
 
-__all__ = ["ATTACKS", "data_arguments", "DATA_ATTACKS", "needs_model", "STRATEGIES", "SUBSETS",
-           "UPDATE_ATTACKS", "alie", "badnets", "constrain_and_scale", "dba", "edge_case",
-           "fang_krum", "fang_trimmed_mean", "gaussian", "inf", "ipm", "label_flip", "leakage",
-           "m2m", "mimic", "min_max", "min_sum", "model_replacement", "neurotoxin", "optimal_alie",
-           "optimal_ipm", "pgd", "pixel_backdoor", "scaling", "sign_flip", "subset_selector",
-           "targeted_task"]
+__all__ = ["ATTACKS", "attacker_triggers", "data_arguments", "DATA_ATTACKS", "needs_model",
+           "STRATEGIES", "SUBSETS", "UPDATE_ATTACKS", "alie", "badnets", "constrain_and_scale",
+           "dba", "edge_case", "fang_krum", "fang_trimmed_mean", "gaussian", "inf", "ipm",
+           "label_flip", "leakage", "m2m", "mimic", "min_max", "min_sum", "model_replacement",
+           "neurotoxin", "optimal_alie", "optimal_ipm", "pgd", "pixel_backdoor", "scaling",
+           "sign_flip", "stamp_trigger", "subset_selector", "targeted_task", "Triggers"]

@@ -123,6 +123,13 @@ def _batches(key, valid, first, size: int):
     return idx, ok
 
 
+def blend(x, t, m, alpha=1.0) -> jax.Array:
+    """M2M's stamping rule ``x (+) t``: ``x + alpha (t - x)`` where ``m`` (``bool``,
+    one example's shape, broadcast over leading axes) is set, ``x`` elsewhere
+    (``alpha = 1``: the trigger's pixels replace the image's)."""
+    return jnp.where(m, x + alpha * (t - x), x)
+
+
 def trigger_search(model, *, outer_steps: int = 50, trigger_lr: float = 0.001,
                    low: float = 0.0, high: float = 1.0, blend_alpha: float = 1.0,
                    samples_per_class: int = 50, discriminator_epochs: int = 30,
@@ -138,7 +145,7 @@ def trigger_search(model, *, outer_steps: int = 50, trigger_lr: float = 0.001,
     features = model.features
 
     def stamp(x, t, m):
-        return jnp.where(m, x + blend_alpha * (t - x), x)
+        return blend(x, t, m, blend_alpha)
 
     def select(params, x, y, valid, target):
         loss = _ce(model.apply(params, x), y)  # float[M]: clean loss under the global model
@@ -251,6 +258,15 @@ def default_locations(input_shape, num_attackers: int, size: int) -> list:
     return places[:num_attackers]
 
 
+def masks(input_shape, num_attackers: int, size: int, location=None) -> np.ndarray:
+    """``bool[G, *input_shape]``: the attackers' ``size x size`` trigger masks at
+    ``location`` (one pair for all, one per attacker, or None: the paper's
+    places, :func:`default_locations`)."""
+    if location is None:
+        location = default_locations(input_shape, num_attackers, size)
+    return bd.group_masks("m2m", input_shape, num_attackers, location, size)
+
+
 def m2m(num_classes: int, input_shape: tuple, model=None, num_attackers: int = 1,
         targets=None, size: int = 5, location=None, init_value: float = 0.5,
         low: float = 0.0, high: float = 1.0, blend_alpha: float = 1.0,
@@ -310,9 +326,7 @@ def m2m(num_classes: int, input_shape: tuple, model=None, num_attackers: int = 1
         raise ValueError(f"{name}: low={low!r} must be below high={high!r}")
     for field, v in (("trigger_lr", trigger_lr), ("discriminator_lr", discriminator_lr)):
         bd.check_positive(name, field, v)
-    if location is None:
-        location = default_locations(input_shape, G, size)
-    masks = bd.group_masks(name, input_shape, G, location, size)  # bool[G, *shape]
+    group_masks = masks(input_shape, G, size, location)  # bool[G, *shape]
     if model is None or getattr(model, "features", None) is None:
         raise ValueError(f"{name}: needs the model's features (fljax.models.Model.features); "
                          "the simulator passes the config's model")
@@ -323,9 +337,9 @@ def m2m(num_classes: int, input_shape: tuple, model=None, num_attackers: int = 1
         discriminator_lr=discriminator_lr, discriminator_momentum=discriminator_momentum,
         discriminator_weight_decay=discriminator_weight_decay, hidden=hidden,
         trigger_batch=trigger_batch)
-    mask_arr = jnp.asarray(masks)
+    mask_arr = jnp.asarray(group_masks)
     target_of = jnp.asarray(np.asarray(tg, np.int32))  # int32[G]
-    evals = bd.group_evals(masks, tg)
+    evals = bd.group_evals(group_masks, tg)
 
     def init(spec: AttackerInit) -> M2MState:
         start = jnp.clip(jnp.asarray(init_value, jnp.float32), low, high)
