@@ -188,7 +188,9 @@ def main(module: str) -> int:
                    os.environ.get("FLJAX_MUTATION_CACHE", "/tmp/fljax-mutation-jax-cache"))
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+    # -n 0: one process (pyproject's addopts run the suite on 2 xdist workers;
+    # a mutant's small selection would pay for starting them).
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider",
            "--no-header", "-W", "ignore", *TESTS[module]]
     rc = subprocess.call(cmd, env=env)
     return 0 if rc == 0 else 1
