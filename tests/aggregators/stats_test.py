@@ -13,6 +13,7 @@ import pytest
 
 from fljax import aggregators as agg
 from fljax.aggregators import _ops
+from fljax.aggregators.bulyan import closest_to_median_mean
 from tests.aggregators import hostile
 from tests.aggregators import references as ref
 
@@ -286,3 +287,47 @@ def test_geometric_median_stated_bound_under_any_outliers(f):
     # Without outliers the mean is the better start: exactly RFA.
     _, _, info = fn(jnp.asarray(np.concatenate([honest[:f], honest])), rule.init(d), KEY)
     assert not bool(info["zero_start"])
+
+
+def test_bulyan_paths_agree_with_more_than_f_nonfinite_rows():
+    """With more than ``f`` non-finite rows (3, 5, 6 or 7 of 7, ``f = 1``)
+    the selection takes every finite row once, then picks finite ones again
+    (never a non-finite one while one is finite); both paths then average the
+    ``min(beta, m)`` values closest to the median of the ``m`` *distinct*
+    finite rows (4, 2, 1: even and odd ``m``); no finite row gives zeros.
+    The kernel reads a row mask; the jnp path used to count a repeat twice.
+
+    Catches: the jnp path's repeated row counted twice (it gave another
+    result than the kernel, which CPU runs use, for the same input); the
+    tie order letting a non-finite row be selected (``valid`` for
+    ``~valid``, ``/ (2 * n)``, ``* (2 / n)``, ``- removed * n``); the jnp
+    median's ranks for even or single ``m`` (``/ 2``, ``// 3``,
+    ``max(m, 2)``) and the count floor ``clip(.., 2)`` (one valid row).
+    """
+    x0 = np.random.default_rng(0).standard_normal((7, 4)).astype(np.float32)
+    fns = [jax.jit(agg.bulyan(1, kernel=k).aggregate) for k in ("auto", None)]
+    for bad in ([1, 3, 5], [0, 1, 3, 4, 5], [0, 1, 2, 3, 4, 5], list(range(7))):
+        x = x0.copy()
+        x[bad] = np.nan
+        keep = np.setdiff1d(np.arange(7), bad)
+        finite = x[keep].astype(np.float64)
+        want = np.zeros(4)
+        if len(keep):
+            med = np.median(finite, 0)
+            closest = np.argsort(np.abs(finite - med), axis=0, kind="stable")[:min(3, len(keep))]
+            want = np.take_along_axis(finite, closest, 0).mean(0)
+        for fn in fns:
+            out, _, info = fn(jnp.asarray(x), None, KEY)
+            np.testing.assert_allclose(np.asarray(out), want, rtol=1e-6, err_msg=str(bad))
+            if len(keep):  # every finite row once, before any repeat
+                sel = np.asarray(info["selected"])
+                assert sorted(sel[:len(keep)].tolist()) == keep.tolist(), (bad, sel)
+                assert set(sel.tolist()) == set(keep.tolist()), (bad, sel)
+            assert int(info["num_nonfinite"]) == len(bad)
+    # The jnp step alone, one valid row among NaN rows (in Bulyan its masked
+    # rows are repeats of finite rows, so there the count floor cannot show).
+    one = np.full((5, 4), np.nan, np.float32)
+    one[2] = x0[0]
+    step = jax.jit(closest_to_median_mean, static_argnums=2)
+    got = step(jnp.asarray(one), jnp.asarray(np.arange(5) == 2), 3)
+    np.testing.assert_array_equal(np.asarray(got), x0[0])
