@@ -58,7 +58,7 @@ TESTS = {
     "fljax/aggregators/krum.py": [
         _AGG + "stats_test.py", _AGG + "conformance_test.py", "-k",
         "krum or impossible or all_rows"],
-    "fljax/aggregators/krum.py:156-178": [  # leave_one_out (for ERR / LFR); not run yet
+    "fljax/aggregators/krum.py:156-178": [  # leave_one_out (for ERR / LFR)
         _AGG + "leave_one_out_test.py", "-k", "krum_leave_one_out or bounds_are"],
     "fljax/aggregators/trimmed_mean.py": [
         _AGG + "stats_test.py", _AGG + "conformance_test.py", "-k",

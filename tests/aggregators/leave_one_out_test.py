@@ -94,6 +94,28 @@ def test_leave_one_out_bounds_are_those_of_the_smaller_set():
     x = jnp.zeros((2 * F + 3, D))
     with pytest.raises(ValueError, match="krum"):
         A.krum(F).leave_one_out(x, None, jax.random.split(jax.random.PRNGKey(0), len(x)))
+    # One more row is allowed (Krum on n - 1 = 2F + 3 rows).
+    x = jnp.zeros((2 * F + 4, D))
+    out = jax.eval_shape(A.krum(F).leave_one_out, x, None,
+                         jax.random.split(jax.random.PRNGKey(0), len(x)))
+    assert out.shape == (2 * F + 4, D)
+
+
+def test_krum_leave_one_out_with_one_finite_row():
+    """One finite row among NaN rows: leaving out any other row gives that
+    row; leaving it out leaves no finite row, which gives zeros (as the rule).
+
+    Catches: the all-screened subset's zero replaced (``where(valid[index],
+    ..., 1.0)``); also (in the bounds test above) Krum's bound for the
+    smaller set tightened (``n - 2``).
+    """
+    x = np.full((6, 4), np.nan, np.float32)
+    x[2] = [1.0, -2.0, 3.0, 0.5]
+    keys = jax.random.split(jax.random.PRNGKey(3), 6)
+    out = np.asarray(jax.jit(lambda u: A.krum(1).leave_one_out(u, None, keys))(jnp.asarray(x)))
+    want = np.tile(x[2], (6, 1))
+    want[2] = 0.0
+    np.testing.assert_array_equal(out, want)
 
 
 def _eval_fn():
