@@ -34,6 +34,8 @@ import sys
 
 # module -> pytest arguments. Fast tests first: ``-x`` stops at the first
 # failure, so a killed mutant usually costs one import and one small compile.
+# A key ``module:lo-hi`` gives lines lo..hi (1-based) of the module their own
+# selection (a part only some tests reach, whose collection is costly).
 _AGG = "tests/aggregators/"
 TESTS = {
     "fljax/client.py": [
@@ -56,22 +58,29 @@ TESTS = {
     "fljax/aggregators/krum.py": [
         _AGG + "stats_test.py", _AGG + "conformance_test.py", "-k",
         "krum or impossible or all_rows"],
+    "fljax/aggregators/krum.py:156-178": [  # leave_one_out (for ERR / LFR)
+        _AGG + "leave_one_out_test.py", "-k", "krum_leave_one_out or bounds_are"],
     "fljax/aggregators/trimmed_mean.py": [
         _AGG + "stats_test.py", _AGG + "conformance_test.py", "-k",
-        "trimmed or impossible or order_statistic"],
+        "trimmed or impossible or order_statistic or invariant or all_rows"],
+    # Its leave-one-out form (for ERR / LFR): only the leave-one-out tests reach it.
+    "fljax/aggregators/trimmed_mean.py:185-235": [
+        _AGG + "leave_one_out_test.py", "-k", "trimmed_mean_leave_one_out or bounds_are"],
     "fljax/aggregators/median.py": [
         _AGG + "stats_test.py", _AGG + "conformance_test.py", "-k",
         "(median and not geometric) or impossible or order_statistic or all_rows"],
     "fljax/aggregators/bulyan.py": [
-        _AGG + "stats_test.py", _AGG + "conformance_test.py", "-k", "bulyan or impossible"],
+        _AGG + "stats_test.py", _AGG + "conformance_test.py", "tests/kernels/order_stats_test.py",
+        "-k", "bulyan or impossible"],
     "fljax/aggregators/norm_clipping.py": [
         _AGG + "model_rules_test.py", _AGG + "model_table_test.py", "tests/scale_test.py",
         "-k", "norm_clipping or weak_dp or streamed_rules"],
     "fljax/aggregators/mean.py": [
         _AGG + "stats_test.py", _AGG + "conformance_test.py", "tests/scale_test.py", "-k",
         "mean and not trimmed and not geometric and not meamed"],
-    "fljax/aggregators/_rejection.py": [
-        _AGG + "model_rules_test.py", _AGG + "model_table_test.py", "-k", "err or lfr"],
+    "fljax/aggregators/_rejection.py": [  # leave_one_out_test: a wrapped rule's shared form
+        _AGG + "model_rules_test.py", _AGG + "model_table_test.py", _AGG + "leave_one_out_test.py",
+        "-k", "err or lfr"],
     "fljax/attacks/alie.py": ["tests/attacks/poisoning_test.py", "-k", "alie or bad_values"],
     "fljax/attacks/fang.py": ["tests/attacks/poisoning_test.py", "-k", "fang or bad_values"],
     "fljax/attacks/ipm.py": ["tests/attacks/poisoning_test.py", "-k", "ipm or bad_values"],
@@ -146,7 +155,21 @@ def pre_mutation(context):
     if _outside_lines(context) or _is_message(context) or _in_memory_declaration(context):
         context.skip = True
     elif context.filename in TESTS:  # several modules in one run: each its own tests
-        context.config.test_command = f"{sys.executable} mutmut_config.py {context.filename}"
+        key = _selection(context.filename, context.mutation_id.line_number + 1)
+        context.config.test_command = f"{sys.executable} mutmut_config.py {key}"
+
+
+def _selection(filename: str, line: int) -> str:
+    """The ``TESTS`` key for a mutant on ``line`` (1-based): a ``module:lo-hi``
+    entry (a part of the module that only its own tests reach, e.g. a rule's
+    leave-one-out form) if one covers the line, else the module's."""
+    for key in TESTS:
+        name, _, span = key.partition(":")
+        if name == filename and span:
+            lo, _, hi = span.partition("-")
+            if int(lo) <= line <= int(hi or lo):
+                return key
+    return filename
 
 
 def report(modules) -> None:

@@ -105,7 +105,13 @@ def bulyan(
 
         def without():
             chosen = updates[selected]  # float[theta, d]
-            chosen_valid = valid[selected]  # all True unless > f rows are non-finite
+            # With more than f non-finite rows the finite ones run out and the
+            # loop picks removed finite rows again (valid before invalid): a row
+            # counts once, as on the kernel path (the distinct finite rows).
+            pos = jnp.arange(theta)
+            again = jnp.any((selected[:, None] == selected[None, :]) & (pos[None, :] < pos[:, None]),
+                            axis=1)  # bool[theta]: picked at an earlier position too
+            chosen_valid = valid[selected] & ~again
             return closest_to_median_mean(chosen, chosen_valid, beta, block, batch)
 
         out = _kernels.dispatch(kernel, "closest_to_median_mean", with_kernel, without, updates)

@@ -84,12 +84,38 @@ def test_krum_leave_one_out_equals_n_calls(name, x):
 
 
 def test_leave_one_out_bounds_are_those_of_the_smaller_set():
+    """The bounds, and the message's numbers, are those of the ``n - 1`` rows.
+
+    Catches (message): ``n={n - 1}`` and ``2 * num_trim`` misreported."""
     x = jnp.zeros((2 * F + 1, D))
-    with pytest.raises(ValueError, match="trimmed_mean"):
+    with pytest.raises(ValueError, match=rf"trimmed_mean: .*num_trim={F}, n={2 * F} "
+                                         rf"\(2 \* {F} = {2 * F} >= {2 * F}\)"):
         A.trimmed_mean(F).leave_one_out(x, None, jax.random.split(jax.random.PRNGKey(0), len(x)))
     x = jnp.zeros((2 * F + 3, D))
     with pytest.raises(ValueError, match="krum"):
         A.krum(F).leave_one_out(x, None, jax.random.split(jax.random.PRNGKey(0), len(x)))
+    # One more row is allowed (Krum on n - 1 = 2F + 3 rows).
+    x = jnp.zeros((2 * F + 4, D))
+    out = jax.eval_shape(A.krum(F).leave_one_out, x, None,
+                         jax.random.split(jax.random.PRNGKey(0), len(x)))
+    assert out.shape == (2 * F + 4, D)
+
+
+def test_krum_leave_one_out_with_one_finite_row():
+    """One finite row among NaN rows: leaving out any other row gives that
+    row; leaving it out leaves no finite row, which gives zeros (as the rule).
+
+    Catches: the all-screened subset's zero replaced (``where(valid[index],
+    ..., 1.0)``); also (in the bounds test above) Krum's bound for the
+    smaller set tightened (``n - 2``).
+    """
+    x = np.full((6, 4), np.nan, np.float32)
+    x[2] = [1.0, -2.0, 3.0, 0.5]
+    keys = jax.random.split(jax.random.PRNGKey(3), 6)
+    out = np.asarray(jax.jit(lambda u: A.krum(1).leave_one_out(u, None, keys))(jnp.asarray(x)))
+    want = np.tile(x[2], (6, 1))
+    want[2] = 0.0
+    np.testing.assert_array_equal(out, want)
 
 
 def _eval_fn():
@@ -148,3 +174,29 @@ def test_err_lfr_with_the_shared_form_equal_the_vmapped_form(wrapper, base, name
     np.testing.assert_array_equal(fa, sa)
     np.testing.assert_allclose(fimp, simp, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(fast), np.asarray(slow), rtol=1e-5, atol=1e-6)
+
+
+def test_trimmed_mean_leave_one_out_with_few_finite_rows():
+    """With 4, 3, 2, 1 and 0 finite rows of 7 (``num_trim=2``: the trim of the
+    smaller set shrinks to ``(m' - 1) // 2``, down to none) the shared form
+    equals 7 calls of ``aggregate``, ties included; the smallest ``n`` that
+    the bound allows (``2 * num_trim < n - 1``) is accepted.
+
+    Catches: the kept count's floor ``max(m' - 2t', 1)`` raised (3 finite
+    rows: one kept value), the zero for a row with no other finite row given
+    also with one other (``m' > 1``), the bound tightened (``n - 2``).
+    """
+    n, d = 7, 5
+    rule = A.trimmed_mean(2)
+    keys = jax.random.split(jax.random.PRNGKey(2), n)
+    fast = jax.jit(lambda u: rule.leave_one_out(u, None, keys))
+    slow = jax.jit(lambda u: _one_by_one(rule, u, keys))
+    x = np.round(np.random.default_rng(7).standard_normal((n, d)), 1).astype(np.float32)
+    x[:, 0] = 0.5  # a column of ties
+    for finite in (4, 3, 2, 1, 0):
+        y = x.copy()
+        y[finite:] = np.nan
+        np.testing.assert_allclose(np.asarray(fast(jnp.asarray(y))), np.asarray(slow(jnp.asarray(y))),
+                                   rtol=1e-6, atol=1e-7, err_msg=f"finite={finite}")
+    out = jax.eval_shape(A.trimmed_mean(2).leave_one_out, jnp.zeros((6, d)), None, keys[:6])
+    assert out.shape == (6, d)

@@ -13,6 +13,7 @@ import pytest
 
 from fljax import aggregators as agg
 from fljax.aggregators import _ops
+from fljax.aggregators.bulyan import closest_to_median_mean
 from tests.aggregators import hostile
 from tests.aggregators import references as ref
 
@@ -28,7 +29,7 @@ def _agg(rule, x, key=KEY, context=None):
     (lambda: agg.krum(2), 6, r"krum: .*n=6, num_byzantine=2.*at least 7"),
     (lambda: agg.multi_krum(3), 8, r"multi_krum: .*n=8, num_byzantine=3.*at least 9"),
     (lambda: agg.bulyan(2), 10, r"bulyan: .*n >= 4 \* num_byzantine \+ 3.*n=10, num_byzantine=2.*at least 11"),
-    (lambda: agg.trimmed_mean(3), 6, r"trimmed_mean: .*num_trim=3, n=6"),
+    (lambda: agg.trimmed_mean(3), 6, r"trimmed_mean: .*num_trim=3, n=6 \(2 \* 3 = 6 >= 6\)"),
 ])
 def test_impossible_settings_raise(build, n, pattern):
     rule = build()
@@ -286,3 +287,107 @@ def test_geometric_median_stated_bound_under_any_outliers(f):
     # Without outliers the mean is the better start: exactly RFA.
     _, _, info = fn(jnp.asarray(np.concatenate([honest[:f], honest])), rule.init(d), KEY)
     assert not bool(info["zero_start"])
+
+
+@pytest.mark.parametrize("method", ["sort", "bisect"])
+def test_trimmed_mean_jnp_paths_with_few_or_no_finite_rows(method):
+    """Both jnp methods (and the kernel) equal the reference when NaN rows
+    shrink the trim: 3, 2, 1 and 0 finite rows under ``num_trim=2``, with
+    ties; no finite row gives zeros.
+
+    Catches: the trim's shrink ``(m - 1) // 2`` changed, the kept count's
+    floor, the all-screened zero dropped (``m >= 0``) or given for one finite
+    row, the bisection's tie handling at ``klo == khi`` and its count of kept
+    copies of a tied bound (``(hi * inv) * (m - t - n_lt_hi)`` -> ``/``).
+    """
+    rng = np.random.default_rng(9)
+    x = np.round(rng.standard_normal((7, 6)), 1).astype(np.float32)
+    x[:, 0] = 0.5  # one column of equal values
+    x[:, 1] = [1, 2, 3, 3, 5, 0, 3]  # kept 2, 3, 3: two kept copies of the upper bound
+    x[:, 2] = [1, 1, 1, 2, 4, 0, 5]  # kept 1, 1, 2: the same at the lower bound
+    fns = [jax.jit(lambda u, r=r: r.aggregate(u, None, KEY)) for r in
+           (agg.trimmed_mean(2, method, kernel=None), agg.trimmed_mean(2))]
+    for finite in (7, 3, 2, 1, 0):
+        y = x.copy()
+        y[finite:] = np.nan
+        want = ref.trimmed_mean_ref(y.astype(np.float64), 2)
+        for fn in fns:
+            out, _, info = fn(jnp.asarray(y))
+            np.testing.assert_allclose(np.asarray(out), want, rtol=1e-6, atol=1e-7,
+                                       err_msg=f"{method} finite={finite}")
+            assert int(info["num_nonfinite"]) == 7 - finite
+
+
+
+def test_invariant_keeps_agreement_equal_to_tau_and_screens_nan_rows():
+    """A coordinate whose ``|mean sign|`` over the finite rows equals ``tau``
+    exactly is kept (``agree >= tau``, as in the official code), on the
+    kernel and jnp paths; a row with a NaN does not vote; ``sign(0)`` is no
+    vote but counts in the mean.
+
+    Catches: ``>= sign_tau`` tightened to ``>``; the sign mean's ``1 / m``
+    scaled (``2.0 /``); the screened row voting (its signs oppose the
+    others' in columns 1 and 2), or voting +1; the jnp path's zero for no
+    finite row given also for one (``m > 1``) or replaced (``1.0``).
+    """
+    x = np.array([[1.0, 1.0, -1.0, 1.0, 1.0],
+                  [2.0, 1.0, -1.0, -1.0, 2.0],
+                  [3.0, 1.0, -1.0, 1.0, -1.0],
+                  [4.0, -1.0, 1.0, -1.0, 0.0],
+                  [np.nan, -1.0, 1.0, 1.0, 5.0]], np.float32)
+    # Agreement over rows 0-3: 1, 0.5, 0.5, 0, 0.25 (1 of 4 after sign(0) = 0).
+    for kernel in ("auto", None):
+        rule = agg.invariant(tau=0.5, kernel=kernel)
+        out, _, info = jax.jit(lambda u, r=rule: r.aggregate(u, None, KEY))(jnp.asarray(x))
+        assert np.asarray(out).tolist() == [2.5, 1.0, -1.0, 0.0, 0.0], kernel
+        assert int(info["num_nonfinite"]) == 1 and np.isclose(float(info["mask_density"]), 0.6)
+        one, none = np.full_like(x, np.nan), np.full_like(x, np.nan)
+        one[0] = x[0]  # one finite row: full agreement, the row itself
+        out = jax.jit(lambda u, r=rule: r.aggregate(u, None, KEY))
+        assert np.asarray(out(jnp.asarray(one))[0]).tolist() == x[0].tolist(), kernel
+        assert np.asarray(out(jnp.asarray(none))[0]).tolist() == [0.0] * 5, kernel
+
+
+
+def test_bulyan_paths_agree_with_more_than_f_nonfinite_rows():
+    """With more than ``f`` non-finite rows (3, 5, 6 or 7 of 7, ``f = 1``)
+    the selection takes every finite row once, then picks finite ones again
+    (never a non-finite one while one is finite); both paths then average the
+    ``min(beta, m)`` values closest to the median of the ``m`` *distinct*
+    finite rows (4, 2, 1: even and odd ``m``); no finite row gives zeros.
+    The kernel reads a row mask; the jnp path used to count a repeat twice.
+
+    Catches: the jnp path's repeated row counted twice (it gave another
+    result than the kernel, which CPU runs use, for the same input); the
+    tie order letting a non-finite row be selected (``valid`` for
+    ``~valid``, ``/ (2 * n)``, ``* (2 / n)``, ``- removed * n``); the jnp
+    median's ranks for even or single ``m`` (``/ 2``, ``// 3``,
+    ``max(m, 2)``) and the count floor ``clip(.., 2)`` (one valid row).
+    """
+    x0 = np.random.default_rng(0).standard_normal((7, 4)).astype(np.float32)
+    fns = [jax.jit(agg.bulyan(1, kernel=k).aggregate) for k in ("auto", None)]
+    for bad in ([1, 3, 5], [0, 1, 3, 4, 5], [0, 1, 2, 3, 4, 5], list(range(7))):
+        x = x0.copy()
+        x[bad] = np.nan
+        keep = np.setdiff1d(np.arange(7), bad)
+        finite = x[keep].astype(np.float64)
+        want = np.zeros(4)
+        if len(keep):
+            med = np.median(finite, 0)
+            closest = np.argsort(np.abs(finite - med), axis=0, kind="stable")[:min(3, len(keep))]
+            want = np.take_along_axis(finite, closest, 0).mean(0)
+        for fn in fns:
+            out, _, info = fn(jnp.asarray(x), None, KEY)
+            np.testing.assert_allclose(np.asarray(out), want, rtol=1e-6, err_msg=str(bad))
+            if len(keep):  # every finite row once, before any repeat
+                sel = np.asarray(info["selected"])
+                assert sorted(sel[:len(keep)].tolist()) == keep.tolist(), (bad, sel)
+                assert set(sel.tolist()) == set(keep.tolist()), (bad, sel)
+            assert int(info["num_nonfinite"]) == len(bad)
+    # The jnp step alone, one valid row among NaN rows (in Bulyan its masked
+    # rows are repeats of finite rows, so there the count floor cannot show).
+    one = np.full((5, 4), np.nan, np.float32)
+    one[2] = x0[0]
+    step = jax.jit(closest_to_median_mean, static_argnums=2)
+    got = step(jnp.asarray(one), jnp.asarray(np.arange(5) == 2), 3)
+    np.testing.assert_array_equal(np.asarray(got), x0[0])
