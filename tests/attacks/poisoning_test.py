@@ -403,6 +403,22 @@ def test_fang_trimmed_mean_partial_values_fill_the_interval():
                   & (v <= np.where(mu > 0, mu - 3 * sigma, mu + 4 * sigma) + 1e-4))
 
 
+def test_fang_trimmed_mean_overflowing_bound_falls_back():
+    """A bound past float32 range in the last coordinate (``b * max`` of a
+    column holding 3e38 whose mean is negative) makes the attack send the
+    honest updates, as documented for non-finite bounds.
+
+    Catches: ``_common.all_finite`` looking at part of the vector only
+    (``reshape(2, -1)[0]``: the first half), which sends inf.
+    """
+    x, mal = _problem(8)
+    benign = np.flatnonzero(~mal)
+    x[benign[0], -1], x[benign[1], -1] = 3e38, -3.3e38
+    out, info = _craft("fang_trimmed_mean", x, mal, b=2.0)
+    assert info["fallback"]
+    np.testing.assert_array_equal(out, x.astype(np.float32))
+
+
 def test_fang_trimmed_mean_python_b_and_default():
     """``fang_trimmed_mean()`` uses Fang's ``b = 2``; a Python ``b`` in (1, 2)
     is valid.
