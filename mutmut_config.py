@@ -81,6 +81,10 @@ TESTS = {
     "fljax/aggregators/_rejection.py": [  # leave_one_out_test: a wrapped rule's shared form
         _AGG + "model_rules_test.py", _AGG + "model_table_test.py", _AGG + "leave_one_out_test.py",
         "-k", "err or lfr"],
+    "fljax/attacks/_common.py": [
+        "tests/attacks/poisoning_test.py", "-k",
+        "uniform_noise or ipm or alie or fang_trimmed or min_max or min_sum or fang_krum_lambda "
+        "or one_partial or no_malicious or nonfinite"],
     "fljax/attacks/alie.py": ["tests/attacks/poisoning_test.py", "-k", "alie or bad_values"],
     "fljax/attacks/fang.py": ["tests/attacks/poisoning_test.py", "-k", "fang or bad_values"],
     "fljax/attacks/ipm.py": ["tests/attacks/poisoning_test.py", "-k", "ipm or bad_values"],

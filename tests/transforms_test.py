@@ -57,3 +57,86 @@ def test_factories_reject_out_of_range_strengths_with_one_line():
             build()
     transforms.gaussian_noise(jnp.asarray(-1.0))  # traced / array values pass through
     transforms.dp(None, 0.0)
+
+
+def test_boundary_values_and_defaults_of_the_factories():
+    """The documented ranges are inclusive where they say so, and the defaults
+    are the documented ones: ``prune(100)`` zeroes all but the largest
+    magnitude, ``quantize(2)`` and ``quantize(32)`` are valid and ``33`` is
+    not, ``dp(0.0)`` is rejected, ``quantize()`` is off, ``dp(clip)`` adds no
+    noise, ``row_noise`` defaults to Gaussian noise with the paper's clip 0.2,
+    and ``True`` is not a number.
+
+    ``row_noise`` on a 2-D tensor takes the largest column (output unit)
+    norm, not the whole norm.
+
+    Catches: ``percent <= 100`` tightened to ``< 100``; ``|u| < threshold``
+    loosened to ``<=`` (prune(100) would zero everything); the bits range
+    moved (``bits >= 32``, ``bits > 33``) and ``2 ** (bits - 1)`` as
+    ``2 * (bits - 1)``; ``> 0`` / ``>= 0`` loosened in ``dp``'s and
+    ``clip_by_norm``'s clip, ``and`` as ``or`` in ``laplace_noise``'s and
+    ``row_noise``'s scale checks; other defaults (bits 1, noise_multiplier
+    1, clip 1.2); a 2-D tensor's factor from its whole norm (``ndim > 2``,
+    ``ndim >= 3``).
+    """
+    import pytest
+
+    u = jnp.array([1.0, -4.0, 2.0, 3.0])
+    np.testing.assert_array_equal(transforms.prune(100.0)(u, None), [0.0, -4.0, 0.0, 0.0])
+    transforms.quantize(2)
+    np.testing.assert_array_equal(transforms.quantize(32)(u, None), u)
+    for build in (lambda: transforms.quantize(33), lambda: transforms.dp(0.0, 0.5),
+                  lambda: transforms.clip_by_norm(0.0), lambda: transforms.laplace_noise(-1.0),
+                  lambda: transforms.row_noise(-1.0), lambda: transforms.clip_by_norm(True)):
+        with pytest.raises(ValueError):
+            build()
+    key = jax.random.PRNGKey(3)
+    np.testing.assert_array_equal(transforms.quantize()(u, key), u)
+    np.testing.assert_array_equal(transforms.dp(10.0)(u, key), u)
+    t = jnp.array([[0.4, 0.0], [0.0, 0.2]])  # column norms 0.4, 0.2 (whole norm 0.45)
+    out = transforms.row_noise(1e-2, shapes=[(2, 2)])(t.reshape(-1), key)
+    noise = jax.random.normal(jax.random.split(key, 1)[0], (2, 2))
+    np.testing.assert_allclose(out.reshape(2, 2), t + 2.0 * 1e-2 * noise, rtol=1e-6)  # nf 2
+
+
+def test_row_noise_and_per_tensor_layouts():
+    """``row_noise`` on a conv kernel ``[h, w, in, out]`` takes each output
+    unit's norm over ``h, w, in``; a floor of 1 on the factor (a tensor whose
+    rows are all shorter than ``clip`` gets the plain noise); a flat update of
+    exactly two tensors, and a scalar (shape ``()``) tensor, are split and put
+    back in order.
+
+    Catches: the row axis taken as ``shape[+1]`` (the kernel's width); the
+    floor of the factor raised to 2; two tensors returned as the first only
+    (``len(parts) > 2``); a scalar tensor counted as 2 entries.
+    """
+    key = jax.random.PRNGKey(5)
+    kernel = jnp.zeros((3, 2, 1, 4)).at[..., 1::2].set(1.0)  # units 1 and 3: norm sqrt(6) each
+    out = transforms.row_noise(1e-3, clip=0.2, shapes=[kernel.shape])(kernel.reshape(-1), key)
+    noise = jax.random.normal(jax.random.split(key, 1)[0], kernel.shape)
+    nf = np.sqrt(6.0) / 0.2
+    np.testing.assert_allclose(out.reshape(kernel.shape), kernel + nf * 1e-3 * noise,
+                               rtol=1e-5, atol=1e-7)
+    small = jnp.full((4,), 0.01)  # norm 0.02 < clip: nf = 1
+    out = transforms.row_noise(1e-3, clip=0.2, shapes=[(4,)])(small, key)
+    noise = jax.random.normal(jax.random.split(key, 1)[0], (4,))
+    np.testing.assert_allclose(out, small + 1e-3 * noise, rtol=1e-6)
+    u = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    q = transforms.quantize(16, shapes=[(2, 2), ()])(u, key)
+    np.testing.assert_array_equal(q, u)
+    p = transforms.prune(50.0, shapes=[(2,), (3,)])(u, key)
+    np.testing.assert_array_equal(p, [0.0, 2.0, 0.0, 4.0, 5.0])
+
+
+def test_config_names_of_the_transforms():
+    """The names a config uses (``client_transforms`` / ``server_transforms``).
+
+    Catches: a transform registered under another name.
+    """
+    assert set(transforms.TRANSFORMS) == {
+        "identity", "clip_by_norm", "gaussian_noise", "laplace_noise", "row_noise", "prune",
+        "quantize", "dp"}
+    u = jnp.array([3.0, 4.0])
+    np.testing.assert_array_equal(transforms.get_transform("identity")(u, None), u)
+    np.testing.assert_allclose(transforms.get_transform("clip_by_norm", max_norm=1.0)(u, None),
+                               [0.6, 0.8], rtol=1e-6)

@@ -202,6 +202,98 @@ def test_sequential_peer_matches_the_loop_reference():
         assert ref.fang_krum_sequential(x, mal, 4) == pytest.approx((lam, halvings))
 
 
+def _check_fang_krum(x, mal, knowledge, f=4):
+    """fang_krum (jitter 0) against the loop reference on ``x``: lambda_max,
+    the halvings, lambda and the rows sent."""
+    lam, lam_max, halvings = ref.fang_krum_ref(x, mal, f, knowledge)
+    out, info = _craft("fang_krum", x, mal, knowledge, jitter=0.0)
+    np.testing.assert_allclose(info["lambda_max"], lam_max, rtol=1e-5)
+    assert int(info["halvings"]) == halvings
+    np.testing.assert_allclose(info["lambda"], lam, rtol=1e-5)
+    assert bool(info["fallback"]) == (halvings < 0)
+    if halvings < 0:
+        np.testing.assert_array_equal(out, x.astype(np.float32))
+    else:
+        s = np.sign((x if knowledge == "full" else x[mal]).mean(0))
+        np.testing.assert_allclose(out[mal], np.broadcast_to(-lam * s, out[mal].shape), rtol=1e-5)
+    return halvings
+
+
+def test_fang_krum_gives_up_below_1e_5_at_any_scale():
+    """The search halves lambda until it drops below 1e-5 (the paper), tries
+    ``lambda_max`` even when that is already below 1e-5, and is scale-free:
+    rows scaled by ``a`` give lambda scaled by ``a`` and the same halvings.
+    Rows of norm ~1e-4 put the winning lambda at 1.5e-5 (found) or
+    ``lambda_max`` at 0.6e-5 with the win one halving later (given up).
+
+    Catches: ``GIVE_UP = 2e-5``; halvings below ``GIVE_UP`` tried (``steps !=
+    0`` or ``steps == 1`` in ``tried``); clamps at 1 instead of 0 of the
+    squared norms, distances or ``e_i`` (only visible on rows of norm < 1).
+    """
+    x, mal = _problem(8)  # full knowledge: found after 5 halvings
+    lam, _, halvings = ref.fang_krum_ref(x, mal, 4)
+    assert halvings == 5
+    assert _check_fang_krum(x * (1.5e-5 / lam), mal, "full") == 5
+    x, mal = _problem(1, c=2)  # partial knowledge, two attackers: found after 1 halving
+    lam, lam_max, halvings = ref.fang_krum_ref(x, mal, 4, "partial")
+    assert halvings == 1
+    assert _check_fang_krum(x * (1.5e-5 / lam), mal, "partial") == 1
+    assert _check_fang_krum(x * (0.6e-5 / lam_max), mal, "partial") == -1
+
+
+def test_fang_krum_edge_cases_match_the_loop():
+    """Against the loop reference: partial knowledge with 8 attackers (Krum's
+    neighbour count ``2c - 1 = 15`` capped at ``n - f - 2 = 14``); full
+    knowledge with 6 attackers, with 14 attackers (the bound's ``k - c + 1 = 1``) and with 19
+    attackers beside one honest row (the bound's neighbour sum is empty, and
+    the crafted rows, each other's nearest neighbours, win at once); a
+    coordinate no client moves (``s_j = 0``: the crafted rows keep 0 there);
+    two partial attackers with the same honest update (crafted and known rows
+    tie at every lambda: a tie is no win, so they give up).
+
+    Catches: the cap ``n - f - 2`` changed (``n + f - 2``, ``n - f + 2``,
+    ``n - f - 3``); ``lambda^2 / |s|^2`` in ``e_i``; ``max(k - c + 1, 2)``; the bound's neighbour count
+    clipped at 1 (lambda_max infinite: fallback); full knowledge needing two
+    honest rows; ``-lambda / s`` (-inf where ``s_j = 0``); ties counted as
+    wins (``crafted_score <= best_bench``).
+    """
+    x, mal = _problem(0, c=8)
+    assert _check_fang_krum(x, mal, "partial") == 4
+    x, mal = _problem(0, c=6)  # the lambda^2 |s|^2 term decides the 6th halving
+    assert _check_fang_krum(x, mal, "full") == 6
+    x, mal = _problem(0, c=14)
+    assert _check_fang_krum(x, mal, "full") == 0
+    x, mal = _problem(0, c=19)
+    assert _check_fang_krum(x, mal, "full") == 0
+    x, mal = _problem(8)
+    x[:, 0] = 0.0
+    assert _check_fang_krum(x, mal, "full") == 5
+    x, mal = _problem(1, c=2)
+    rows = np.flatnonzero(mal)
+    x[rows[1]] = x[rows[0]]
+    assert _check_fang_krum(x, mal, "partial") == -1
+
+
+def test_fang_krum_python_values_and_defaults():
+    """``fang_krum(0)`` (a Krum with f = 0) and a Python ``jitter=0`` are
+    valid; the default jitter is 1e-5 (the reference code's), and a Python
+    jitter > 0 moves the supporters off the first crafted row.
+
+    Catches: ``num_byzantine >= 0`` tightened to ``> 0`` / ``>= 1``;
+    ``jitter >= 0`` tightened to ``> 0`` / ``>= 1``; another default jitter;
+    the Python-number jitter test inverted (``jitter != 0``).
+    """
+    x, mal = _problem(8)
+    u, m = jnp.asarray(x, jnp.float32), jnp.asarray(mal)
+    attacks.fang_krum(0)
+    attacks.fang_krum(4, jitter=0)
+    out, _ = jax.jit(attacks.fang_krum(4).craft)(u, m, KEY)
+    want, _ = _craft("fang_krum", x, mal, jitter=1e-5)
+    np.testing.assert_array_equal(np.asarray(out), want)
+    rows = np.flatnonzero(mal)
+    assert np.any(np.asarray(out)[rows[1:]] != np.asarray(out)[rows[0]])
+
+
 # --------------------------------------------------------------------------- #
 # Fang et al., attack on the trimmed mean / median.
 
@@ -283,6 +375,97 @@ def test_fang_trimmed_mean_partial_interval():
     hi = np.where(mu > 0, mu - 3 * sigma, mu + 4 * sigma)
     v = out[mal]
     assert np.all((v >= lo - 1e-4) & (v <= hi + 1e-4))
+
+
+def test_fang_trimmed_mean_partial_values_fill_the_interval():
+    """Partial knowledge: the values are uniform on ``[mu + 3 sigma, mu + 4
+    sigma]`` (or its mirror below ``mu``), not a point; two attackers are
+    enough to learn ``mu`` and ``sigma``.
+
+    Catches: an interval end moved onto the other (``mu + 4 sigma`` as the
+    lower end, ``mu - 4 sigma`` as the upper one: every value at one end);
+    partial knowledge needing three rows.
+    """
+    x, mal = _signed_problem()
+    out, info = _craft("fang_trimmed_mean", x, mal, "partial")
+    mu, sigma = x[mal].mean(0), x[mal].std(0)
+    lo = np.where(mu > 0, mu - 4 * sigma, mu + 3 * sigma)
+    frac = (out[mal] - lo) / sigma  # uniform in [0, 1] per entry
+    for side in (mu > 0, mu <= 0):
+        assert abs(frac[:, side].mean() - 0.5) < 0.02 and abs(frac[:, side].var() - 1 / 12) < 0.01
+    two = np.zeros(20, bool)
+    two[[3, 5]] = True
+    out, info = _craft("fang_trimmed_mean", x, two, "partial")
+    assert not info["fallback"]
+    mu, sigma = x[two].mean(0), x[two].std(0)
+    v = out[two]
+    assert np.all((v >= np.where(mu > 0, mu - 4 * sigma, mu + 3 * sigma) - 1e-4)
+                  & (v <= np.where(mu > 0, mu - 3 * sigma, mu + 4 * sigma) + 1e-4))
+
+
+def test_fang_trimmed_mean_overflowing_bound_falls_back():
+    """A bound past float32 range in the last coordinate (``b * max`` of a
+    column holding 3e38 whose mean is negative) makes the attack send the
+    honest updates, as documented for non-finite bounds.
+
+    Catches: ``_common.all_finite`` looking at part of the vector only
+    (``reshape(2, -1)[0]``: the first half), which sends inf.
+    """
+    x, mal = _problem(8)
+    benign = np.flatnonzero(~mal)
+    x[benign[0], -1], x[benign[1], -1] = 3e38, -3.3e38
+    out, info = _craft("fang_trimmed_mean", x, mal, b=2.0)
+    assert info["fallback"]
+    np.testing.assert_array_equal(out, x.astype(np.float32))
+
+
+def test_fang_trimmed_mean_python_b_and_default():
+    """``fang_trimmed_mean()`` uses Fang's ``b = 2``; a Python ``b`` in (1, 2)
+    is valid.
+
+    Catches: another default ``b``; ``b > 1`` tightened to ``b > 2``.
+    """
+    x, mal = _problem(8)
+    out, _ = jax.jit(attacks.fang_trimmed_mean().craft)(
+        jnp.asarray(x, jnp.float32), jnp.asarray(mal), KEY)
+    want, _ = _craft("fang_trimmed_mean", x, mal, b=2.0)
+    np.testing.assert_array_equal(np.asarray(out), want)
+    attacks.fang_trimmed_mean(b=1.5)
+
+
+def test_fang_trimmed_mean_zero_mean_and_screened_rows():
+    """A coordinate whose known rows' mean is exactly 0 counts as ``s_j =
+    -1`` (the docstring): the values go above the maximum (full) or to
+    ``[mu + 3 sigma, mu + 4 sigma]`` (partial). The sign and extremes come
+    from the finite rows only: two NaN rows beside a column that sums to -0.5
+    do not flip it. With every other row non-finite, a full-knowledge
+    attacker still crafts from its own row.
+
+    Catches: ``total >= 0`` / ``mu >= 0`` (0 counted as +1); the non-known
+    rows counted as 1 in the column sums; full knowledge needing two known
+    rows.
+    """
+    x = np.zeros((20, 30))  # integer columns: exact sums; rows 4-7 malicious
+    x[:8, 0] = [1, -1, 2, -2, 3, -3, 1, -1]  # sum 0, max 3; malicious: mean 0
+    x[:8, 1] = [1, -2, 1, -1.5, 1, -1, 1, 0]  # sum -0.5, max 1
+    x[18:] = np.nan
+    mal = np.arange(20) // 4 == 1
+    out, info = _craft("fang_trimmed_mean", x, mal, b=2.0)
+    assert not info["fallback"]
+    v = out[mal]
+    assert np.all((v[:, 0] >= 3.0) & (v[:, 0] <= 6.0))  # total 0 -> above max 3, within b
+    assert np.all((v[:, 1] >= 1.0) & (v[:, 1] <= 2.0))  # total -0.5 -> above max 1
+    out, info = _craft("fang_trimmed_mean", x, mal, "partial")
+    assert not info["fallback"]
+    sigma = np.sqrt(5.0)  # malicious rows' column 0: 3, -3, 1, -1 (mean 0)
+    v = out[mal][:, 0]
+    assert np.all((v >= 3 * sigma - 1e-5) & (v <= 4 * sigma + 1e-5))
+    lone = np.full_like(x, np.nan)
+    lone[4] = x[4]
+    one = np.arange(20) == 4
+    out, info = _craft("fang_trimmed_mean", lone, one, b=2.0)
+    assert not info["fallback"]
+    assert np.all(np.isfinite(out[4])) and np.any(out[4] != x[4])
 
 
 # --------------------------------------------------------------------------- #
@@ -436,6 +619,82 @@ def test_min_max_without_cap_is_uncapped():
         _, none = _craft(rule, x, mal, cap=None)
         assert float(none["gamma"]) == pytest.approx(float(capped["gamma"]), rel=1e-6)
         assert float(none["gamma"]) > 20
+
+
+@pytest.mark.parametrize("rule", ["min_max", "min_sum"])
+def test_min_max_min_sum_gamma_is_scale_covariant_on_small_rows(rule):
+    """Rows scaled by 1e-4 (``|mu|``, the spread ``T``, ``|delta|^2`` and the
+    closed form's denominators all below 1): gamma scales by 1e-4 for the
+    ``unit`` and ``sign`` directions (fixed length) and is unchanged for
+    ``std`` (which scales with the rows); also with partial knowledge.
+
+    Catches: clamps at 1 instead of 0 (``norm > 1`` zeroing the unit
+    direction, the squared distances or ``T`` floored at 1) and divisions
+    skipped below 1 (``dd > 1``, ``denom > 1``); ``T``'s fill for pairs with
+    an unknown row 1 instead of 0 (partial knowledge).
+    """
+    x, mal = _problem(4, loc=0.2)
+    for perturbation, factor in (("unit", 1e-4), ("sign", 1e-4), ("std", 1.0)):
+        _, big = _craft(rule, x, mal, perturbation=perturbation, cap=np.inf)
+        out, small = _craft(rule, x * 1e-4, mal, perturbation=perturbation, cap=np.inf)
+        assert float(big["gamma"]) > 0 and not small["fallback"]
+        assert float(small["gamma"]) == pytest.approx(factor * float(big["gamma"]), rel=1e-4)
+    _, big = _craft(rule, x, mal, "partial")  # T over the known (malicious) rows only
+    _, small = _craft(rule, x * 1e-4, mal, "partial", cap=50e-4)
+    assert float(small["gamma"]) == pytest.approx(1e-4 * float(big["gamma"]), rel=1e-4)
+
+
+def test_min_max_gamma_when_a_row_behind_the_mean_binds():
+    """A tight cluster and one outlier on the ``-delta`` side: the constraint
+    that binds first is the outlier's, whose ``b_i >= 0`` (on the usual
+    problems a row on the ``+delta`` side binds, with ``b_i < 0``). Gamma
+    against the reference search, for ``unit`` and ``sign``.
+
+    Catches: a wrong ``b_i >= 0`` branch of the closed form (``(b + root)
+    * C`` instead of ``/ C``).
+    """
+    rng = np.random.default_rng(0)
+    mal = np.arange(20) >= 16
+    for perturbation, s in (("unit", 0.5), ("sign", 2.0)):
+        x = np.tile(np.eye(30)[0] * 3, (20, 1)) + 0.05 * rng.normal(size=(20, 30))
+        x[0] += 10 * (np.eye(30)[1] - s * np.eye(30)[0])
+        delta = ref.perturbation_ref(perturbation, x)
+        assert (x.mean(0) - x[0]) @ delta >= 0  # the outlier is behind the mean
+        exact = ref.shejwalkar_gamma_ref(ref.min_max_ok(x, delta), gamma=2.0 ** 14)
+        _, info = _craft("min_max", x, mal, perturbation=perturbation, cap=np.inf)
+        assert float(info["gamma"]) == pytest.approx(exact, rel=1e-4, abs=1e-4)
+
+
+def test_min_max_min_sum_zero_mean_and_two_partial_attackers():
+    """Known rows with a mean of exactly 0 give the ``unit`` direction 0:
+    every gamma gives ``mu``, so the attackers send zeros with gamma reported
+    0 (not a fallback). Two partial-knowledge attackers are enough; a lone
+    one falls back and reports gamma 0. A Python cap below 1 is valid.
+
+    Catches: the unit direction's ``norm > 0`` test loosened (``>= 0`` or
+    ``|``: 0 / 0 = NaN, a fallback) or its 0 replaced by 1; gamma not
+    reported 0 when ``delta = 0`` (``dd >= 0``, or 1 instead of 0) or on
+    fallback; partial knowledge needing three rows; ``cap > 0`` tightened to
+    ``cap > 1`` (or its ``and`` turned into ``or``).
+    """
+    rng = np.random.default_rng(5)
+    half = rng.integers(-4, 5, (8, 30)).astype(float)
+    x = np.concatenate([half, -half, np.full((4, 30), np.nan)])  # 16 finite rows, mean 0
+    mal = np.isin(np.arange(20), [0, 3, 9, 12])
+    y, _ = _problem(8)
+    two, one = np.isin(np.arange(20), [3, 5]), np.arange(20) == 3
+    for rule in ("min_max", "min_sum"):
+        out, info = _craft(rule, x, mal, perturbation="unit", cap=np.inf)
+        assert not info["fallback"] and float(info["gamma"]) == 0.0
+        np.testing.assert_array_equal(out[mal], 0.0)
+        out, info = _craft(rule, y, two, "partial")
+        assert not info["fallback"] and float(info["gamma"]) > 0
+        np.testing.assert_array_equal(out[3], out[5])
+        assert np.all(out[3] != y[3].astype(np.float32))
+        out, info = _craft(rule, y, one, "partial")
+        assert info["fallback"] and float(info["gamma"]) == 0.0
+    attacks.min_max(cap=0.5)
+    attacks.min_sum(cap=0.5)
 
 
 # --------------------------------------------------------------------------- #
