@@ -79,8 +79,11 @@ TESTS = {
         _AGG + "stats_test.py", _AGG + "conformance_test.py", "tests/scale_test.py", "-k",
         "mean and not trimmed and not geometric and not meamed"],
     "fljax/aggregators/_rejection.py": [  # leave_one_out_test: a wrapped rule's shared form
-        _AGG + "model_rules_test.py", _AGG + "model_table_test.py", _AGG + "leave_one_out_test.py",
-        "-k", "err or lfr"],
+        _AGG + "rejection_test.py", _AGG + "model_rules_test.py", _AGG + "model_table_test.py",
+        _AGG + "leave_one_out_test.py",
+        "tests/simulate_test.py::test_err_scores_the_models_the_server_really_makes", "-k",
+        "err or lfr or rejection or leave_one_out_means or wrapped or client_weights "
+        "or smallest_settings"],
     "fljax/attacks/_common.py": [
         "tests/attacks/poisoning_test.py", "-k",
         "uniform_noise or ipm or alie or fang_trimmed or min_max or min_sum or fang_krum_lambda "

@@ -507,15 +507,18 @@ def test_every_rule_traces_inside_the_round(name):
 
 
 def test_err_scores_the_models_the_server_really_makes():
-    """Under server Adam (lr 0.01) ERR's candidate with every row is scored
-    exactly at the parameters the server then adopts (num_reject = 0).
+    """Under server Adam (lr 0.01) LFR's candidate with every row is scored
+    exactly at the parameters the server then adopts (num_reject = 0): its
+    validation loss, a metric fine enough to tell the two models apart (the
+    error rate of ERR, the same code path, was equal at both).
 
     Catches: candidates scored as ``params + aggregate`` (ERR / LFR's old
-    ``server_lr`` default), which the server never makes under Adam."""
+    ``server_lr`` default, or the server step not read from the context:
+    ``step = None``), which the server never makes under Adam."""
     cfg = small_cfg("server.optimizer='adam'", "server.learning_rate=0.01",
-                    "aggregator={'name': 'err', 'kwargs': {'num_reject': 0}}")
+                    "aggregator={'name': 'lfr', 'kwargs': {'num_reject': 0}}")
     state, info, plan = run_rounds(cfg, 1)
     rnd = simulate.compiled(plan.spec).round
     flat = jax.flatten_util.ravel_pytree(state.params)[0]
-    err, _ = rnd.resources(plan.hparams, plan.data)["eval_fn"](flat)
-    assert float(info.agg_info["metric_full"]) == pytest.approx(float(err), abs=1e-6)
+    _, loss = rnd.resources(plan.hparams, plan.data)["eval_fn"](flat)
+    assert float(info.agg_info["metric_full"]) == pytest.approx(float(loss), rel=1e-5)
