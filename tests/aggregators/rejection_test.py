@@ -132,3 +132,38 @@ def test_a_wrapped_rule_never_sees_the_screened_rows():
     assert int(info["num_unscorable"]) == 2
     np.testing.assert_allclose(out, x[honest].astype(np.float64).mean(0), rtol=1e-5, atol=1e-6)
 
+
+
+def test_a_stateful_wrapped_rule_sees_each_rows_client():
+    """LFR around FoolsGold (histories per client, clients 7, 2, 9, 0, 4, 5 of
+    10, a history from an earlier round): every leave-one-out candidate is
+    FoolsGold on the other rows *with their client ids*, and the output is
+    FoolsGold on the kept rows; impacts equal the losses of those candidates.
+
+    Catches: the subsets' client ids dropped (``ids = None`` in ``_subset``:
+    FoolsGold would read rows as clients 0..n-2, or refuse the call).
+    """
+    eval_fn, _, _ = _linear_task()
+    fg = A.foolsgold(10, normalize=True)
+    ids = np.array([7, 2, 9, 0, 4, 5], np.int32)
+    x = _rows(36, n=6)
+    x[1] = -3.0 * x[1]
+    earlier = _rows(37, n=6)
+    key = jax.random.PRNGKey(0)
+
+    def fg_on(rows, state):
+        ctx = AggregationContext(params=jnp.zeros(5), client_ids=jnp.asarray(ids[rows]))
+        return jax.jit(fg.aggregate)(jnp.asarray(x[rows]), state, key, ctx)
+
+    state = jax.jit(fg.aggregate)(jnp.asarray(earlier), fg.init(5), key, AggregationContext(
+        client_ids=jnp.asarray(ids)))[1]
+    agg = A.lfr(eval_fn=eval_fn, num_reject=1, base=fg)
+    out, _, info = _run(agg, x, AggregationContext(params=jnp.zeros(5),
+                                                   client_ids=jnp.asarray(ids)), state=state)
+    loss = lambda v: float(eval_fn(jnp.asarray(v))[1])  # noqa: E731
+    everyone = loss(fg_on(np.arange(6), state)[0])
+    impact = [everyone - loss(fg_on(np.delete(np.arange(6), i), state)[0]) for i in range(6)]
+    np.testing.assert_allclose(np.asarray(info["impact"]), impact, rtol=1e-4, atol=1e-6)
+    kept = np.flatnonzero(np.asarray(info["accepted"]))
+    assert len(kept) == 5
+    np.testing.assert_allclose(out, fg_on(kept, state)[0], rtol=1e-5, atol=1e-6)
