@@ -163,8 +163,11 @@ def plot(cells: list[dict], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(description: str = __doc__, tables=None, curves=None):
+    """The command line of a report: the sweep's folder, ``--img``, ``--title``
+    (``docs/m2m_report.py`` passes its own tables and curves)."""
+    tables, curves = tables or table, curves or plot
+    p = argparse.ArgumentParser(description=description.split("\n\n")[0])
     p.add_argument("out", help="the sweep's output folder")
     p.add_argument("--img", default=None, help="write the curves to this PNG")
     p.add_argument("--title", default="")
@@ -172,9 +175,9 @@ def main():
     cells = load(args.out)
     if not cells:
         raise SystemExit(f"no finished cells under {args.out}/cells")
-    print(table(cells))
+    print(tables(cells))
     if args.img:
-        plot(cells, args.img, args.title)
+        curves(cells, args.img, args.title)
         print(f"\ncurves: {args.img}")
 
 

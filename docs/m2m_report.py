@@ -16,14 +16,14 @@ bands the lowest to the highest seed.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from backdoor_report import _ms, _series, defence_label, late_mean, load  # noqa: E402
+from backdoor_report import _ms, _series, defence_label, late_mean  # noqa: E402
+from backdoor_report import main as report_main  # noqa: E402
 
 
 def setting(cfg: dict) -> str:
@@ -150,20 +150,5 @@ def plot(cells: list[dict], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("out", help="the sweep's output folder")
-    p.add_argument("--img", default=None, help="write the curves to this PNG")
-    p.add_argument("--title", default="")
-    args = p.parse_args()
-    cells = load(args.out)
-    if not cells:
-        raise SystemExit(f"no finished cells under {args.out}/cells")
-    print(tables(cells))
-    if args.img:
-        plot(cells, args.img, args.title)
-        print(f"\ncurves: {args.img}")
-
-
 if __name__ == "__main__":
-    main()
+    report_main(__doc__, tables, plot)
