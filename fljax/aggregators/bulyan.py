@@ -109,7 +109,8 @@ def bulyan(
             # loop picks removed finite rows again (valid before invalid): a row
             # counts once, as on the kernel path (the distinct finite rows).
             pos = jnp.arange(theta)
-            again = jnp.any((selected[:, None] == selected[None, :]) & (pos[None, :] < pos[:, None]),
+            earlier = pos[None, :] < pos[:, None]  # bool[theta, theta]
+            again = jnp.any((selected[:, None] == selected[None, :]) & earlier,
                             axis=1)  # bool[theta]: picked at an earlier position too
             chosen_valid = valid[selected] & ~again
             return closest_to_median_mean(chosen, chosen_valid, beta, block, batch)

@@ -4,7 +4,7 @@ The multi-label backdoors give every attacker ``g`` its own trigger and
 target: ``badnets``' triggers are fixed patches, set by the config alone;
 ``m2m``'s are learned, re-optimised every round the attacker takes part and
 kept in the attacker state (:class:`fljax.attacks.m2m.M2MState`), so they come
-out of a finished run (``RunResult.state.attack_state``). :func:`triggers`
+out of a finished run (``RunResult.state.attack_state``). :func:`attacker_triggers`
 returns them in one form (mask, pixel values, target per attacker) and
 :func:`stamp_trigger` writes attacker ``g``'s into images with the attack's own
 rule: badnets' pixels set to its value (:func:`fljax.attacks.backdoor.stamp`),
@@ -58,7 +58,7 @@ def _attack_state(state, combined: bool):
 
 
 def attacker_triggers(cfg: dict, state=None, input_shape: Optional[tuple] = None,
-             num_classes: Optional[int] = None) -> Triggers:
+                      num_classes: Optional[int] = None) -> Triggers:
     """Each attacker's trigger in a run of ``cfg`` (attack ``badnets`` or ``m2m``).
 
     Args:

@@ -60,7 +60,8 @@ _FED_EMNIST_KWARGS = ("data_dir", "download", "cache", "invert", "url", "sha256"
 __all__ = [
     "FederatedData", "build", "client_batch_indices", "from_partition", "num_local_steps",
     "partition", "digits", "breast_cancer", "random_images", "synthetic_fedprox",
-    "DATASETS", "DESCRIPTIONS", "PARTITIONS", "FED_EMNIST", "DataError", "cache", "fed_emnist", "tfds",
+    "DATASETS", "DESCRIPTIONS", "PARTITIONS", "FED_EMNIST", "DataError", "cache", "fed_emnist",
+    "tfds",
 ]
 
 
