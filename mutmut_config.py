@@ -54,6 +54,9 @@ TESTS = {
         "tests/simulate_test.py::test_round_matches_independent_reference[fedavg]",
         "tests/simulate_test.py::test_every_backend_gives_the_same_params",
         "tests/scale_test.py::test_streamed_rules_equal_their_dense_form"],
+    # The client axis over devices: only the 8-fake-device subprocess reaches it.
+    "fljax/execution.py:178-246": [
+        "tests/sharded_test.py::test_sharded_rounds_equal_one_device"],
     "fljax/transforms.py": ["tests/transforms_test.py", "tests/leakage/defences_test.py"],
     "fljax/aggregators/krum.py": [
         _AGG + "stats_test.py", _AGG + "conformance_test.py", "-k",
@@ -84,6 +87,21 @@ TESTS = {
         "tests/simulate_test.py::test_err_scores_the_models_the_server_really_makes", "-k",
         "err or lfr or rejection or leave_one_out_means or wrapped or client_weights "
         "or smallest_settings"],
+    "fljax/aggregators/geometric_median.py": [
+        _AGG + "stats_test.py", _AGG + "conformance_test.py", "tests/scale_test.py", "-k",
+        "geometric or impossible"],
+    "fljax/aggregators/centered_clipping.py": [
+        _AGG + "model_rules_test.py", _AGG + "model_table_test.py", "tests/scale_test.py",
+        "tests/simulate_test.py::test_resume_is_exact", "-k", "centered or resume"],
+    "fljax/aggregators/foolsgold.py": [
+        _AGG + "model_rules_test.py", _AGG + "model_table_test.py", _AGG + "rejection_test.py",
+        "-k", "foolsgold"],
+    "fljax/aggregators/flame.py": [
+        _AGG + "model_rules_test.py", _AGG + "model_table_test.py", "-k", "flame"],
+    "fljax/aggregators/fltrust.py": [
+        _AGG + "model_rules_test.py", _AGG + "model_table_test.py",
+        "tests/simulate_test.py::test_server_resources_use_their_own_examples", "-k",
+        "fltrust or server_resources"],
     "fljax/attacks/_common.py": [
         "tests/attacks/poisoning_test.py", "-k",
         "uniform_noise or ipm or alie or fang_trimmed or min_max or min_sum or fang_krum_lambda "

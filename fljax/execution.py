@@ -48,11 +48,12 @@ CLIENTS = "clients"  # the mesh axis of the client axis (and the columns in a de
 CELLS = "cells"  # the mesh axis of a sweep's cell axis
 
 
-def default_strategy(backend: str | None = None) -> tuple[str, int]:
-    """``(strategy, chunk)`` for ``strategy='auto'``: ``map`` one client at a
-    time on CPU, ``vmap`` of all clients elsewhere."""
+def default_strategy(backend: str | None = None) -> str:
+    """The strategy ``strategy='auto'`` starts from: ``map`` on CPU (one client
+    at a time, unless the memory plan picks a chunk), ``vmap`` of all clients
+    elsewhere."""
     backend = backend or jax.default_backend()
-    return ("map", 1) if backend == "cpu" else ("vmap", 0)
+    return "map" if backend == "cpu" else "vmap"
 
 
 def leaf_offsets(template) -> list[int]:

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fljax import registry
+from fljax import execution, registry
 from fljax.attacks.attacker import TestSet
 from fljax.config import ConfigError
 
@@ -377,8 +377,8 @@ def _check_scalars(cfg: dict) -> None:
         raise ConfigError(f"client.epochs = {cc['epochs']} and client.steps = {cc['steps']}: "
                           "one of them must be >= 1")
     ex = cfg["execution"]
-    if ex["strategy"] not in ("auto", "vmap", "map"):
-        _fail("execution.strategy", ex["strategy"], "one of auto, vmap, map")
+    if ex["strategy"] not in execution.STRATEGIES:
+        _fail("execution.strategy", ex["strategy"], "one of " + ", ".join(execution.STRATEGIES))
     _int_at_least(ex["client_chunk"], "execution.client_chunk", 0)
     _int_at_least(ex["eval_batch"], "execution.eval_batch", 1)
     _int_at_least(ex["unroll"], "execution.unroll", 0)
@@ -803,9 +803,7 @@ def fit_memory(cfg: dict, spec: Spec, hparams: dict, data, rule, crafts: bool,
                 "chunk that fits), a smaller client_chunk or fewer clients_per_round")
         strategy = "vmap" if strategy == "vmap" else "map"
     else:
-        from fljax.execution import default_strategy
-
-        auto, _ = default_strategy(devices[0].platform)
+        auto = execution.default_strategy(devices[0].platform)
         e = est(1)
         if not e.fits:
             rows = e.parts.get("updates", 0) + e.parts.get("rule", 0)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fljax import aggregators, config, memory, plan as plan_lib, results, simulate, sweep
+from fljax import aggregators, config, execution, memory, plan as plan_lib, results, simulate, sweep
 from fljax.aggregators.base import AggregationContext
 from tests.simulate_test import MEASURED, assert_trees_close, assert_trees_equal, small_cfg
 
@@ -149,6 +149,8 @@ def test_the_budget_picks_the_chunk_and_bad_budgets_fail_with_the_figure():
     """
     plan = plan_lib.prepare(small_cfg())
     assert (plan.spec.strategy, plan.spec.chunk, plan.spec.aggregation) == ("map", 1, "stream")
+    assert [execution.default_strategy(b) for b in ("cpu", "gpu", "tpu", None)] == [
+        "map", "vmap", "vmap", "map"]  # None: this machine's backend (CPU)
     total_gb = plan.memory.total / memory.GB
     with pytest.raises(config.ConfigError, match=r"execution.memory_gb = [0-9.]+ is too small "
                                                  r"for one client: .* needs [0-9.]+ [MG]B per "

@@ -92,18 +92,28 @@ def test_reference_sees_padding():
     assert len(set(plan.federated.counts.tolist())) > 5
 
 
-@pytest.mark.parametrize("transformed", [False, True], ids=["tree", "flat"])
-def test_every_backend_gives_the_same_params(transformed):
-    """``vmap``, ``map`` one at a time, in chunks of 3 (K = 4 leaves a
-    remainder) and all at once give the same parameters over two rounds.
+@pytest.mark.parametrize("aggregation,transformed,hidden", [
+    ("dense", False, [16]), ("dense", True, [16]), ("stream", False, []), ("stream", True, [16]),
+], ids=["dense-tree", "dense-flat", "stream-tree-two-tensors", "stream-flat"])
+def test_every_backend_gives_the_same_params(aggregation, transformed, hidden):
+    """``vmap``, ``map`` one at a time, in chunks of 3 (K = 5 leaves a
+    remainder of 2) and all at once give the same parameters over two
+    rounds, with the update matrix (dense: the buffer ``map`` writes into,
+    reused across rounds) and streamed (chunks consumed as they are trained).
 
     Catches: stale rows in the reused update buffer, a wrong row offset for
-    the remainder chunk or a parameter tensor, the flat (client-transformed)
-    write path differing from the pytree one.
+    the remainder chunk or a parameter tensor (``leaf_offsets`` starting at
+    1, ``write_rows`` at column 1), the flat (client-transformed) write path
+    differing from the pytree one, a chunk of two trained as one client
+    (``_block``'s single-client shortcut taken at ``c == 2``), the rows of a
+    model with exactly two tensors (``hidden=[]``) not concatenated.
     """
-    extra = ["client_transforms=[{'name': 'clip_by_norm', 'kwargs': {'max_norm': 0.05}}]"] \
-        if transformed else []
-    base, base_info, _ = run_rounds(small_cfg("execution.strategy='vmap'", *extra), 2)
+    extra = [f"execution.aggregation='{aggregation}'", f"model.kwargs={{'hidden': {hidden}}}",
+             "clients_per_round=5"]
+    if transformed:
+        extra.append("client_transforms=[{'name': 'clip_by_norm', 'kwargs': {'max_norm': 0.05}}]")
+    base, base_info, plan = run_rounds(small_cfg("execution.strategy='vmap'", *extra), 2)
+    assert plan.spec.aggregation == aggregation
     for chunk in (1, 3, 0):
         other, info, _ = run_rounds(small_cfg("execution.strategy='map'",
                                               f"execution.client_chunk={chunk}", *extra), 2)
