@@ -51,9 +51,14 @@ TESTS = {
         "or label_flip_inside or schedule_in_the_round or server_resources or non_finite "
         "or pre_aggregation or every_backend"],
     "fljax/execution.py": [
+        "tests/scale_test.py::test_the_budget_picks_the_chunk_and_bad_budgets_fail_with_the_figure",
         "tests/simulate_test.py::test_round_matches_independent_reference[fedavg]",
         "tests/simulate_test.py::test_every_backend_gives_the_same_params",
         "tests/scale_test.py::test_streamed_rules_equal_their_dense_form"],
+    # flat_rows: one device (streamed rows) and the column blocks over devices.
+    "fljax/execution.py:127-140": [
+        "tests/simulate_test.py::test_every_backend_gives_the_same_params",
+        "tests/sharded_test.py::test_sharded_rounds_equal_one_device"],
     # The client axis over devices: only the 8-fake-device subprocess reaches it.
     "fljax/execution.py:178-246": [
         "tests/sharded_test.py::test_sharded_rounds_equal_one_device"],

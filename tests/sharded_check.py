@@ -27,7 +27,10 @@ LABEL_FLIP = ["attack.name='label_flip'", "attack.num_malicious=10"]
 CASES = {
     "stream_mean_attack": LABEL_FLIP + [
         "server_transforms=[{'name': 'clip_by_norm', 'kwargs': {'max_norm': 0.5}}]"],
-    "median_columns": LABEL_FLIP + ["aggregator={'name': 'coordinate_median'}"],
+    # Client transforms make the updates flat rows; chunks of 2 per device.
+    "median_columns": LABEL_FLIP + [
+        "aggregator={'name': 'coordinate_median'}", "execution.client_chunk=2",
+        "client_transforms=[{'name': 'clip_by_norm', 'kwargs': {'max_norm': 0.5}}]"],
     "multi_krum_columns": LABEL_FLIP + [
         "aggregator={'name': 'multi_krum', 'kwargs': {'num_byzantine': 2}}",
         "clients_per_round=16"],

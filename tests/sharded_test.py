@@ -41,13 +41,17 @@ def _assert_same(r: dict) -> None:
 def test_sharded_rounds_equal_one_device():
     """A streamed mean under a data attack with server transforms (10
     clients on 8 devices: 6 padding rows), and a coordinate-wise median on
-    column blocks (its diagnostics and row norms reduced over the devices),
-    on 8 devices give one device's parameters and metrics.
+    column blocks (its diagnostics and row norms reduced over the devices;
+    client-transformed, i.e. flat, rows in chunks of 2 per device), on 8
+    devices give one device's parameters and metrics.
 
     Catches: padding rows counted in the mean or the median, the psum of the
     streamed sums missing or doubled, clients dealt out to devices in
     another order than the keys', row statistics (finiteness, norms) taken
-    over one column block only, column blocks gathered in the wrong order.
+    over one column block only, column blocks gathered in the wrong order,
+    a flat chunk not padded to the column blocks' width (``flat_rows``), a
+    device's chunks gathered along the wrong axis (``gather_rows``: only
+    visible with chunks of more than one client).
     """
     got = _check("stream_mean_attack", "median_columns", "column_rules")
     for r in got.values():
