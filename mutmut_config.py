@@ -34,7 +34,7 @@ import sys
 
 # module -> pytest arguments. Fast tests first: ``-x`` stops at the first
 # failure, so a killed mutant usually costs one import and one small compile.
-# A key ``module:lo-hi`` gives lines lo..hi (1-based) of the module their own
+# A key ``module:lo-hi[,lo-hi...]`` gives those lines (1-based) of the module their own
 # selection (a part only some tests reach, whose collection is costly).
 _AGG = "tests/aggregators/"
 TESTS = {
@@ -46,10 +46,17 @@ TESTS = {
         "tests/simulate_test.py::test_round_matches_independent_reference[uneven-padded]",
         "tests/simulate_test.py::test_round_matches_independent_reference[fixed-steps]"],
     "fljax/round.py": [
-        "tests/simulate_test.py", "-k",
+        "tests/simulate_test.py", "tests/scale_test.py", "-k",
         "matches_independent_reference or exactly_the_sampled or server_transforms_reach "
         "or label_flip_inside or schedule_in_the_round or server_resources or non_finite "
-        "or pre_aggregation or every_backend"],
+        "or pre_aggregation or every_backend or attackers_state or make_optimizer "
+        "or chunk_norms or diagnostics_name or bad_configs or err_scores or streamed_rules"],
+    # The client axis over devices (chunking, the dispatch, the streamed psum,
+    # the buffer): the same, then the 8-fake-device subprocess.
+    "fljax/round.py:158-166,322-370,400-432,445-453": [
+        "tests/simulate_test.py", "tests/scale_test.py", "tests/sharded_test.py", "-k",
+        "matches_independent_reference or every_backend or server_transforms_reach "
+        "or streamed_rules or sharded_rounds"],
     "fljax/execution.py": [
         "tests/scale_test.py::test_the_budget_picks_the_chunk_and_bad_budgets_fail_with_the_figure",
         "tests/simulate_test.py::test_round_matches_independent_reference[fedavg]",
@@ -194,11 +201,12 @@ def _selection(filename: str, line: int) -> str:
     entry (a part of the module that only its own tests reach, e.g. a rule's
     leave-one-out form) if one covers the line, else the module's."""
     for key in TESTS:
-        name, _, span = key.partition(":")
-        if name == filename and span:
-            lo, _, hi = span.partition("-")
-            if int(lo) <= line <= int(hi or lo):
-                return key
+        name, _, spans = key.partition(":")
+        if name == filename and spans:
+            for span in spans.split(","):
+                lo, _, hi = span.partition("-")
+                if int(lo) <= line <= int(hi or lo):
+                    return key
     return filename
 
 

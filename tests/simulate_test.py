@@ -114,9 +114,12 @@ def test_every_backend_gives_the_same_params(aggregation, transformed, hidden):
         extra.append("client_transforms=[{'name': 'clip_by_norm', 'kwargs': {'max_norm': 0.05}}]")
     base, base_info, plan = run_rounds(small_cfg("execution.strategy='vmap'", *extra), 2)
     assert plan.spec.aggregation == aggregation
+    assert simulate.compiled(plan.spec).round.new_buffer() is None  # vmap keeps no buffer
     for chunk in (1, 3, 0):
-        other, info, _ = run_rounds(small_cfg("execution.strategy='map'",
-                                              f"execution.client_chunk={chunk}", *extra), 2)
+        other, info, oplan = run_rounds(small_cfg("execution.strategy='map'",
+                                                  f"execution.client_chunk={chunk}", *extra), 2)
+        buf = simulate.compiled(oplan.spec).round.new_buffer()  # only a dense map keeps one
+        assert (buf is None) if aggregation == "stream" else buf.shape == (5, plan.memory.inputs["dim"])
         assert_trees_close(base.params, other.params)
         np.testing.assert_allclose(np.asarray(info.update_norms),
                                    np.asarray(base_info.update_norms), rtol=1e-4)
@@ -173,10 +176,14 @@ def test_label_flip_inside_the_simulator_trains_on_flipped_labels():
     assert_trees_close(flipped.params, want, atol=1e-6)
 
 
-def test_server_transforms_reach_the_rule():
-    """Catches: server transforms skipped or applied after aggregation."""
-    cfg = small_cfg("server_transforms=[{'name': 'clip_by_norm', 'kwargs': {'max_norm': 0.01}}]")
-    _, info, _ = run_rounds(cfg, 1)
+@pytest.mark.parametrize("aggregation", ["stream", "dense"])
+def test_server_transforms_reach_the_rule(aggregation):
+    """Catches: server transforms skipped or applied after aggregation (on
+    the update matrix, or chunk by chunk when the rule streams)."""
+    cfg = small_cfg("server_transforms=[{'name': 'clip_by_norm', 'kwargs': {'max_norm': 0.01}}]",
+                    f"execution.aggregation='{aggregation}'")
+    _, info, plan = run_rounds(cfg, 1)
+    assert plan.spec.aggregation == aggregation
     norms = np.asarray(info.update_norms)
     np.testing.assert_allclose(norms, 0.01, rtol=1e-4)
 
@@ -307,10 +314,11 @@ def test_server_resources_use_their_own_examples():
     examples and lowers their loss.
 
     Catches: the wrong index set, the test set used instead, a root update
-    that is not a descent step.
+    that is not a descent step, or not one epoch (the step count
+    ``ceil(root_size / batch_size)`` miscounted).
     """
     cfg = small_cfg("aggregator={'name': 'err', 'kwargs': {'num_reject': 1}}",
-                    "server_data.validation_size=50", "server_data.root_size=30")
+                    "server_data.validation_size=50", "server_data.root_size=70")
     plan = plan_lib.prepare(cfg)
     assert plan.hparams["root_idx"].shape == (0,)  # ERR uses no root set: none is carved
     rnd = simulate.compiled(plan.spec).round
@@ -326,8 +334,21 @@ def test_server_resources_use_their_own_examples():
     rnd = simulate.compiled(plan.spec).round
     res = rnd.resources(plan.hparams, plan.data)
     root = np.asarray(plan.hparams["root_idx"])
-    assert len(root) == 30 and plan.hparams["val_idx"].shape == (0,)
+    assert len(root) == 70 and plan.hparams["val_idx"].shape == (0,)
     g0 = res["server_update_fn"](flat, jax.random.PRNGKey(1))
+    # One epoch over the root set: ceil(70 / 32) = 3 plain SGD steps on a
+    # permutation of 96 slots wrapped onto the 70 examples.
+    perm = np.asarray(jax.random.permutation(jax.random.split(jax.random.PRNGKey(1))[0], 96)) % 70
+    xr, yr = np.asarray(fed.x[root])[perm], np.asarray(fed.y[root])[perm]
+
+    def batch_loss(f, xb, yb):
+        lg = rnd.model.apply(unravel(f), xb)
+        return -jnp.mean(jax.nn.log_softmax(lg)[jnp.arange(len(yb)), yb])
+
+    f = flat
+    for s in range(3):
+        f = f - 0.1 * jax.grad(batch_loss)(f, xr[32 * s:32 * s + 32], yr[32 * s:32 * s + 32])
+    np.testing.assert_allclose(np.asarray(g0), np.asarray(f - flat), atol=2e-6)
 
     def root_loss(f):
         lg = rnd.model.apply(unravel(f), fed.x[root])
@@ -532,3 +553,138 @@ def test_err_scores_the_models_the_server_really_makes():
     flat = jax.flatten_util.ravel_pytree(state.params)[0]
     _, loss = rnd.resources(plan.hparams, plan.data)["eval_fn"](flat)
     assert float(info.agg_info["metric_full"]) == pytest.approx(float(loss), rel=1e-5)
+
+
+def _probe_attack(model):
+    """A test attacker that records what the round hands it: the first sampled
+    client's own examples (``begin_round``), the aggregate and new parameters
+    (``end_round``), and the model's accuracy through the round's ``predict``
+    (``metrics``). Its state counts the rounds."""
+    from fljax.attacks.attacker import Attacker
+
+    def init(ai):
+        logits = model.apply(ai.params, jnp.zeros((1,) + ai.input_shape))  # uses the model
+        return {"rounds": jnp.zeros((), jnp.int32), "cid": jnp.zeros((), jnp.int32),
+                "count": jnp.zeros((), jnp.int32), "ysum": jnp.zeros((), jnp.int32),
+                "xsum": jnp.zeros(()), "step": jnp.zeros((ai.dim,)),
+                "classes": jnp.asarray(logits.shape[-1], jnp.int32)}
+
+    def begin_round(state, view, key):
+        cid = view.client_ids[0]
+        x, y, valid = view.examples(cid)
+        return {**state, "rounds": state["rounds"] + 1, "cid": cid,
+                "count": jnp.sum(valid).astype(jnp.int32),
+                "ysum": jnp.sum(jnp.where(valid, y, 0)).astype(jnp.int32),
+                "xsum": jnp.sum(jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0.0))}
+
+    def end_round(state, view):
+        new = jax.flatten_util.ravel_pytree(view.new_params)[0]
+        old = jax.flatten_util.ravel_pytree(view.params)[0]
+        return {**state, "step": new - old - view.aggregate}
+
+    def metrics(params, state, test, predict):
+        hits = (predict(params, test.x) == test.y) & test.mask
+        return {"probe_accuracy": jnp.sum(hits) / jnp.sum(test.mask),
+                "probe_rounds": state["rounds"]}
+
+    return Attacker(init=init, begin_round=begin_round, end_round=end_round, metrics=metrics)
+
+
+def test_an_attackers_state_and_views_through_the_round(monkeypatch):
+    """An attacker's state goes init -> begin_round -> end_round -> the next
+    round; ``begin_round`` sees a client's own examples, exactly; ``end_round``
+    the aggregate and the new parameters (plain SGD at server rate 1: new =
+    old + aggregate); ``metrics`` the round's ``predict`` (its accuracy equals
+    the evaluation's); a factory with a ``model`` parameter gets the model.
+
+    Catches: the state dropped at init or between the hooks, a client's
+    examples read one past its count or from the wrong offset, ``end_round``
+    not called or given other arrays, ``predict`` missing, the model not
+    passed.
+    """
+    from fljax import attacks
+
+    monkeypatch.setitem(attacks.ATTACKS, "probe", _probe_attack)
+    cfg = small_cfg("attack.name='probe'", "attack.num_malicious=2")
+    state, info, plan = run_rounds(cfg, 2)
+    st = state.attack_state
+    assert int(st["rounds"]) == 2 and int(st["classes"]) == 10
+    cid = int(st["cid"])
+    assert cid == int(info.client_ids[0])
+    off, cnt = int(plan.data.offsets[cid]), int(plan.data.counts[cid])
+    assert int(st["count"]) == cnt
+    assert int(st["ysum"]) == int(np.sum(np.asarray(plan.data.y[off:off + cnt])))
+    np.testing.assert_allclose(float(st["xsum"]), float(np.sum(np.asarray(plan.data.x[off:off + cnt]))),
+                               rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(st["step"]), 0.0, atol=1e-6)
+    rnd = simulate.compiled(plan.spec).round
+    out = rnd.evaluate(plan.hparams, state, plan.data)
+    assert int(out["probe_rounds"]) == 2
+    np.testing.assert_allclose(float(out["probe_accuracy"]), float(out["accuracy"]), atol=1e-6)
+    assert set(out) >= {"accuracy", "loss", "error_rate"}
+    np.testing.assert_allclose(float(out["error_rate"]), 1 - float(out["accuracy"]), atol=1e-6)
+
+
+def test_make_optimizer_momentum_and_static_kwargs():
+    """``momentum`` is SGD with momentum 0.9 unless given; static keyword
+    arguments reach optax; bad ones fail naming the field.
+
+    Catches: another default momentum, the static kwargs dropped, the
+    ``momentum`` alias not mapped to ``sgd``.
+    """
+    from fljax.round import make_optimizer
+
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.array([1.0, -2.0, 0.5])}
+
+    def two_steps(opt):
+        s = opt.init(params)
+        u1, s = opt.update(grads, s, params)
+        u2, _ = opt.update(grads, s, params)
+        return np.asarray(u2["w"])
+
+    want = two_steps(__import__("optax").sgd(0.1, momentum=0.9))
+    np.testing.assert_allclose(two_steps(make_optimizer("momentum", {"learning_rate": 0.1})),
+                               want, rtol=1e-6)
+    nesterov = two_steps(__import__("optax").sgd(0.1, momentum=0.5, nesterov=True))
+    got = make_optimizer("momentum", {"learning_rate": 0.1, "momentum": 0.5}, {"nesterov": True})
+    np.testing.assert_allclose(two_steps(got), nesterov, rtol=1e-6)
+    with pytest.raises(config.ConfigError, match=r"server\.optimizer_kwargs: bad arguments"):
+        make_optimizer("adam", {"learning_rate": 0.1}, {"nope": 1}, "server")
+
+
+def test_chunk_norms_are_the_overflow_safe_norms():
+    """A streamed chunk's one-pass row norms fall back to the overflow-safe
+    form when a row's sum of squares overflows or is tiny.
+
+    Catches: the one-pass form kept for an overflowing chunk (inf for a
+    finite row), a wrong norm for tiny rows, NaN rows not reported as inf.
+    """
+    from fljax.round import _chunk_norms, _norms
+
+    x = jnp.array([[3e20, 4e20], [3.0, 4.0]])  # sum of squares overflows float32
+    np.testing.assert_allclose(np.asarray(_chunk_norms(x)), [5e20, 5.0], rtol=1e-6)
+    tiny = jnp.array([[3e-25, 4e-25], [3.0, 4.0]])  # sum of squares underflows
+    np.testing.assert_allclose(np.asarray(_chunk_norms(tiny)), [5e-25, 5.0], rtol=1e-6)
+    bad = jnp.array([[jnp.nan, 1.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(np.asarray(_chunk_norms(bad)), np.asarray(_norms(bad)))
+    assert np.isinf(np.asarray(_chunk_norms(bad))[0])
+
+
+def test_diagnostics_name_clients_unless_buckets_merged_them():
+    """``malicious_kept`` reads the rule's selection as client rows, except
+    after ``bucketing``, whose selections name buckets (then NaN); other
+    pre-aggregation stages (NNM) keep rows one per client.
+
+    Catches: the bucketing test inverted or dropped (a bucket index read as
+    a client's), every pre-aggregation stage treated as merging.
+    """
+    attack = ["attack.name='sign_flip'", "attack.num_malicious=20", "clients_per_round=12",
+              "aggregator={'name': 'multi_krum', 'kwargs': {'num_byzantine': 1}}"]
+    _, info, _ = run_rounds(small_cfg(*attack, "pre_aggregation=[{'name': 'bucketing', "
+                                                "'kwargs': {'bucket_size': 2}}]"), 1)
+    assert np.isnan(float(info.diagnostics["malicious_kept"]))
+    _, info, _ = run_rounds(small_cfg(*attack, "pre_aggregation=[{'name': 'nnm', "
+                                                "'kwargs': {'num_byzantine': 1}}]"), 1)
+    assert int(info.malicious.sum()) > 0
+    assert 0.0 <= float(info.diagnostics["malicious_kept"]) <= 1.0
