@@ -484,6 +484,36 @@ def test_norm_clipping_matches_reference_and_screens():
         A.norm_clipping(0.0)
 
 
+def test_norm_clipping_one_finite_row_and_its_info_dense_and_streamed():
+    """One finite row among non-finite ones is the result, clipped (divided
+    by the one finite row, not by 2); ``norms`` are the rows' norms (0 for
+    non-finite rows), ``clipped`` flags finite rows strictly above the bound
+    (a row exactly on it is not clipped), on the matrix and streamed.
+
+    Catches: ``max(m, 1)`` -> ``max(m, 2)`` (dense or streamed), non-finite
+    rows flagged as clipped (``finite | ...``), ``>=`` for ``>``, norms
+    reported as ``scale / base`` or as 1 for non-finite rows.
+    """
+    x = np.array([[3.0, 4.0], [np.nan, 1.0], [np.inf, 0.0]], np.float32)
+    rule = A.norm_clipping(1.0)
+    out, _, info = _run(rule, x)
+    np.testing.assert_allclose(np.asarray(out), [0.6, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(info["norms"]), [5.0, 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(info["clipped"]), [True, False, False])
+    assert int(info["num_nonfinite"]) == 2
+    st = rule.stream
+    acc, row_info = st.add(st.zero(2, jnp.float32), jnp.asarray(x), jnp.ones(3), jnp.ones(3, bool))
+    out_s, _, info_s = st.finish(acc, row_info, None, KEY)
+    np.testing.assert_allclose(np.asarray(out_s), [0.6, 0.8], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(info_s["clipped"]), [True, False, False])
+    np.testing.assert_allclose(np.asarray(info_s["norms"]), [5.0, 0.0, 0.0], rtol=1e-6)
+    edge = np.array([[1.0, 0.0], [0.0, 0.5]], np.float32)  # norms exactly 1 (the bound) and 0.5
+    for clipped in (_run(rule, edge)[2]["clipped"],
+                    st.add(st.zero(2, jnp.float32), jnp.asarray(edge), jnp.ones(2),
+                           jnp.ones(2, bool))[1]["clipped"]):
+        np.testing.assert_array_equal(np.asarray(clipped), [False, False])
+
+
 @pytest.mark.parametrize("placement,n", [("sum", 5), ("average", 5), ("sum", 10)])
 def test_weak_dp_noise_placement_variance(placement, n):
     rng = np.random.default_rng(15)
@@ -522,6 +552,52 @@ def test_centered_clipping_state_carries_over():
     # A fresh state gives a different (smaller) first step.
     fresh, _, _ = _run(agg, rounds[2])
     assert not np.allclose(fresh, expected[2])
+
+
+def _centered_clipping_loop(x, tau, iters):
+    """Algorithm 2 in float64 from v = 0: ``(v, clipped flags of each iteration)``."""
+    fin = np.isfinite(x).all(1)
+    v, flags = np.zeros(x.shape[1]), []
+    for _ in range(iters):
+        d = x[fin] - v
+        nrm = np.linalg.norm(d, axis=1)
+        f = np.zeros(len(x), bool)
+        f[fin] = nrm > tau
+        flags.append((f, np.min(np.abs(nrm - tau))))
+        v = v + (d * np.minimum(1, tau / np.maximum(nrm, 1e-30))[:, None]).sum(0) / max(fin.sum(), 1)
+    return v, flags
+
+
+def test_centered_clipping_steps_flags_and_one_finite_row():
+    """The default is one clipping step; ``clipped`` are the flags of the
+    LAST of several steps (here they change at every step) and only of
+    finite rows; a row exactly at distance ``tau`` is not clipped; one
+    finite row moves the centre by its own clipped difference; ``tau = 0``
+    is refused.
+
+    Catches: another default ``iters``, the first or middle step's flags
+    (``was_clipped[-2]``, ``[+1]``), NaN rows flagged (``finite | ...``),
+    ``>=`` for ``>``, the distance as ``scale / base``, ``max(m, 2)``,
+    ``tau >= 0`` accepted.
+    """
+    x = np.array([[10.0, 0.0], [1.05, 0.0], [0.0, 0.8], [np.nan, 0.0]], np.float32)
+    for iters in (1, 2, 3):
+        want, flags = _centered_clipping_loop(x.astype(np.float64), 1.0, iters)
+        rule = A.centered_clipping(1.0) if iters == 1 else A.centered_clipping(1.0, iters)
+        out, _, info = _run(rule, x)
+        np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5)
+        assert flags[-1][1] > 1e-2  # no distance near tau: the flags are robust
+        np.testing.assert_array_equal(np.asarray(info["clipped"]), flags[-1][0])
+    assert [f.tolist() for f, _ in _centered_clipping_loop(x.astype(np.float64), 1.0, 3)[1]] == [
+        [True, True, False, False], [True, False, False, False], [True, False, True, False]]
+    edge = np.array([[1.0, 0.0], [0.0, 0.5]], np.float32)  # distances 1 (= tau) and 0.5
+    np.testing.assert_array_equal(np.asarray(_run(A.centered_clipping(1.0), edge)[2]["clipped"]),
+                                  [False, False])
+    one = np.array([[3.0, 4.0], [np.inf, 0.0]], np.float32)
+    np.testing.assert_allclose(np.asarray(_run(A.centered_clipping(1.0), one)[0]), [0.6, 0.8],
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="tau"):
+        A.centered_clipping(0.0)
 
 
 def test_centered_clipping_nonfinite_and_validates():

@@ -191,6 +191,13 @@ def test_geometric_median_weights_and_robustness():
         beta = w / np.maximum(1e-5, np.linalg.norm(z - x, axis=1))
         z = (beta[:, None] * x).sum(0) / beta.sum()
     np.testing.assert_allclose(out, z, rtol=1e-4, atol=1e-5)
+    info = _agg(agg.geometric_median(weighted=True), x, context=ctx)[2]
+    z_prev = (w[:, None] * x).sum(0) / w.sum()  # the weights of the last step, normalised
+    for _ in range(3):
+        beta = w / np.maximum(1e-5, np.linalg.norm(z_prev - x, axis=1))
+        z_prev = (beta[:, None] * x).sum(0) / beta.sum()
+    beta = w / np.maximum(1e-5, np.linalg.norm(z_prev - x, axis=1))
+    np.testing.assert_allclose(np.asarray(info["weights"]), beta / beta.sum(), rtol=1e-4)
     unweighted = _agg(agg.geometric_median(), x, context=ctx)[0]
     np.testing.assert_allclose(unweighted, ref.geometric_median_ref(x.astype(np.float64)),
                                rtol=1e-4, atol=1e-5)
@@ -259,6 +266,32 @@ def test_mean_screens_nonfinite_rows_even_with_zero_weight():
     out, _, info = _agg(agg.mean(), x[[0, 2]])
     np.testing.assert_allclose(out, (x[0] + x[2]) / 2, rtol=1e-6)
     assert int(info["num_nonfinite"]) == 0
+
+
+def test_geometric_median_start_floor_and_zero_steps():
+    """``num_iters=0`` returns the better start: the mean, or the origin (with
+    zero weights) when a huge row drags the mean; the floor ``nu`` (default
+    1e-5) decides the fixed point when rows coincide: two rows at 0 and one
+    at 1 settle at ``nu / (2 + nu)``.
+
+    Catches: ``num_iters = 0`` refused, the origin start replaced by ones (the
+    estimate or its reported weights), another default ``nu``, the
+    ``weights`` info renamed.
+    """
+    x = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 0.0]], np.float32)
+    out, _, info = _agg(agg.geometric_median(num_iters=0), x)
+    np.testing.assert_allclose(np.asarray(out), x.mean(0), rtol=1e-6)
+    assert not bool(info["zero_start"])
+    huge = x.copy()
+    huge[2] = 1e30
+    out, _, info = _agg(agg.geometric_median(num_iters=0), huge)
+    assert bool(info["zero_start"])
+    np.testing.assert_array_equal(np.asarray(out), 0.0)
+    np.testing.assert_array_equal(np.asarray(info["weights"]), 0.0)
+    y = np.array([[0.0], [0.0], [1.0]], np.float32)
+    for kwargs, nu in (({}, 1e-5), ({"nu": 1e-3}, 1e-3)):
+        z = float(_agg(agg.geometric_median(num_iters=60, **kwargs), y)[0][0])
+        np.testing.assert_allclose(z, nu / (2 + nu), rtol=1e-3)
 
 
 @pytest.mark.parametrize("f", [1, 3, 5])
