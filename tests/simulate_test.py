@@ -308,6 +308,25 @@ def test_evaluation_with_a_partial_last_batch():
     assert abs(float(got["loss"]) - loss) < 1e-5
 
 
+def _root_epoch(rnd, fed, root, flat, steps, bsz=32, lr=0.1):
+    """FLTrust's root update written out: one epoch over the root set, ``steps
+    = ceil(root_size / bsz)`` plain SGD steps on a permutation of ``steps *
+    bsz`` slots wrapped onto the root examples (key ``PRNGKey(1)``)."""
+    _, unravel = jax.flatten_util.ravel_pytree(rnd.model.init(jax.random.PRNGKey(0)))
+    perm = np.asarray(jax.random.permutation(jax.random.split(jax.random.PRNGKey(1))[0],
+                                             steps * bsz)) % len(root)
+    xr, yr = np.asarray(fed.x[root])[perm], np.asarray(fed.y[root])[perm]
+
+    def batch_loss(f, xb, yb):
+        lg = rnd.model.apply(unravel(f), xb)
+        return -jnp.mean(jax.nn.log_softmax(lg)[jnp.arange(len(yb)), yb])
+
+    f = flat
+    for s in range(steps):
+        f = f - lr * jax.grad(batch_loss)(f, xr[bsz * s:bsz * (s + 1)], yr[bsz * s:bsz * (s + 1)])
+    return np.asarray(f - flat)
+
+
 def test_server_resources_use_their_own_examples():
     """The validation function ERR / LFR get evaluates exactly the server's
     validation examples; FLTrust's root update trains on exactly the root
@@ -315,7 +334,8 @@ def test_server_resources_use_their_own_examples():
 
     Catches: the wrong index set, the test set used instead, a root update
     that is not a descent step, or not one epoch (the step count
-    ``ceil(root_size / batch_size)`` miscounted).
+    ``ceil(root_size / batch_size)`` miscounted, with 70 and with 20 root
+    examples).
     """
     cfg = small_cfg("aggregator={'name': 'err', 'kwargs': {'num_reject': 1}}",
                     "server_data.validation_size=50", "server_data.root_size=70")
@@ -336,19 +356,13 @@ def test_server_resources_use_their_own_examples():
     root = np.asarray(plan.hparams["root_idx"])
     assert len(root) == 70 and plan.hparams["val_idx"].shape == (0,)
     g0 = res["server_update_fn"](flat, jax.random.PRNGKey(1))
-    # One epoch over the root set: ceil(70 / 32) = 3 plain SGD steps on a
-    # permutation of 96 slots wrapped onto the 70 examples.
-    perm = np.asarray(jax.random.permutation(jax.random.split(jax.random.PRNGKey(1))[0], 96)) % 70
-    xr, yr = np.asarray(fed.x[root])[perm], np.asarray(fed.y[root])[perm]
-
-    def batch_loss(f, xb, yb):
-        lg = rnd.model.apply(unravel(f), xb)
-        return -jnp.mean(jax.nn.log_softmax(lg)[jnp.arange(len(yb)), yb])
-
-    f = flat
-    for s in range(3):
-        f = f - 0.1 * jax.grad(batch_loss)(f, xr[32 * s:32 * s + 32], yr[32 * s:32 * s + 32])
-    np.testing.assert_allclose(np.asarray(g0), np.asarray(f - flat), atol=2e-6)
+    np.testing.assert_allclose(np.asarray(g0), _root_epoch(rnd, fed, root, flat, 3), atol=2e-6)
+    small = plan_lib.prepare(config.resolve(simulate.DEFAULTS, cfg, [
+        "aggregator={'name': 'fltrust'}", "server_data.root_size=20"]))
+    rnd20 = simulate.compiled(small.spec).round
+    g20 = rnd20.resources(small.hparams, small.data)["server_update_fn"](flat, jax.random.PRNGKey(1))
+    np.testing.assert_allclose(np.asarray(g20), _root_epoch(
+        rnd20, small.federated, np.asarray(small.hparams["root_idx"]), flat, 1), atol=2e-6)
 
     def root_loss(f):
         lg = rnd.model.apply(unravel(f), fed.x[root])
@@ -688,3 +702,26 @@ def test_diagnostics_name_clients_unless_buckets_merged_them():
                                                 "'kwargs': {'num_byzantine': 1}}]"), 1)
     assert int(info.malicious.sum()) > 0
     assert 0.0 <= float(info.diagnostics["malicious_kept"]) <= 1.0
+
+
+def test_per_tensor_transforms_get_the_models_shapes():
+    """Client and server transforms built by the round prune per parameter
+    tensor (they get the model's tensor shapes), not over the whole update.
+
+    Catches: the shapes not passed (``prune`` then works on the whole flat
+    update at once).
+    """
+    from fljax import transforms
+
+    tf = "[{'name': 'prune', 'kwargs': {'percent': 50}}]"
+    plan = plan_lib.prepare(small_cfg(f"client_transforms={tf}", f"server_transforms={tf}"))
+    rnd = simulate.compiled(plan.spec).round
+    comp = rnd.components(plan.hparams, plan.data)
+    shapes = transforms.tensor_shapes(rnd.model.init(jax.random.PRNGKey(0)))
+    x = jax.random.normal(jax.random.PRNGKey(3), (rnd.dim,)) * jnp.repeat(
+        jnp.asarray([10.0 ** i for i in range(len(shapes))]),
+        jnp.asarray([int(np.prod(s)) for s in shapes]), total_repeat_length=rnd.dim)
+    want = transforms.prune(50, shapes=shapes)(x, None)
+    for tf_fn in (comp.client_tf, comp.server_tf):
+        np.testing.assert_array_equal(np.asarray(tf_fn(x, jax.random.PRNGKey(0))), np.asarray(want))
+    assert not np.array_equal(np.asarray(want), np.asarray(transforms.prune(50)(x, None)))
