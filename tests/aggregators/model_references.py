@@ -65,15 +65,18 @@ def flame_no_noise(updates, params=None):
     return out / len(good), labels
 
 
-def foolsgold_weights(histories):
-    """The reference code ``DistributedML/FoolsGold`` ``foolsgold()``, loop form."""
+def foolsgold_weights(histories, kappa=1.0, skip_zero=False):
+    """The reference code ``DistributedML/FoolsGold`` ``foolsgold()``, loop form
+    (with its confidence ``kappa``; ``skip_zero`` skips a pardon whose
+    ``maxcs[j]`` is 0, which the reference divides by: fljax's documented
+    deviation)."""
     h = np.asarray(histories, np.float64)
     n = h.shape[0]
     cs = np.array([[_cos(h[i], h[j]) for j in range(n)] for i in range(n)]) - np.eye(n)
     maxcs = np.max(cs, axis=1)
     for i in range(n):
         for j in range(n):
-            if i == j:
+            if i == j or (skip_zero and maxcs[j] == 0):
                 continue
             if maxcs[i] < maxcs[j]:
                 cs[i][j] = cs[i][j] * maxcs[i] / maxcs[j]
@@ -83,7 +86,7 @@ def foolsgold_weights(histories):
     wv = wv / np.max(wv)
     wv[wv == 1] = 0.99
     with np.errstate(divide="ignore"):
-        wv = np.log(wv / (1 - wv)) + 0.5
+        wv = kappa * (np.log(wv / (1 - wv)) + 0.5)
     wv[(np.isinf(wv) + wv > 1)] = 1
     wv[wv < 0] = 0
     return wv
