@@ -117,6 +117,57 @@ def test_flame_rejects_outlier_cluster_and_matches_reference():
     assert np.all(np.asarray(info["admitted"])[3:])
 
 
+def _flame_clipped_mean(x, admitted):
+    """Step 3 of FLAME in float64: the admitted rows clipped to the median norm
+    of the finite rows, averaged."""
+    x = np.asarray(x, np.float64)
+    fin = np.isfinite(x).all(1)
+    norms = np.linalg.norm(np.where(fin[:, None], x, 0.0), axis=1)
+    s = np.median(norms[fin])
+    rows = x[admitted] * np.minimum(1.0, s / norms[admitted])[:, None]
+    return rows.mean(0), s
+
+
+def test_flame_small_rounds_edges_and_info():
+    """Two rows (the smallest n) form the one cluster; three finite rows of
+    five are exactly ``min_cluster_size`` and still clustered (the non-finite
+    rows labelled -1, never counted); the default ``lambda`` is 0.001 (the
+    reported ``noise_std`` is ``lambda * S``); with every row non-finite the
+    result is exactly 0; with one finite row ``S`` is its norm.
+
+    Catches: ``n > 2`` required, clustering only above ``min_cluster_size``
+    (``>``) or from 3 rows, non-finite rows labelled +1 (counted in a
+    cluster's size), another default ``lambda``, ``S`` with no finite row
+    NaN or 1, ``S`` of one finite row 0, the ``num_admitted`` /
+    ``noise_std`` info renamed.
+    """
+    quiet = A.flame(noise_lambda=0.0, cluster_on="updates")
+    x2 = np.array([[1.0, 0.1], [1.0, 0.12]], np.float32)
+    out, _, info = _run(quiet, x2)
+    want, _ = _flame_clipped_mean(x2, np.array([True, True]))
+    assert int(info["num_admitted"]) == 2
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5)
+    x5 = np.array([[1.0, 0.1, 0.0], [np.nan, 0, 0], [1.0, 0.12, 0.01], [np.inf, 1, 1],
+                   [1.1, 0.1, 0.0]], np.float32)
+    out, _, info = _run(A.flame(cluster_on="updates"), x5)
+    admitted = np.array([True, False, True, False, True])
+    np.testing.assert_array_equal(np.asarray(info["admitted"]), admitted)
+    np.testing.assert_array_equal(np.asarray(info["labels"])[[1, 3]], -1)
+    assert int(info["num_admitted"]) == 3
+    want, s = _flame_clipped_mean(x5, admitted)
+    np.testing.assert_allclose(float(info["median_norm"]), s, rtol=1e-5)
+    np.testing.assert_allclose(float(info["noise_std"]), 0.001 * s, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(out), want, atol=0.02)  # the noise: std 0.001
+    out, _, info = _run(A.flame(noise_lambda=0.01, cluster_on="updates"),
+                        np.full((3, 2), np.nan, np.float32))
+    np.testing.assert_array_equal(np.asarray(out), 0.0)
+    assert float(info["noise_std"]) == 0.0
+    one = np.array([[3.0, 4.0], [np.nan, 0.0], [np.nan, 1.0]], np.float32)
+    _, _, info = _run(A.flame(noise_lambda=0.01, cluster_on="updates"), one)
+    np.testing.assert_allclose(float(info["noise_std"]), 0.05, rtol=1e-6)
+    assert int(info["num_admitted"]) == 0
+
+
 def test_flame_noise_scale_and_nonfinite():
     rng = np.random.default_rng(4)
     x = _with_nonfinite(_honest(rng, 6, 2000, spread=0.05))
