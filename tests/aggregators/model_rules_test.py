@@ -51,6 +51,37 @@ def test_fltrust_matches_reference():
     assert int(info["num_nonfinite"]) == 0
 
 
+def test_fltrust_small_trust_bad_server_update_huge_rows_and_info():
+    """Trust scores summing below 1 are still normalised by their sum; a
+    non-finite server-update coordinate counts as 0; rows that are all huge
+    (every row rescaled) give the same result as the rows themselves
+    (FLTrust is blind to magnitude); ``info`` reports the normalised
+    ``weights``, ``accepted = trust > 0`` and the server update's norm.
+
+    Catches: the normalisation skipped below a total of 1 (``total > 1``),
+    a NaN server coordinate read as 1, the scaled pass skipped when every
+    row needs it (``scale == 1``), the ``weights`` / ``server_update_norm``
+    info renamed, ``accepted`` as ``trust > 1``.
+    """
+    x = np.array([[1.0, 1.0, 0.0], [0.2, 1.0, 0.0], [-1.0, 0.0, 0.0]], np.float32)
+    ctx = AggregationContext(params=jnp.zeros(3, jnp.float32))
+    g0 = np.array([2.0, 0.0, 0.0])
+    cos = (x @ g0) / (np.linalg.norm(x, axis=1) * np.linalg.norm(g0))
+    trust = np.maximum(cos, 0)
+    assert 0 < trust.sum() < 1
+    want = ((trust / trust.sum())[:, None] * x / np.linalg.norm(x, axis=1)[:, None]).sum(0) * 2.0
+    np.testing.assert_allclose(want, ref.fltrust(x, g0), rtol=1e-6)
+    for server in ([2.0, 0.0, 0.0], [2.0, 0.0, np.nan]):
+        agg = A.fltrust(server_update_fn=lambda p, k, s=jnp.asarray(server, jnp.float32): s + p)
+        out, _, info = _run(agg, x, ctx)
+        np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(np.asarray(info["weights"]), trust / trust.sum(), rtol=1e-5)
+        np.testing.assert_array_equal(np.asarray(info["accepted"]), [True, True, False])
+        np.testing.assert_allclose(float(info["server_update_norm"]), 2.0, rtol=1e-6)
+        huge, _, _ = _run(agg, x * np.float32(1e30), ctx)
+        np.testing.assert_allclose(np.asarray(huge), want, rtol=1e-5, atol=1e-7)
+
+
 def test_fltrust_rejects_flipped_update():
     rng = np.random.default_rng(1)
     params = np.zeros(6)
