@@ -52,14 +52,14 @@ TESTS = {
         "or label_flip_inside or schedule_in_the_round or server_resources or non_finite "
         "or pre_aggregation or every_backend or attackers_state or make_optimizer "
         "or chunk_norms or diagnostics_name or bad_configs or err_scores or streamed_rules "
-        "or per_tensor or only_sampled_malicious "
+        "or per_tensor or only_sampled_malicious or streamed_round_reports "
         "or (every_rule_traces and (fltrust or flame or foolsgold))"],
     # The client axis over devices (chunking, the dispatch, the streamed psum,
     # the buffer): the same, then the 8-fake-device subprocess.
     "fljax/round.py:158-166,322-370,400-432,445-453": [
         "tests/simulate_test.py", "tests/scale_test.py", "tests/sharded_test.py", "-k",
         "matches_independent_reference or every_backend or server_transforms_reach "
-        "or streamed_rules or sharded_rounds"],
+        "or streamed_rules or streamed_round_reports or sharded_rounds"],
     "fljax/execution.py": [
         "tests/scale_test.py::test_the_budget_picks_the_chunk_and_bad_budgets_fail_with_the_figure",
         "tests/simulate_test.py::test_round_matches_independent_reference[fedavg]",

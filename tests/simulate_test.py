@@ -725,3 +725,28 @@ def test_per_tensor_transforms_get_the_models_shapes():
     for tf_fn in (comp.client_tf, comp.server_tf):
         np.testing.assert_array_equal(np.asarray(tf_fn(x, jax.random.PRNGKey(0))), np.asarray(want))
     assert not np.array_equal(np.asarray(want), np.asarray(transforms.prune(50)(x, None)))
+
+
+def test_a_streamed_round_reports_what_the_dense_round_reports():
+    """One round under a data attack with a random server transform (Gaussian
+    noise per row), streamed and dense: the same parameters, row norms and
+    diagnostics (the honest rows' mean, the malicious count).
+
+    Catches: a row's server-transform key taken from another row when
+    streaming (``tf_keys[min(rows, k - 2)]``), the streamed honest sum
+    including the malicious rows (``mal_pad`` not negated), subtracted, or
+    not divided by the honest count.
+    """
+    extra = ["aggregator={'name': 'norm_clipping', 'kwargs': {'max_norm': 0.3}}",
+             "clients_per_round=6", "attack.name='label_flip'", "attack.num_malicious=15",
+             "server_transforms=[{'name': 'gaussian_noise', 'kwargs': {'stddev': 0.01}}]"]
+    dense, dinfo, dplan = run_rounds(small_cfg("execution.aggregation='dense'", *extra), 1)
+    streamed, sinfo, splan = run_rounds(small_cfg("execution.aggregation='stream'", *extra), 1)
+    assert (dplan.spec.aggregation, splan.spec.aggregation) == ("dense", "stream")
+    assert 0 < int(dinfo.malicious.sum()) < 6
+    assert_trees_close(dense.params, streamed.params, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(sinfo.update_norms), np.asarray(dinfo.update_norms),
+                               rtol=1e-5)
+    for k in ("cosine_to_honest", "norm_ratio_to_honest", "malicious_rows"):
+        np.testing.assert_allclose(float(sinfo.diagnostics[k]), float(dinfo.diagnostics[k]),
+                                   rtol=1e-5)
