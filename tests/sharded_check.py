@@ -37,6 +37,11 @@ CASES = {
     "clip_columns": LABEL_FLIP + [
         "aggregator={'name': 'norm_clipping', 'kwargs': {'max_norm': 0.5}}",
         "execution.aggregation='dense'"],
+    # A server transform: the rows must be gathered whole (no column blocks).
+    "clip_server_tf": LABEL_FLIP + [
+        "aggregator={'name': 'norm_clipping', 'kwargs': {'max_norm': 0.5}}",
+        "execution.aggregation='dense'",
+        "server_transforms=[{'name': 'clip_by_norm', 'kwargs': {'max_norm': 0.3}}]"],
     "median_vmap": LABEL_FLIP + ["aggregator={'name': 'coordinate_median'}",
                                  "execution.strategy='vmap'"],
     "trimmed_fallback": ["aggregator={'name': 'trimmed_mean', 'kwargs': {'num_trim': 2}}",

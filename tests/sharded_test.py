@@ -63,14 +63,15 @@ def test_sharded_rounds_equal_one_device():
 @pytest.mark.slow
 def test_more_sharded_paths_equal_one_device():
     """Krum's partial Gram matrices (one psum), norm clipping on column
-    blocks, vmap chunks per device, the whole-matrix fallback (an attack
+    blocks and (with a server transform) on whole rows, vmap chunks per device, the whole-matrix fallback (an attack
     that crafts rows), a streamed rule in chunks of 3, and a sweep whose cell
     axis is split over the 8 devices (3 cells: padded to 8).
 
     Catches: a Gram matrix summed over one block, norms of one block used
     for clipping, a crafted matrix gathered with its padding, cells mixed up
-    when the cell axis is padded and split.
+    when the cell axis is padded and split, a server transform skipped
+    because the rule works on column blocks (``clip_server_tf``).
     """
-    for r in _check("multi_krum_columns", "clip_columns", "median_vmap", "trimmed_fallback",
-                    "weak_dp_chunks", "sweep_cells").values():
+    for r in _check("multi_krum_columns", "clip_columns", "clip_server_tf", "median_vmap",
+                    "trimmed_fallback", "weak_dp_chunks", "sweep_cells").values():
         _assert_same(r)
