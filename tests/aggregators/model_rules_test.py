@@ -293,35 +293,40 @@ def test_foolsgold_nonfinite_rows_keep_history_clean():
 
 
 def test_foolsgold_edge_cases_match_the_reference():
-    """Against the reference loop: a client whose largest similarity is
-    negative beside one whose is exactly 0 (the pardon skipped there, as
-    documented, and ``1 - max cs`` clipped at 1), ``kappa = 0.1`` (the 0.99
-    substitution then matters; weights sum below 1), a row marked invalid
-    that duplicates a valid one (it takes no part), everyone a sybil (all
-    weights 0, a zero result, never NaN), and the edges of the arguments.
+    """Against the reference loop: clients with no positive similarity to
+    any other (their largest is the diagonal's ``cos(i, i) - 1``, 0 up to
+    rounding: the pardon by a zero ``v_j`` is skipped, as documented), with
+    ``kappa = 0.1`` (the logits stay inside (0, 1), the 0.99 substitution
+    matters, weights sum below 1) and the default ``kappa``, a row marked
+    invalid that duplicates a valid one (it takes no part), everyone a
+    sybil (all weights 0, a zero result, never NaN), and the edges of the
+    arguments.
 
     Catches: the pardon applied when ``v_j = 0`` or skipped when ``v_j = 1``,
-    ``clip(..., 0, 2)``, the 0.99 substitution dropped, invalid rows paired
+    the 0.99 substitution dropped, invalid rows paired
     (``|`` for ``&``), an all-sybil round giving ones or NaN, the sum of the
     weights floored at 1, ``accepted`` not ``w > 0``, another default
     ``kappa``, ``foolsgold(1)`` or ``n == num_clients`` with ids refused,
     ``kappa = 0`` accepted.
     """
     from fljax.aggregators.foolsgold import foolsgold_weights as fw
+    # kappa = 0.1 keeps the logits inside (0, 1), so every alpha shows.
     h = np.array([[-1.0, -1.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
-    want = ref.foolsgold_weights(h, skip_zero=True)
-    np.testing.assert_allclose(np.asarray(fw(jnp.asarray(h))), want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(fw(jnp.asarray(h), 1.0)), np.asarray(fw(jnp.asarray(h))))
+    want = ref.foolsgold_weights(h, kappa=0.1, skip_zero=True)
+    np.testing.assert_allclose(np.asarray(fw(jnp.asarray(h), 0.1)), want, rtol=1e-5, atol=1e-6)
     rng = np.random.default_rng(31)
     x = rng.standard_normal((6, 5)).astype(np.float32)
     x[1] = x[0] + 0.05 * rng.standard_normal(5)  # a near sybil pair
+    want = ref.foolsgold_weights(x)  # the default kappa = 1; one weight strictly inside (0, 1)
+    assert np.any((want > 0) & (want < 1))
+    np.testing.assert_allclose(np.asarray(fw(jnp.asarray(x))), want, rtol=1e-5, atol=1e-6)
     want = ref.foolsgold_weights(x, kappa=0.1)
     assert 0 < want.sum() < 1 and np.any(want == 0) and np.any(want > 0)
     out, _, info = _run(A.foolsgold(6, kappa=0.1), x)
     np.testing.assert_allclose(np.asarray(info["weights"]), want, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.asarray(out), want @ x, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(info["accepted"]), want > 0)
-    dup = np.concatenate([x[:4], x[:1]])  # row 4 duplicates row 0 but is invalid
+    dup = np.concatenate([x[:4], x[3:4]])  # row 4 duplicates row 3 (weight 1) but is invalid
     valid = jnp.asarray([True] * 4 + [False])
     got = np.asarray(fw(jnp.asarray(dup), 1.0, valid))
     np.testing.assert_allclose(got[:4], ref.foolsgold_weights(x[:4]), rtol=1e-5, atol=1e-6)
