@@ -95,6 +95,9 @@ TESTS = {
     "fljax/aggregators/norm_clipping.py": [
         _AGG + "model_rules_test.py", _AGG + "model_table_test.py", "tests/scale_test.py",
         "-k", "norm_clipping or weak_dp or streamed_rules"],
+    "fljax/aggregators/weak_dp.py": [
+        _AGG + "model_rules_test.py", _AGG + "model_table_test.py", "tests/scale_test.py",
+        "-k", "weak_dp or streamed_rules"],
     "fljax/aggregators/mean.py": [
         _AGG + "stats_test.py", _AGG + "conformance_test.py", "tests/scale_test.py", "-k",
         "mean and not trimmed and not geometric and not meamed"],
