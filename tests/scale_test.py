@@ -48,7 +48,7 @@ def _stream(agg, x, w, key, chunk, mask=None):
 
 @pytest.mark.parametrize("rule", [
     aggregators.mean(), aggregators.norm_clipping(0.7),
-    pytest.param(aggregators.weak_dp(0.7, 0.05, placement="average"), marks=pytest.mark.slow),
+    aggregators.weak_dp(0.7, 0.05, placement="average"),
 ], ids=["mean", "norm_clipping", "weak_dp"])
 def test_streamed_rules_equal_their_dense_form(rule):
     """Chunks of 3 (a partial last one), a huge row, NaN rows (for the

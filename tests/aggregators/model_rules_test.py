@@ -667,6 +667,49 @@ def test_weak_dp_noise_placement_variance(placement, n):
     assert float(info["noise_std"]) == pytest.approx(expected_std)
 
 
+@pytest.mark.parametrize("placement", ["sum", "average"])
+def test_weak_dp_one_finite_row_info_and_both_forms(placement):
+    """Without noise, weak DP is the clipped mean in either placement: one
+    finite row among non-finite ones is the result (divided by 1), two rows
+    are averaged; ``info`` reports the rows' norms (0 for non-finite rows),
+    ``clipped`` strictly above the bound, the noise std reaching the result
+    (``sigma / m`` for 'sum', ``sigma`` for 'average'); the streamed form
+    gives the same, noise included (drawn once from the same key);
+    ``max_norm = 0`` is refused.
+
+    Catches: ``max(m, 2)``, ``total * m`` for ``total / m``, non-finite rows
+    flagged as clipped, ``>=`` for ``>``, renamed info keys, the streamed
+    ``finish`` reading the wrong accumulator or miscounting the rows.
+    """
+    x = np.array([[3.0, 4.0], [np.nan, 1.0], [np.inf, 0.0]], np.float32)
+    quiet = A.weak_dp(1.0, 0.0, placement=placement)
+    out, _, info = _run(quiet, x)
+    np.testing.assert_allclose(np.asarray(out), [0.6, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(info["norms"]), [5.0, 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(info["clipped"]), [True, False, False])
+    assert int(info["num_nonfinite"]) == 2 and float(info["noise_std"]) == 0.0
+    two = np.array([[3.0, 4.0], [0.0, 0.5]], np.float32)
+    np.testing.assert_allclose(np.asarray(_run(quiet, two)[0]), [0.3, 0.65], rtol=1e-6)
+    edge = np.array([[1.0, 0.0], [0.0, 0.5]], np.float32)  # a norm exactly on the bound
+    np.testing.assert_array_equal(np.asarray(_run(quiet, edge)[2]["clipped"]), [False, False])
+    rule = A.weak_dp(1.0, 0.3, placement=placement)
+    rows = np.concatenate([two, x[1:]])  # two finite rows, two non-finite
+    out, _, info = _run(rule, rows)
+    st = rule.stream
+    acc, row_info = st.add(st.zero(2, jnp.float32), jnp.asarray(rows), jnp.ones(4),
+                           jnp.ones(4, bool))
+    out_s, _, info_s = st.finish(acc, row_info, None, KEY)
+    np.testing.assert_allclose(np.asarray(out_s), np.asarray(out), rtol=1e-6)
+    want_std = 0.3 / 2 if placement == "sum" else 0.3
+    for i in (info, info_s):
+        np.testing.assert_allclose(float(i["noise_std"]), want_std, rtol=1e-6)
+        assert int(i["num_nonfinite"]) == 2
+        np.testing.assert_allclose(np.asarray(i["norms"]), [5.0, 0.5, 0.0, 0.0], rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(i["clipped"]), [True, False, False, False])
+    with pytest.raises(ValueError, match="max_norm"):
+        A.weak_dp(0.0, 0.1)
+
+
 def test_weak_dp_no_noise_is_norm_clipping_and_validates():
     rng = np.random.default_rng(16)
     x = _with_nonfinite(rng.standard_normal((5, 3)))
