@@ -98,6 +98,10 @@ TESTS = {
     "fljax/aggregators/weak_dp.py": [
         _AGG + "model_rules_test.py", _AGG + "model_table_test.py", "tests/scale_test.py",
         "-k", "weak_dp or streamed_rules"],
+    "fljax/aggregators/robust_lr.py": [
+        _AGG + "model_rules_test.py", _AGG + "model_table_test.py", "-k", "robust_lr"],
+    "fljax/aggregators/arc.py": [
+        _AGG + "round2_test.py", _AGG + "kernel_choice_test.py", "-k", "arc"],
     "fljax/aggregators/mean.py": [
         _AGG + "stats_test.py", _AGG + "conformance_test.py", "tests/scale_test.py", "-k",
         "mean and not trimmed and not geometric and not meamed"],
