@@ -71,7 +71,10 @@ def arc(num_byzantine: int) -> PreAggregator:
         k = arc_num_clipped(n, num_byzantine)
         valid = finite_rows(updates)  # bool[n]
         scale, base = row_norms(updates, valid)  # ‖x_i‖ = scale_i · base_i
-        exponent = jnp.log2(scale)  # exact: scale is a power of two
+        # scale is a power of two, but float32 log2 of it can miss the integer by
+        # an ulp (log2(2^-60) = -59.999996): rounded, or a ratio's exponent
+        # truncates one short and a clipped row comes out twice too long.
+        exponent = jnp.round(jnp.log2(scale))
         log_norm = jnp.where(base > 0, exponent + jnp.log2(jnp.where(base > 0, base, 1.0)),
                              -jnp.inf)
         log_norm = jnp.where(valid, log_norm, jnp.inf)  # float[n]

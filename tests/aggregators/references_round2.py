@@ -246,3 +246,19 @@ def multi_metrics_fast_ref(updates, params, p=0.3):
     scores = np.einsum("ij,jk,ik->i", t, inv, t)
     chosen = np.argsort(scores, kind="stable")[: int(p * n)]
     return updates[chosen].mean(0)
+
+
+def arc(updates, f):
+    """ARC (Allouah et al. 2024) in float64: clip the ``k = floor(2 f (n - f) /
+    n)`` largest rows to the ``(k + 1)``-th largest norm. Non-finite rows rank
+    as the largest and are returned unchanged. Returns ``(rows, clipped,
+    threshold)``."""
+    x = np.asarray(updates, np.float64)
+    n = x.shape[0]
+    k = (2 * f * (n - f)) // n
+    finite = np.isfinite(x).all(1)
+    norms = np.where(finite, np.linalg.norm(np.where(finite[:, None], x, 0.0), axis=1), np.inf)
+    tau = np.sort(norms)[::-1][k]  # the (k + 1)-th largest
+    clipped = finite & (norms > tau)
+    scale = np.where(clipped, tau / np.where(norms > 0, norms, 1.0), 1.0)
+    return x * scale[:, None], clipped, tau

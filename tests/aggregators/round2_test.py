@@ -87,6 +87,36 @@ def test_factories_reject_bad_arguments():
 # ------------------------------------------------------------------ pre-aggregators
 
 
+@pytest.mark.parametrize("n,f", [(10, 0), (10, 1), (10, 3), (10, 5), (7, 7), (5, 2)])
+def test_arc_matches_its_reference(n, f):
+    """ARC against the float64 reference (without ByzFL, which CI does not
+    install): rows of norms spread over 1e-3..1e30 (squares overflow), a
+    non-finite row (ranked largest, returned unchanged), ``k =
+    floor(2 f (n - f) / n)`` rows clipped to the ``(k + 1)``-th largest norm;
+    ``info`` holds the clipped rows, the threshold and the non-finite count.
+
+    Catches: another ``k`` (``3 f``, ``n + f``), the wrong order statistic
+    (``n - k``, ``n - k - 2``), ties clipped (``>=``), the ratio inverted or
+    its exponent added, clipping that enlarges rows (``min(ratio, 2)``),
+    ``f = 0`` or ``f = n`` refused, renamed info keys.
+    """
+    rng = np.random.default_rng(n * 10 + f)
+    x = rng.standard_normal((n, 6)).astype(np.float32)
+    x *= (10.0 ** rng.uniform(-3, 3, size=n)).astype(np.float32)[:, None]
+    x[0] *= np.float32(1e27)  # its squares overflow float32
+    if n > 5:
+        x[1, 2] = np.nan
+    y, _, info = A.arc(f).apply(jnp.asarray(x), KEY)
+    want, clipped, tau = ref.arc(x, f)
+    finite = np.isfinite(x).all(1)
+    np.testing.assert_allclose(np.asarray(y)[finite], want[finite], rtol=2e-6)
+    np.testing.assert_array_equal(np.isnan(np.asarray(y)), np.isnan(x))
+    np.testing.assert_array_equal(np.asarray(info["clipped"]), clipped)
+    assert int(np.sum(clipped)) <= (2 * f * (n - f)) // n
+    np.testing.assert_allclose(float(info["threshold"]), tau, rtol=2e-6)
+    assert int(info["num_nonfinite"]) == int(np.sum(~finite))
+
+
 def test_nnm_and_arc_match_byzfl_before_average():
     bz, pre = _byzfl()
     import torch
