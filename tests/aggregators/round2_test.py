@@ -91,13 +91,15 @@ def test_factories_reject_bad_arguments():
 def test_arc_matches_its_reference(n, f):
     """ARC against the float64 reference (without ByzFL, which CI does not
     install): rows of norms spread over 1e-3..1e30 (squares overflow), a
-    non-finite row (ranked largest, returned unchanged), ``k =
+    non-finite row (ranked largest, returned unchanged), a zero row (ranked
+    smallest), ``k =
     floor(2 f (n - f) / n)`` rows clipped to the ``(k + 1)``-th largest norm;
     ``info`` holds the clipped rows, the threshold and the non-finite count.
 
     Catches: another ``k`` (``3 f``, ``n + f``), the wrong order statistic
     (``n - k``, ``n - k - 2``), ties clipped (``>=``), the ratio inverted or
-    its exponent added, clipping that enlarges rows (``min(ratio, 2)``),
+    its exponent added, clipping that enlarges rows (``min(ratio, 2)``), a
+    zero row ranked above small rows,
     ``f = 0`` or ``f = n`` refused, renamed info keys.
     """
     rng = np.random.default_rng(n * 10 + f)
@@ -106,6 +108,7 @@ def test_arc_matches_its_reference(n, f):
     x[0] *= np.float32(1e27)  # its squares overflow float32
     if n > 5:
         x[1, 2] = np.nan
+        x[-1] = 0.0  # a zero row ranks smallest
     y, _, info = A.arc(f).apply(jnp.asarray(x), KEY)
     want, clipped, tau = ref.arc(x, f)
     finite = np.isfinite(x).all(1)
