@@ -101,7 +101,7 @@ TESTS = {
     "fljax/aggregators/robust_lr.py": [
         _AGG + "model_rules_test.py", _AGG + "model_table_test.py", "-k", "robust_lr"],
     "fljax/aggregators/arc.py": [
-        _AGG + "round2_test.py", _AGG + "kernel_choice_test.py", "-k", "arc"],
+        _AGG + "round2_test.py", _AGG + "kernel_choice_test.py", "-k", "arc or factories"],
     "fljax/aggregators/mean.py": [
         _AGG + "stats_test.py", _AGG + "conformance_test.py", "tests/scale_test.py", "-k",
         "mean and not trimmed and not geometric and not meamed"],
