@@ -588,6 +588,31 @@ def test_err_validates():
 
 # ---------------------------------------------------------------- robust LR
 
+def test_robust_lr_threshold_edges_weights_and_exact_agreement():
+    """``threshold = 0`` (nothing flips) and ``threshold = n`` (only unanimous
+    coordinates keep their sign) are accepted; a coordinate whose agreement
+    equals the threshold is not flipped (nor counted in
+    ``flipped_fraction``); client weights weight the mean.
+
+    Catches: ``threshold >= 0`` tightened (``> 0``, ``>= 1``), ``threshold <=
+    n`` tightened to ``<``, ``agreement <= threshold`` in the info, the
+    weights dropped.
+    """
+    x = np.array([[1.0, 1.0, -1.0], [1.0, -1.0, -1.0], [1.0, 1.0, 1.0]], np.float32)
+    agree = np.abs(np.sign(x).sum(0))  # 3, 1, 1
+    out, _, info = _run(A.robust_lr(threshold=0), x)
+    np.testing.assert_allclose(np.asarray(out), x.mean(0), rtol=1e-6)
+    assert float(info["flipped_fraction"]) == 0.0
+    out, _, info = _run(A.robust_lr(threshold=3), x)
+    np.testing.assert_allclose(np.asarray(out), x.mean(0) * np.where(agree >= 3, 1, -1), rtol=1e-6)
+    assert float(info["flipped_fraction"]) == pytest.approx(2 / 3)
+    _, _, info = _run(A.robust_lr(threshold=1), x)  # agreement exactly 1 on two coordinates
+    assert float(info["flipped_fraction"]) == 0.0
+    w = np.array([1.0, 2.0, 3.0], np.float32)
+    out, _, _ = _run(A.robust_lr(threshold=0), x, AggregationContext(weights=jnp.asarray(w)))
+    np.testing.assert_allclose(np.asarray(out), w @ x / w.sum(), rtol=1e-6)
+
+
 def test_robust_lr_flips_low_agreement_coordinates():
     rng = np.random.default_rng(13)
     x = rng.standard_normal((9, 12))
