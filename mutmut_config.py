@@ -192,12 +192,16 @@ def _outside_lines(context) -> bool:
     spans = os.environ.get("FLJAX_MUTATION_LINES")
     if not spans:
         return False
-    line = context.mutation_id.line_number + 1
+    return not _in_spans(spans, context.mutation_id.line_number + 1)
+
+
+def _in_spans(spans: str, line: int) -> bool:
+    """Whether ``line`` lies in ``spans`` (``lo-hi[,lo-hi...]``, 1-based, inclusive)."""
     for span in spans.split(","):
         lo, _, hi = span.partition("-")
         if int(lo) <= line <= int(hi or lo):
-            return False
-    return True
+            return True
+    return False
 
 
 def pre_mutation(context):
@@ -214,11 +218,8 @@ def _selection(filename: str, line: int) -> str:
     leave-one-out form) if one covers the line, else the module's."""
     for key in TESTS:
         name, _, spans = key.partition(":")
-        if name == filename and spans:
-            for span in spans.split(","):
-                lo, _, hi = span.partition("-")
-                if int(lo) <= line <= int(hi or lo):
-                    return key
+        if name == filename and spans and _in_spans(spans, line):
+            return key
     return filename
 
 

@@ -54,6 +54,17 @@ def assert_trees_close(a, b, atol=1e-5, rtol=1e-4):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol)
 
 
+def assert_same_round_report(a, a_info, b, b_info):
+    """Two rounds' parameters, row norms and honest diagnostics agree (the
+    dense and the streamed form of one round)."""
+    assert_trees_close(a.params, b.params, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(b_info.update_norms), np.asarray(a_info.update_norms),
+                               rtol=1e-5)
+    for k in ("cosine_to_honest", "norm_ratio_to_honest", "malicious_rows"):
+        np.testing.assert_allclose(float(b_info.diagnostics[k]), float(a_info.diagnostics[k]),
+                                   rtol=1e-5)
+
+
 def assert_trees_equal(a, b):
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -744,9 +755,4 @@ def test_a_streamed_round_reports_what_the_dense_round_reports():
     streamed, sinfo, splan = run_rounds(small_cfg("execution.aggregation='stream'", *extra), 1)
     assert (dplan.spec.aggregation, splan.spec.aggregation) == ("dense", "stream")
     assert 0 < int(dinfo.malicious.sum()) < 6
-    assert_trees_close(dense.params, streamed.params, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(sinfo.update_norms), np.asarray(dinfo.update_norms),
-                               rtol=1e-5)
-    for k in ("cosine_to_honest", "norm_ratio_to_honest", "malicious_rows"):
-        np.testing.assert_allclose(float(sinfo.diagnostics[k]), float(dinfo.diagnostics[k]),
-                                   rtol=1e-5)
+    assert_same_round_report(dense, dinfo, streamed, sinfo)
