@@ -63,9 +63,10 @@ def test_sharded_rounds_equal_one_device():
 @pytest.mark.slow
 def test_more_sharded_paths_equal_one_device():
     """Krum's partial Gram matrices (one psum), norm clipping on column
-    blocks and (with a server transform) on whole rows, vmap chunks per device, the whole-matrix fallback (an attack
-    that crafts rows), a streamed rule in chunks of 3, and a sweep whose cell
-    axis is split over the 8 devices (3 cells: padded to 8).
+    blocks and (with a server transform) on whole rows, vmap chunks per
+    device, the whole-matrix fallback (an attack that crafts rows), a
+    streamed rule in chunks of 3, and a sweep whose cell axis is split over
+    the 8 devices (3 cells: padded to 8).
 
     Catches: a Gram matrix summed over one block, norms of one block used
     for clipping, a crafted matrix gathered with its padding, cells mixed up

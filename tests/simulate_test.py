@@ -130,7 +130,8 @@ def test_every_backend_gives_the_same_params(aggregation, transformed, hidden):
         other, info, oplan = run_rounds(small_cfg("execution.strategy='map'",
                                                   f"execution.client_chunk={chunk}", *extra), 2)
         buf = simulate.compiled(oplan.spec).round.new_buffer()  # only a dense map keeps one
-        assert (buf is None) if aggregation == "stream" else buf.shape == (5, plan.memory.inputs["dim"])
+        dim = plan.memory.inputs["dim"]
+        assert (buf is None) if aggregation == "stream" else buf.shape == (5, dim)
         assert_trees_close(base.params, other.params)
         np.testing.assert_allclose(np.asarray(info.update_norms),
                                    np.asarray(base_info.update_norms), rtol=1e-4)
@@ -371,7 +372,8 @@ def test_server_resources_use_their_own_examples():
     small = plan_lib.prepare(config.resolve(simulate.DEFAULTS, cfg, [
         "aggregator={'name': 'fltrust'}", "server_data.root_size=20"]))
     rnd20 = simulate.compiled(small.spec).round
-    g20 = rnd20.resources(small.hparams, small.data)["server_update_fn"](flat, jax.random.PRNGKey(1))
+    update20 = rnd20.resources(small.hparams, small.data)["server_update_fn"]
+    g20 = update20(flat, jax.random.PRNGKey(1))
     np.testing.assert_allclose(np.asarray(g20), _root_epoch(
         rnd20, small.federated, np.asarray(small.hparams["root_idx"]), flat, 1), atol=2e-6)
 
@@ -639,8 +641,8 @@ def test_an_attackers_state_and_views_through_the_round(monkeypatch):
     off, cnt = int(plan.data.offsets[cid]), int(plan.data.counts[cid])
     assert int(st["count"]) == cnt
     assert int(st["ysum"]) == int(np.sum(np.asarray(plan.data.y[off:off + cnt])))
-    np.testing.assert_allclose(float(st["xsum"]), float(np.sum(np.asarray(plan.data.x[off:off + cnt]))),
-                               rtol=1e-5)
+    np.testing.assert_allclose(float(st["xsum"]),
+                               float(np.sum(np.asarray(plan.data.x[off:off + cnt]))), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(st["step"]), 0.0, atol=1e-6)
     rnd = simulate.compiled(plan.spec).round
     out = rnd.evaluate(plan.hparams, state, plan.data)

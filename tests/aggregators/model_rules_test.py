@@ -771,7 +771,8 @@ def _centered_clipping_loop(x, tau, iters):
         f = np.zeros(len(x), bool)
         f[fin] = nrm > tau
         flags.append((f, np.min(np.abs(nrm - tau))))
-        v = v + (d * np.minimum(1, tau / np.maximum(nrm, 1e-30))[:, None]).sum(0) / max(fin.sum(), 1)
+        step = d * np.minimum(1, tau / np.maximum(nrm, 1e-30))[:, None]
+        v = v + step.sum(0) / max(fin.sum(), 1)
     return v, flags
 
 
