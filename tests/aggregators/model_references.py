@@ -53,16 +53,22 @@ def flame_no_noise(updates, params=None):
     # hdbscan-package min_samples=1 == scikit-learn min_samples=2 (sklearn counts the point).
     labels = HDBSCAN(min_cluster_size=n // 2 + 1, min_samples=2, metric="precomputed",
                      allow_single_cluster=True, copy=False).fit(dist).labels_
-    norms = [_norm(u) for u in updates]
-    s = float(np.median(norms))
     good = [i for i in range(n) if labels[i] >= 0
             and labels[i] == np.bincount(labels[labels >= 0]).argmax()]
-    if not good:
-        return np.zeros(updates.shape[1]), labels
-    out = np.zeros(updates.shape[1])
-    for i in good:
-        out += updates[i] * min(1.0, s / norms[i]) if norms[i] > 0 else 0.0
-    return out / len(good), labels
+    return flame_clipped_mean(updates, np.isin(np.arange(n), good))[0], labels
+
+
+def flame_clipped_mean(updates, admitted):
+    """FLAME's step 3: the admitted rows clipped to ``S``, the median norm of the
+    finite rows, and averaged (zeros when none is admitted). Returns ``(mean, S)``."""
+    x = np.asarray(updates, np.float64)
+    finite = np.isfinite(x).all(1)
+    norms = np.linalg.norm(np.where(finite[:, None], x, 0.0), axis=1)
+    s = float(np.median(norms[finite])) if finite.any() else 0.0
+    if not np.any(admitted):
+        return np.zeros(x.shape[1]), s
+    rows = x[admitted] * np.minimum(1.0, s / np.where(norms > 0, norms, 1.0))[admitted, None]
+    return rows.mean(0), s
 
 
 def foolsgold_weights(histories, kappa=1.0, skip_zero=False):
@@ -145,20 +151,29 @@ def norm_clipping(updates, max_norm):
     return acc / updates.shape[0]
 
 
+def centered_clipping_steps(updates, tau, iters, v=None):
+    """Karimireddy et al., Algorithm 2, one round from centre ``v`` (0 if None):
+    ``iters`` steps over the finite rows (``m`` of them, at least 1). Returns
+    ``(v, steps)`` with each step's ``(clipped flags bool[n], min |dist - tau|)``."""
+    x = np.asarray(updates, np.float64)
+    fin = np.isfinite(x).all(1)
+    v = np.zeros(x.shape[1]) if v is None else v
+    steps = []
+    for _ in range(iters):
+        d = x[fin] - v
+        nrm = np.linalg.norm(d, axis=1)
+        flags = np.zeros(len(x), bool)
+        flags[fin] = nrm > tau
+        steps.append((flags, np.min(np.abs(nrm - tau))))
+        step = d * np.minimum(1, tau / np.maximum(nrm, 1e-30))[:, None]
+        v = v + step.sum(0) / max(fin.sum(), 1)
+    return v, steps
+
+
 def centered_clipping_rounds(rounds, tau, iters):
     """Karimireddy et al.: the center carries over between rounds."""
-    v = None
-    outs = []
+    v, outs = None, []
     for updates in rounds:
-        updates = np.asarray(updates, np.float64)
-        if v is None:
-            v = np.zeros(updates.shape[1])
-        for _ in range(iters):
-            step = np.zeros_like(v)
-            for u in updates:
-                diff = u - v
-                nd = _norm(diff)
-                step += diff * (min(1.0, tau / nd) if nd > 0 else 1.0)
-            v = v + step / updates.shape[0]
+        v, _ = centered_clipping_steps(updates, tau, iters, v)
         outs.append(v.copy())
     return outs

@@ -149,17 +149,6 @@ def test_flame_rejects_outlier_cluster_and_matches_reference():
     assert np.all(np.asarray(info["admitted"])[3:])
 
 
-def _flame_clipped_mean(x, admitted):
-    """Step 3 of FLAME in float64: the admitted rows clipped to the median norm
-    of the finite rows, averaged."""
-    x = np.asarray(x, np.float64)
-    fin = np.isfinite(x).all(1)
-    norms = np.linalg.norm(np.where(fin[:, None], x, 0.0), axis=1)
-    s = np.median(norms[fin])
-    rows = x[admitted] * np.minimum(1.0, s / norms[admitted])[:, None]
-    return rows.mean(0), s
-
-
 def test_flame_small_rounds_edges_and_info():
     """Two rows (the smallest n) form the one cluster; three finite rows of
     five are exactly ``min_cluster_size`` and still clustered (the non-finite
@@ -176,7 +165,7 @@ def test_flame_small_rounds_edges_and_info():
     quiet = A.flame(noise_lambda=0.0, cluster_on="updates")
     x2 = np.array([[1.0, 0.1], [1.0, 0.12]], np.float32)
     out, _, info = _run(quiet, x2)
-    want, _ = _flame_clipped_mean(x2, np.array([True, True]))
+    want, _ = ref.flame_clipped_mean(x2, np.array([True, True]))
     assert int(info["num_admitted"]) == 2
     np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5)
     x5 = np.array([[1.0, 0.1, 0.0], [np.nan, 0, 0], [1.0, 0.12, 0.01], [np.inf, 1, 1],
@@ -186,7 +175,7 @@ def test_flame_small_rounds_edges_and_info():
     np.testing.assert_array_equal(np.asarray(info["admitted"]), admitted)
     np.testing.assert_array_equal(np.asarray(info["labels"])[[1, 3]], -1)
     assert int(info["num_admitted"]) == 3
-    want, s = _flame_clipped_mean(x5, admitted)
+    want, s = ref.flame_clipped_mean(x5, admitted)
     np.testing.assert_allclose(float(info["median_norm"]), s, rtol=1e-5)
     np.testing.assert_allclose(float(info["noise_std"]), 0.001 * s, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(out), want, atol=0.02)  # the noise: std 0.001
@@ -761,21 +750,6 @@ def test_centered_clipping_state_carries_over():
     assert not np.allclose(fresh, expected[2])
 
 
-def _centered_clipping_loop(x, tau, iters):
-    """Algorithm 2 in float64 from v = 0: ``(v, clipped flags of each iteration)``."""
-    fin = np.isfinite(x).all(1)
-    v, flags = np.zeros(x.shape[1]), []
-    for _ in range(iters):
-        d = x[fin] - v
-        nrm = np.linalg.norm(d, axis=1)
-        f = np.zeros(len(x), bool)
-        f[fin] = nrm > tau
-        flags.append((f, np.min(np.abs(nrm - tau))))
-        step = d * np.minimum(1, tau / np.maximum(nrm, 1e-30))[:, None]
-        v = v + step.sum(0) / max(fin.sum(), 1)
-    return v, flags
-
-
 def test_centered_clipping_steps_flags_and_one_finite_row():
     """The default is one clipping step; ``clipped`` are the flags of the
     LAST of several steps (here they change at every step) and only of
@@ -790,13 +764,13 @@ def test_centered_clipping_steps_flags_and_one_finite_row():
     """
     x = np.array([[10.0, 0.0], [1.05, 0.0], [0.0, 0.8], [np.nan, 0.0]], np.float32)
     for iters in (1, 2, 3):
-        want, flags = _centered_clipping_loop(x.astype(np.float64), 1.0, iters)
+        want, flags = ref.centered_clipping_steps(x, 1.0, iters)
         rule = A.centered_clipping(1.0) if iters == 1 else A.centered_clipping(1.0, iters)
         out, _, info = _run(rule, x)
         np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5)
         assert flags[-1][1] > 1e-2  # no distance near tau: the flags are robust
         np.testing.assert_array_equal(np.asarray(info["clipped"]), flags[-1][0])
-    assert [f.tolist() for f, _ in _centered_clipping_loop(x.astype(np.float64), 1.0, 3)[1]] == [
+    assert [f.tolist() for f, _ in ref.centered_clipping_steps(x, 1.0, 3)[1]] == [
         [True, True, False, False], [True, False, False, False], [True, False, True, False]]
     edge = np.array([[1.0, 0.0], [0.0, 0.5]], np.float32)  # distances 1 (= tau) and 0.5
     np.testing.assert_array_equal(np.asarray(_run(A.centered_clipping(1.0), edge)[2]["clipped"]),
