@@ -126,6 +126,36 @@ TESTS = {
         _AGG + "model_rules_test.py", _AGG + "model_table_test.py",
         "tests/simulate_test.py::test_server_resources_use_their_own_examples", "-k",
         "fltrust or server_resources"],
+    # The second round of rules: the conformance table (float64 NumPy references),
+    # round2_test's edges, the model table for rules that take the params.
+    "fljax/aggregators/dnc.py": [
+        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "dnc"],
+    "fljax/aggregators/signguard.py": [
+        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "signguard"],
+    "fljax/aggregators/mda.py": [
+        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "mda"],
+    "fljax/aggregators/caf.py": [
+        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "caf"],
+    "fljax/aggregators/smea.py": [
+        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "smea"],
+    "fljax/aggregators/meamed.py": [
+        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "meamed"],
+    "fljax/aggregators/monna.py": [
+        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "monna"],
+    "fljax/aggregators/invariant.py": [
+        _AGG + "conformance_test.py", _AGG + "stats_test.py", _AGG + "kernel_choice_test.py",
+        "-k", "invariant"],
+    "fljax/aggregators/multi_metrics.py": [
+        _AGG + "model_table_test.py", _AGG + "round2_test.py", "-k", "multi_metrics"],
+    "fljax/aggregators/crfl.py": [
+        _AGG + "model_table_test.py", _AGG + "round2_test.py", "-k", "crfl"],
+    "fljax/aggregators/nnm.py": [_AGG + "round2_test.py", "-k", "nnm or pre_aggregators"],
+    "fljax/aggregators/bucketing.py": [
+        _AGG + "round2_test.py", "tests/simulate_test.py", "-k",
+        "bucketing or pre_aggregators"],
+    "fljax/aggregators/compose.py": [
+        _AGG + "round2_test.py", _AGG + "model_rules_test.py", "-k",
+        "compose or pre_aggregators"],
     "fljax/attacks/_common.py": [
         "tests/attacks/poisoning_test.py", "-k",
         "uniform_noise or ipm or alie or fang_trimmed or min_max or min_sum or fang_krum_lambda "
