@@ -57,6 +57,8 @@ METRICS = ("final_main_accuracy", "final_main_loss", "final_train_loss",
 def run_case(name: str) -> dict:
     if name == "sweep_cells":
         return sweep_case()
+    if name == "two_devices":
+        return two_devices_case()
     if name == "column_rules":
         return column_rules_case()
     outs = []
@@ -114,6 +116,37 @@ def column_rules_case() -> dict:
         metrics[name] = (0.0, diff)
     return {"case": "column_rules", "devices": [1, 8], "aggregation": "dense",
             "max_param_diff": worst, "metrics": metrics}
+
+
+def two_devices_case() -> dict:
+    """Two rounds of a column-sharded coordinate median under a data attack on
+    1 and on 2 devices (the smallest sharded mesh), called through the
+    compiled round so that its ``RoundInfo`` is compared too: the parameters,
+    the row norms the rule received (``update_norms``, reduced over the
+    column blocks) and the honest diagnostics. Its ``max_param_diff`` covers
+    the parameters and the row norms (relative)."""
+    from fljax import plan as plan_lib
+
+    outs = []
+    for d in (1, 2):
+        cfg = config.resolve(simulate.DEFAULTS, BASE, LABEL_FLIP + [
+            "aggregator={'name': 'coordinate_median'}", f"execution.devices={d}"])
+        plan = plan_lib.prepare(cfg)
+        comp = simulate.compiled(plan.spec)
+        k_init, k_rounds = simulate.run_keys(cfg["seed"])
+        state = comp.init(plan.hparams, plan.data, k_init)
+        buf = comp.round.new_buffer()
+        for _ in range(2):
+            state, info, buf = comp.step(plan.hparams, state, plan.data, k_rounds, buf)
+        outs.append((plan.spec, jax.tree_util.tree_leaves(simulate.to_host(state.params)),
+                     np.asarray(info.update_norms), simulate.to_host(info.diagnostics)))
+    (s1, p1, n1, g1), (s2, p2, n2, g2) = outs
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(p1, p2))
+    diff = max(diff, float(np.max(np.abs(n1 - n2) / np.maximum(1.0, np.abs(n1)))))
+    keys = ("cosine_to_honest", "norm_ratio_to_honest", "malicious_rows", "num_nonfinite")
+    return {"case": "two_devices", "devices": [s1.devices, s2.devices],
+            "aggregation": s2.aggregation, "max_param_diff": diff,
+            "metrics": {k: (float(g1[k]), float(g2[k])) for k in keys if k in g1}}
 
 
 def sweep_case() -> dict:

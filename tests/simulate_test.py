@@ -740,21 +740,27 @@ def test_per_tensor_transforms_get_the_models_shapes():
     assert not np.array_equal(np.asarray(want), np.asarray(transforms.prune(50)(x, None)))
 
 
-def test_a_streamed_round_reports_what_the_dense_round_reports():
+@pytest.mark.parametrize("population", [["attack.num_malicious=15"],
+                                        ["data.num_clients=6", "attack.num_malicious=5"]],
+                         ids=["some-honest", "one-honest"])
+def test_a_streamed_round_reports_what_the_dense_round_reports(population):
     """One round under a data attack with a random server transform (Gaussian
     noise per row), streamed and dense: the same parameters, row norms and
-    diagnostics (the honest rows' mean, the malicious count).
+    diagnostics (the honest rows' mean, the malicious count); also with
+    exactly one honest row among the six sampled.
 
     Catches: a row's server-transform key taken from another row when
     streaming (``tf_keys[min(rows, k - 2)]``), the streamed honest sum
     including the malicious rows (``mal_pad`` not negated), subtracted, or
-    not divided by the honest count.
+    not divided by the honest count (``maximum(honest_rows, 2.0)``: only
+    wrong with one honest row).
     """
     extra = ["aggregator={'name': 'norm_clipping', 'kwargs': {'max_norm': 0.3}}",
-             "clients_per_round=6", "attack.name='label_flip'", "attack.num_malicious=15",
+             "clients_per_round=6", "attack.name='label_flip'", *population,
              "server_transforms=[{'name': 'gaussian_noise', 'kwargs': {'stddev': 0.01}}]"]
     dense, dinfo, dplan = run_rounds(small_cfg("execution.aggregation='dense'", *extra), 1)
     streamed, sinfo, splan = run_rounds(small_cfg("execution.aggregation='stream'", *extra), 1)
     assert (dplan.spec.aggregation, splan.spec.aggregation) == ("dense", "stream")
-    assert 0 < int(dinfo.malicious.sum()) < 6
+    honest = 6 - int(dinfo.malicious.sum())
+    assert honest == 1 if "data.num_clients=6" in population else 0 < honest < 6
     assert_same_round_report(dense, dinfo, streamed, sinfo)
