@@ -262,3 +262,20 @@ def arc(updates, f):
     clipped = finite & (norms > tau)
     scale = np.where(clipped, tau / np.where(norms > 0, norms, 1.0), 1.0)
     return x * scale[:, None], clipped, tau
+
+
+def nnm(updates, f, rank):
+    """NNM (Allouah et al. 2023, Algorithm 1) in float64: every finite row
+    becomes the mean of its ``n - f`` nearest finite rows (itself first, then
+    by squared distance, ties by ``rank``; all finite rows if fewer).
+    Non-finite rows are returned unchanged."""
+    x = np.asarray(updates, np.float64)
+    n = x.shape[0]
+    finite = [i for i in range(n) if np.isfinite(x[i]).all()]
+    out = x.copy()
+    for i in finite:
+        others = sorted((j for j in finite if j != i),
+                        key=lambda j: (float(np.sum((x[i] - x[j]) ** 2)), int(rank[j])))
+        near = [i] + others[: n - f - 1]
+        out[i] = x[near].mean(0)
+    return out

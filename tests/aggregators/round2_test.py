@@ -137,6 +137,61 @@ def test_nnm_and_arc_match_byzfl_before_average():
                                        rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("n, f, case", [(7, 2, "plain"), (8, 3, "ties"), (6, 5, "k=1"),
+                                        (9, 2, "nonfinite"), (6, 1, "few-finite")])
+def test_nnm_matches_its_reference(n, f, case):
+    """NNM against a float64 loop: each row's ``n - f`` nearest rows (itself
+    first, ties by the key's per-client rank), non-finite rows passed through,
+    ``num_nonfinite`` reported (also under ``compose``'s ``nnm/`` prefix).
+
+    Catches (the ByzFL comparison skips where ByzFL is not installed):
+    neighbourhoods of ``n - f + 1`` or ``n + f`` rows, ``order[:, :k]`` off by
+    one, itself not put first among duplicates (``eye`` not negated), ties
+    broken by index, invalid rows chosen (``chosen | valid``), the mixing
+    count floored at 2 (one neighbour: ``f = n - 1``), a wrong count of
+    non-finite rows, the pre-aggregator's name."""
+    rng = np.random.default_rng(n * 10 + f)
+    x = rng.standard_normal((n, 6)).astype(np.float32)
+    x[:f] *= 4.0
+    if case == "ties":  # row 0's 5 rows at distance 1 (4 taken): the key's rank decides
+        x = np.zeros((n, 6), np.float32)
+        x[1:6] = [[1, 0, 0, 0, 0, 0], [-1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0],
+                  [0, -1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0]]
+        x[6, 3], x[7, 4] = 10.0, 20.0
+    if case == "nonfinite":
+        x[1, 2], x[5] = np.nan, np.inf
+    if case == "few-finite":  # 2 finite rows, fewer than n - f = 5
+        x[2:] = np.nan
+    rank = np.asarray(jax.random.permutation(KEY, n))
+    rows, _, info = jax.jit(A.nnm(f).apply)(jnp.asarray(x), KEY)
+    want = ref.nnm(x, f, rank)
+    finite = np.isfinite(x).all(1)
+    np.testing.assert_allclose(np.asarray(rows)[finite], want[finite], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(rows)[~finite], x[~finite])
+    assert int(info["num_nonfinite"]) == int(np.sum(~finite))
+    # compose: the stages' half of the key, split once per stage
+    k_stage = jax.random.split(jax.random.split(KEY)[0], 1)[0]
+    want = ref.nnm(x, f, np.asarray(jax.random.permutation(k_stage, n)))
+    out, _, info = _run(A.compose(A.nnm(f), aggregator=A.mean(weighted=False)), x)
+    np.testing.assert_allclose(np.asarray(out), want[finite].mean(0), rtol=1e-5, atol=1e-6)
+    assert int(info["nnm/num_nonfinite"]) == int(np.sum(~finite))
+
+
+def test_nnm_bounds():
+    """``f = 0`` (every row the mean of all) and ``f = n - 1`` build; ``f = n``
+    and ``f < 0`` fail with the bound. Catches: ``num_byzantine >= 1`` or
+    ``< n`` as ``<= n`` in the checks."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 3)), jnp.float32)
+    rows = np.asarray(A.nnm(0).apply(x, KEY)[0])
+    np.testing.assert_allclose(rows, np.broadcast_to(np.asarray(x).mean(0), (4, 3)), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(A.nnm(3).apply(x, KEY)[0]), np.asarray(x))
+    with pytest.raises(ValueError, match=r"nnm: needs num_byzantine < n, got n=4, num_byzantine=4"):
+        A.nnm(4).apply(x, KEY)
+    for bad in (-1, 1.0, "1"):
+        with pytest.raises(ValueError, match="nnm: num_byzantine="):
+            A.nnm(bad)
+
+
 def test_bucketing_buckets_follow_the_key():
     x = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
     rows, ctx, info = A.bucketing(3).apply(jnp.asarray(x), KEY,
