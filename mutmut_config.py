@@ -129,30 +129,30 @@ TESTS = {
     # The second round of rules: the conformance table (float64 NumPy references),
     # round2_test's edges, the model table for rules that take the params.
     "fljax/aggregators/dnc.py": [
-        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "dnc"],
+        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "dnc or factories"],
     "fljax/aggregators/signguard.py": [
-        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "signguard"],
+        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "signguard or factories"],
     "fljax/aggregators/mda.py": [
-        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "mda"],
+        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "mda or factories"],
     "fljax/aggregators/caf.py": [
-        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "caf"],
+        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "caf or factories"],
     "fljax/aggregators/smea.py": [
-        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "smea"],
+        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "smea or factories"],
     "fljax/aggregators/meamed.py": [
-        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "meamed"],
+        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "meamed or factories"],
     "fljax/aggregators/monna.py": [
-        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "monna"],
+        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "monna or factories"],
     "fljax/aggregators/invariant.py": [
         _AGG + "conformance_test.py", _AGG + "stats_test.py", _AGG + "kernel_choice_test.py",
         "-k", "invariant"],
     "fljax/aggregators/multi_metrics.py": [
-        _AGG + "model_table_test.py", _AGG + "round2_test.py", "-k", "multi_metrics"],
+        _AGG + "model_table_test.py", _AGG + "round2_test.py", "-k", "multi_metrics or factories"],
     "fljax/aggregators/crfl.py": [
-        _AGG + "model_table_test.py", _AGG + "round2_test.py", "-k", "crfl"],
-    "fljax/aggregators/nnm.py": [_AGG + "round2_test.py", "-k", "nnm or pre_aggregators"],
+        _AGG + "model_table_test.py", _AGG + "round2_test.py", "-k", "crfl or factories"],
+    "fljax/aggregators/nnm.py": [_AGG + "round2_test.py", "-k", "nnm or pre_aggregators or factories"],
     "fljax/aggregators/bucketing.py": [
         _AGG + "round2_test.py", "tests/simulate_test.py", "-k",
-        "bucketing or pre_aggregators"],
+        "bucketing or pre_aggregators or factories"],
     "fljax/aggregators/compose.py": [
         _AGG + "round2_test.py", _AGG + "model_rules_test.py", "-k",
         "compose or pre_aggregators"],
