@@ -99,8 +99,9 @@ def caf_ref(x, f):
     return best[1]
 
 
-def dnc_ref(x, f, coords, rank, filter_frac=1.0):
-    """Shejwalkar & Houmansadr's Algorithm 3 with the given coordinate subsets."""
+def dnc_ref(x, f, coords, rank, filter_frac=1.0, full=False):
+    """Shejwalkar & Houmansadr's Algorithm 3 with the given coordinate subsets
+    (``full``: also the kept rows and the last iteration's scores)."""
     n = len(x)
     good = set(range(n))
     keep = n - int(filter_frac * f)
@@ -110,7 +111,8 @@ def dnc_ref(x, f, coords, rank, filter_frac=1.0):
         v = np.linalg.svd(c, full_matrices=False)[2][0]
         score = (c @ v) ** 2
         good &= set(sorted(range(n), key=lambda i: (score[i], rank[i]))[:keep])
-    return x[sorted(good)].mean(0)
+    out = x[sorted(good)].mean(0)
+    return (out, sorted(good), score) if full else out
 
 
 def signguard_ref(x, start, size, lower=0.1, upper=3.0):

@@ -334,6 +334,107 @@ def test_caf_more_sizes_and_outliers():
         np.testing.assert_allclose(out, ref.caf_ref(x, 3), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("case", ["subsets", "nonfinite", "filter_frac"])
+def test_dnc_subsets_match_the_reference(case):
+    """DnC with ``sub_dim < d`` (3 iterations of 12 of 40 coordinates) against
+    Algorithm 3 in float64: the output, the kept rows and the last
+    iteration's scores; with two NaN rows (they count towards ``f`` and the
+    reference sees only the finite rows), and with ``filter_frac = 1.5``.
+
+    Catches (the slow test below has larger shapes): the coordinate subsets
+    unused (``coords = None``), one iteration instead of ``num_iters``, the
+    gather along another axis, ``top_k``'s values taken for indices, the
+    non-finite rows given non-zero centred rows (``where(ok, .., 1.0)``), the
+    info's names."""
+    rng = np.random.default_rng(17)
+    n, d, f, frac = 9, 40, 2, 1.0
+    x = rng.standard_normal((n, d))
+    x[:2] += 2.5 * rng.standard_normal(d)  # a shifted pair
+    if case == "nonfinite":
+        f = 3
+        x[4, 7], x[6] = np.nan, np.inf
+    if case == "filter_frac":
+        frac = 1.5
+    finite = np.isfinite(x).all(1)
+    for key in (jax.random.PRNGKey(1), jax.random.PRNGKey(2)):
+        out, _, info = jax.jit(A.dnc(f, sub_dim=12, num_iters=3, filter_frac=frac).aggregate)(
+            jnp.asarray(x, jnp.float32), None, key)
+        k_coords, k_tie = jax.random.split(key)
+        coords = list(np.asarray(dnc_coordinates(k_coords, d, 12, 3)))
+        rank = np.asarray(jax.random.permutation(k_tie, n))[finite]
+        want, kept, scores = ref.dnc_ref(x[finite], f - int(np.sum(~finite)), coords, rank,
+                                         filter_frac=frac, full=True)
+        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(np.flatnonzero(info["selected"]),
+                                      np.flatnonzero(finite)[kept])
+        got = np.asarray(info["scores"])
+        np.testing.assert_allclose(got[finite], scores, rtol=1e-3, atol=1e-4 * scores.max())
+        assert np.all(np.isinf(got[~finite]))
+        assert int(info["num_nonfinite"]) == int(np.sum(~finite))
+
+
+def test_dnc_coordinates_are_uniform_subsets():
+    """Each iteration's subset holds ``sub_dim`` distinct coordinates of
+    ``range(dim)``, the iterations differ, every coordinate is drawn with
+    probability ``b / d`` (over 300 keys: within 5 standard deviations of the
+    binomial count), and ``sub_dim >= dim`` means all coordinates (None).
+
+    Catches: the same key for every iteration, indices not distinct (drawn
+    with replacement), a biased draw, the all-coordinates shortcut taken only
+    above ``dim`` (``sub_dim > dim``)."""
+    c = np.asarray(dnc_coordinates(KEY, 30, 8, 4))
+    assert c.shape == (4, 8) and c.min() >= 0 and c.max() < 30
+    assert all(len(set(row)) == 8 for row in c)
+    assert len({tuple(sorted(row)) for row in c}) == 4
+    draws = jax.vmap(lambda k: dnc_coordinates(k, 30, 8, 1)[0])(
+        jax.random.split(jax.random.PRNGKey(3), 300))
+    counts = np.bincount(np.asarray(draws).ravel(), minlength=30)
+    p = 8 / 30
+    assert np.all(np.abs(counts - 300 * p) < 5 * np.sqrt(300 * p * (1 - p))), counts
+    assert dnc_coordinates(KEY, 30, 30, 4) is None and dnc_coordinates(KEY, 30, 31, 4) is None
+
+
+def test_dnc_defaults_and_bounds():
+    """The defaults are the paper's ``sub_dim = 10000`` and fedlib's
+    ``num_iters = 5`` (the last iteration's scores equal an explicit
+    ``dnc(f, 10000, 5)``'s and differ from ``10001`` and ``6``); the
+    factory's bounds hold at their edges (``f = 0``, ``sub_dim = 1``,
+    ``num_iters = 1``, ``filter_frac = 0``, dropping ``n - 1`` rows: the one
+    kept row is the output); one finite row scores 0.
+
+    Catches: other defaults, ``>=`` as ``>`` or ``and`` as ``or`` in the
+    checks, ``floor(c f) < n`` as ``<= n``, the mean of one kept row divided
+    by 2 (``maximum(count, 2)``), the centre of one finite row halved."""
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((5, 10_001)), jnp.float32)
+
+    def scores(rule):
+        return np.asarray(jax.jit(rule.aggregate)(x, None, KEY)[2]["scores"])
+
+    base = scores(A.dnc(1))
+    np.testing.assert_array_equal(base, scores(A.dnc(1, sub_dim=10_000, num_iters=5)))
+    assert not np.allclose(base, scores(A.dnc(1, sub_dim=10_001)))
+    assert not np.allclose(base, scores(A.dnc(1, num_iters=6)))
+    y = np.random.default_rng(3).standard_normal((4, 6)).astype(np.float32)
+    for rule in (A.dnc(0), A.dnc(1, sub_dim=1), A.dnc(1, num_iters=1), A.dnc(1, filter_frac=0.0)):
+        assert np.all(np.isfinite(np.asarray(_run(rule, y)[0])))
+    out, _, info = _run(A.dnc(1, filter_frac=3.0), y)  # drops 3 of 4 rows: one is kept
+    kept = np.flatnonzero(info["selected"])
+    assert len(kept) == 1
+    np.testing.assert_allclose(np.asarray(out), y[kept[0]], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"dnc: drops floor\(filter_frac \* num_byzantine\) = 4"):
+        _run(A.dnc(1, filter_frac=4.0), y)
+    for bad in (lambda: A.dnc(-1), lambda: A.dnc(1.5), lambda: A.dnc(1, sub_dim=0),
+                lambda: A.dnc(1, sub_dim=2.0), lambda: A.dnc(1, num_iters=0),
+                lambda: A.dnc(1, num_iters=2.0), lambda: A.dnc(1, filter_frac=-0.5)):
+        with pytest.raises(ValueError, match="dnc: "):
+            bad()
+    z = np.full((3, 6), np.nan, np.float32)
+    z[1] = y[0]
+    out, _, info = _run(A.dnc(1), z)  # one finite row (the two NaN rows use up f)
+    np.testing.assert_allclose(np.asarray(out), y[0], rtol=1e-6)
+    assert float(info["scores"][1]) == 0.0
+
+
 @pytest.mark.slow
 def test_dnc_with_coordinate_subsets():
     rng = np.random.default_rng(7)
