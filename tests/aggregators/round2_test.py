@@ -217,6 +217,43 @@ def test_bucketing_buckets_follow_the_key():
     assert not np.array_equal(np.asarray(other), bucket)
 
 
+def test_bucketing_of_one_only_shuffles_and_bad_sizes_fail():
+    """``bucket_size = 1`` builds and returns the rows in the key's order;
+    ``0``, ``-1`` and ``2.0`` fail. Catches: ``>= 1`` as ``> 1`` / ``>= 2``,
+    ``and`` as ``or`` in the check."""
+    x = np.arange(5 * 2, dtype=np.float32).reshape(5, 2)
+    rows, _, info = A.bucketing(1).apply(jnp.asarray(x), KEY)
+    bucket = np.asarray(info["bucket"])
+    assert sorted(bucket.tolist()) == list(range(5))
+    np.testing.assert_array_equal(np.asarray(rows)[bucket], x)
+    for bad in (0, -1, 2.0):
+        with pytest.raises(ValueError, match="bucketing: bucket_size="):
+            A.bucketing(bad)
+
+
+def test_compose_groups_consecutive_transforms_between_pre_aggregators():
+    """Two transforms, a pre-aggregator, two more transforms: the stages run
+    in order (each group of consecutive transforms as one chain, one key per
+    group), equal to applying them by hand. Catches: a transform appended to
+    another group than the last (``groups[+1]``, ``groups[-2]``)."""
+    from fljax.transforms import clip_by_norm
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((7, 5)) * 3).astype(np.float32)
+    rule = A.compose(clip_by_norm(2.0), clip_by_norm(1.0), A.nnm(2), clip_by_norm(0.5),
+                     clip_by_norm(3.0), aggregator=A.mean(weighted=False))
+    out, _, info = _run(rule, x)
+
+    def clip(v, c):
+        return v * np.minimum(1.0, c / np.linalg.norm(v, axis=1, keepdims=True))
+
+    k_stages = jax.random.split(KEY)[0]
+    rank = np.asarray(jax.random.permutation(jax.random.split(k_stages, 3)[1], 7))
+    want = clip(ref.nnm(clip(x, 1.0), 2, rank), 0.5).mean(0)
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-6)
+    assert int(info["nnm/num_nonfinite"]) == 0
+
+
 @pytest.mark.slow
 def test_pre_aggregators_pass_nonfinite_rows_and_survive_huge_ones():
     rng = np.random.default_rng(1)
