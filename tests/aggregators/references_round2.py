@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from sklearn.cluster import MeanShift, estimate_bandwidth
+from sklearn.cluster import DBSCAN, MeanShift, estimate_bandwidth
 
 
 def finite(x):
@@ -115,7 +115,19 @@ def dnc_ref(x, f, coords, rank, filter_frac=1.0, full=False):
     return (out, sorted(good), score) if full else out
 
 
-def signguard_ref(x, start, size, lower=0.1, upper=3.0):
+def signguard_labels(feat, clustering="meanshift"):
+    """The official code's MeanShift (bandwidth at quantile 0.5 of 50 samples,
+    bin seeding, outliers left out) or FLPoison's DBSCAN (eps 0.05, 3 samples)."""
+    if clustering == "dbscan":
+        return DBSCAN(eps=0.05, min_samples=3).fit(feat).labels_
+    bw = estimate_bandwidth(feat, quantile=0.5, n_samples=50) if len(feat) > 1 else 0.0
+    if bw > 0:
+        return MeanShift(bandwidth=bw, bin_seeding=True, cluster_all=False).fit(feat).labels_
+    # identical features: one group per distinct row
+    return np.unique(feat, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def signguard_ref(x, start, size, lower=0.1, upper=3.0, clustering="meanshift"):
     """The official code's steps (norm band, sign features, MeanShift, clipped mean)."""
     x = x[finite(x)]
     norms = np.linalg.norm(x, axis=1)
@@ -124,11 +136,7 @@ def signguard_ref(x, start, size, lower=0.1, upper=3.0):
     sign = np.sign(x[:, start:start + size])
     feat = np.stack([(sign == 1).mean(1), (sign == 0).mean(1), (sign == -1).mean(1)], 1)
     feat = feat.astype(np.float32) / (feat.max(0).astype(np.float32) + np.float32(1e-8))
-    bw = estimate_bandwidth(feat, quantile=0.5, n_samples=50)
-    if bw > 0:
-        labels = MeanShift(bandwidth=bw, bin_seeding=True, cluster_all=False).fit(feat).labels_
-    else:  # identical features: one group per distinct row
-        labels = np.unique(feat, axis=0, return_inverse=True)[1].reshape(-1)
+    labels = signguard_labels(feat, clustering)
     num = len(set(labels)) - (1 if -1 in labels else 0)
     biggest = int(np.argmax([np.sum(labels == i) for i in range(num)]))
     chosen = sorted(s1 & set(np.flatnonzero(labels == biggest).tolist()))

@@ -14,6 +14,7 @@ import pytest
 from fljax import aggregators as A
 from fljax.aggregators import AggregationContext
 from fljax.aggregators.dnc import dnc_coordinates
+from fljax.aggregators.signguard import sign_cluster_labels, signguard_block
 from tests.aggregators import references_round2 as ref
 from tests.aggregators import table_model, table_round2, table_stats
 
@@ -215,6 +216,70 @@ def test_bucketing_buckets_follow_the_key():
     # Another key, another bucketing.
     other = A.bucketing(3).apply(jnp.asarray(x), jax.random.PRNGKey(5))[2]["bucket"]
     assert not np.array_equal(np.asarray(other), bucket)
+
+
+def test_signguard_block_is_a_uniform_contiguous_block():
+    """``size = max(1, int(fraction * d))`` and the start is uniform over
+    ``[0, d - size]`` (400 keys: every start drawn, each count within 5
+    standard deviations). Catches: ``max(2, ..)``, ``fraction / d``, a start
+    range one short or long."""
+    assert signguard_block(KEY, 20, 0.01)[1] == 1 and signguard_block(KEY, 20, 0.25)[1] == 5
+    start, size = signguard_block(KEY, 20, 1.0)
+    assert size == 20 and int(start) == 0
+    starts = np.asarray(jax.vmap(lambda k: signguard_block(k, 20, 0.25)[0])(
+        jax.random.split(KEY, 400)))
+    counts = np.bincount(starts, minlength=16)
+    assert len(counts) == 16 and np.all(np.abs(counts - 25) < 5 * np.sqrt(25 * 15 / 16)), counts
+
+
+def test_signguard_clusterings_on_built_features():
+    """The host clustering on features whose labels are known by construction.
+    DBSCAN (eps 0.05, 3 samples): a chain spaced 0.04 is one cluster, a pair
+    and a lone point are outliers, an invalid row is -1. MeanShift equals the
+    reference's (bandwidth at quantile 0.5, bin seeding); identical
+    features group by row; one valid row is cluster 0; none valid, all -1.
+
+    Catches: other DBSCAN or MeanShift settings, invalid rows labelled, the
+    identical-features fallback or the one-row case broken."""
+    chain = [[0.04 * i, 0, 0] for i in range(4)]
+    feats = np.array(chain + [[1, 1, 1], [1.03, 1, 1], [0.5, 0.5, 0.5], [0.3, 0, 0]], np.float32)
+    valid = np.array([True] * 7 + [False])
+    np.testing.assert_array_equal(sign_cluster_labels(feats, valid, "dbscan"),
+                                  [0, 0, 0, 0, -1, -1, -1, -1])
+    rng = np.random.default_rng(5)
+    spread = np.concatenate([rng.normal(0.2, 0.02, (6, 3)), rng.normal(0.8, 0.05, (4, 3)),
+                             [[0.5, 0.0, 1.0], [1.0, 1.0, 0.0]]]).astype(np.float32)
+    got = sign_cluster_labels(spread, np.ones(12, bool), "meanshift")
+    np.testing.assert_array_equal(got, ref.signguard_labels(spread.astype(np.float64)))
+    assert got.max() >= 2  # more than two clusters: the bandwidth matters
+    same = np.array([[1, 0, 0]] * 3 + [[0, 0, 1]] * 2, np.float32)
+    np.testing.assert_array_equal(sign_cluster_labels(same, np.ones(5, bool), "meanshift"),
+                                  [1, 1, 1, 0, 0])
+    one = np.array([True, False, False, False, False])
+    np.testing.assert_array_equal(sign_cluster_labels(spread[:5], one, "meanshift"),
+                                  [0, -1, -1, -1, -1])
+    for clustering in ("meanshift", "dbscan"):
+        np.testing.assert_array_equal(sign_cluster_labels(spread[:4], np.zeros(4, bool),
+                                                          clustering), [-1] * 4)
+
+
+@pytest.mark.parametrize("clustering", ["meanshift", "dbscan"])
+def test_signguard_drops_the_minority_sign_cluster(clustering):
+    """Ten rows of equal norms: seven with mostly positive signs, three with
+    mostly negative (all inside the norm band). The sign clusters decide:
+    the output is the reference's and the three are not selected."""
+    rng = np.random.default_rng(9)
+    x = np.abs(rng.standard_normal((10, 60))) * np.where(rng.random((10, 60)) < 0.9, 1, -1)
+    x[7:] *= -1.0
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x *= rng.uniform(0.9, 1.1, (10, 1))
+    out, _, info = _run(A.signguard(clustering=clustering), x)
+    start, size = signguard_block(KEY, 60, 0.1)
+    want = ref.signguard_ref(x, int(start), size, clustering=clustering)
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-6)
+    selected = np.asarray(info["selected"])
+    assert not selected[7:].any() and selected[:7].sum() >= 4, selected
+    np.testing.assert_array_equal(np.asarray(info["norm_ok"]), np.ones(10, bool))
 
 
 def test_bucketing_of_one_only_shuffles_and_bad_sizes_fail():
