@@ -145,9 +145,8 @@ def signguard_ref(x, start, size, lower=0.1, upper=3.0, clustering="meanshift"):
     return (x[chosen] * np.minimum(1.0, med / norms[chosen])[:, None]).mean(0)
 
 
-def multi_metrics_ref(updates, params, p=0.3, rank=None, weights=None):
-    """The official ``Multi_metrics.exec`` loop on the models ``params + Δ_i``."""
-    w = updates + params
+def multi_metrics_features(w):
+    """The official code's three sums over the other rows of ``w``: ``float[n, 3]``."""
     n = len(w)
     cos, man, length = np.zeros(n), np.zeros(n), np.zeros(n)
     for i in range(n):
@@ -156,7 +155,14 @@ def multi_metrics_ref(updates, params, p=0.3, rank=None, weights=None):
                 cos[i] += (1 - w[i] @ w[j] / (np.linalg.norm(w[i]) * np.linalg.norm(w[j]))) ** 2
                 man[i] += np.sum(np.abs(w[i] - w[j]))
                 length[i] += abs(np.linalg.norm(w[i]) - np.linalg.norm(w[j]))
-    t = np.stack([cos, man, length], axis=1)
+    return np.stack([cos, man, length], axis=1)
+
+
+def multi_metrics_ref(updates, params, p=0.3, rank=None, weights=None):
+    """The official ``Multi_metrics.exec`` loop on the models ``params + Δ_i``."""
+    w = updates + params
+    n = len(w)
+    t = multi_metrics_features(w)
     inv = np.linalg.pinv(np.cov(t.T))
     scores = np.array([t[i] @ inv @ t[i] for i in range(n)])
     rank = np.arange(n) if rank is None else rank

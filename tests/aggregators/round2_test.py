@@ -14,6 +14,7 @@ import pytest
 from fljax import aggregators as A
 from fljax.aggregators import AggregationContext
 from fljax.aggregators.dnc import dnc_coordinates
+from fljax.aggregators.multi_metrics import affine_gram, metric_features, pairwise_l1
 from fljax.aggregators.signguard import sign_cluster_labels, signguard_block
 from tests.aggregators import references_round2 as ref
 from tests.aggregators import table_model, table_round2, table_stats
@@ -280,6 +281,52 @@ def test_signguard_drops_the_minority_sign_cluster(clustering):
     selected = np.asarray(info["selected"])
     assert not selected[7:].any() and selected[:7].sum() >= 4, selected
     np.testing.assert_array_equal(np.asarray(info["norm_ok"]), np.ones(10, bool))
+
+
+@pytest.mark.parametrize("on", ["models", "updates"])
+def test_multi_metrics_features_match_the_official_sums(on):
+    """The three per-client sums against the official loop in float64, each
+    feature up to its positive factor (divided by its largest value), at
+    ``d = 300`` (one Manhattan tile of 256 and a remainder) with a NaN row
+    (zero features, left out of every sum).
+
+    Catches (the aggregate's test only sees which rows rank lowest): the
+    Manhattan remainder tile dropped or subtracted, the centring by the
+    mean unit vector wrong (signs, ``* m``, the shift's term), the inverse
+    norms of zero-norm rows, the Gram matrix's offset sign."""
+    rng = np.random.default_rng(21)
+    n, d = 7, 300
+    x = rng.standard_normal((n, d)) * rng.uniform(0.5, 3.0, (n, 1))
+    x[1] *= 4.0
+    x[3, 5] = np.nan
+    shift = rng.standard_normal(d) * 2.0 if on == "models" else np.zeros(d)
+    valid = np.isfinite(x).all(1)
+    got = np.asarray(metric_features(jnp.asarray(x, jnp.float32), jnp.asarray(valid),
+                                     jnp.asarray(shift, jnp.float32)))
+    want = ref.multi_metrics_features(x[valid] + shift)
+    np.testing.assert_allclose(got[valid] / got[valid].max(0), want / want.max(0),
+                               rtol=2e-4, atol=1e-6)
+    np.testing.assert_array_equal(got[~valid], 0.0)
+
+
+def test_multi_metrics_blocked_gram_and_manhattan_sums_match_numpy():
+    """``affine_gram`` and ``pairwise_l1`` in tiles of 7 columns over 30 (four
+    tiles and a remainder of 2), invalid rows zero, against NumPy. Catches:
+    the remainder tile skipped, subtracted or cut at the wrong column, a tile
+    added with the wrong sign."""
+    rng = np.random.default_rng(22)
+    n, d = 5, 30
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    valid = np.array([True, True, False, True, True])
+    rs, ss = rng.uniform(0.5, 2, n).astype(np.float32), rng.uniform(0.5, 2, n).astype(np.float32)
+    shift, off = rng.standard_normal(d).astype(np.float32), rng.standard_normal(d).astype(np.float32)
+    r = np.where(valid[:, None], x * rs[:, None] + shift[None] * ss[:, None] + off[None], 0.0)
+    got = affine_gram(jnp.asarray(x), jnp.asarray(rs), jnp.asarray(shift), jnp.asarray(ss),
+                      jnp.asarray(off), jnp.asarray(valid), columns=7)
+    np.testing.assert_allclose(np.asarray(got), r @ r.T, rtol=1e-5, atol=1e-4)
+    z = np.where(valid[:, None], x, 0.0)
+    got = pairwise_l1(jnp.asarray(x), jnp.asarray(valid), columns=7)
+    np.testing.assert_allclose(np.asarray(got), np.abs(z[:, None] - z[None]).sum(-1), rtol=1e-5)
 
 
 def test_bucketing_of_one_only_shuffles_and_bad_sizes_fail():
