@@ -309,6 +309,33 @@ def test_multi_metrics_features_match_the_official_sums(on):
     np.testing.assert_array_equal(got[~valid], 0.0)
 
 
+def test_multi_metrics_cosines_of_models_with_a_large_common_part():
+    """Models ``params + Δ_i`` with ``|params| ~ 1e3`` and ``|Δ_i| ~ 1`` are
+    nearly parallel (``1 - cos ~ 1e-7``): the cosine sums still match the
+    float64 loop to 1e-3, because the Gram matrix is of the unit vectors
+    centred on their mean. One update has a norm of exactly a power of two
+    (its norm's finite factor is exactly 1). Catches: the mean unit vector
+    mis-weighted (``inv_b * m``, ``* m``, the shift's term's sign or its
+    zero-weight rows), the offset's sign (``+unit_mean``: cancellation at
+    float32), a norm factor of exactly 1 taken as zero (``base > 1``)."""
+    rng = np.random.default_rng(23)
+    n, d = 6, 40
+    x = rng.standard_normal((n, d)) * rng.uniform(0.5, 2.0, (n, 1))
+    x[2] = 0.0
+    x[2, :4] = 2.0  # ‖Δ_2‖ = 4
+    params = 1e3 * rng.uniform(0.5, 1.5, d)
+    valid = np.ones(n, bool)
+    got = np.asarray(metric_features(jnp.asarray(x, jnp.float32), jnp.asarray(valid),
+                                     jnp.asarray(params, jnp.float32)))[:, 0]
+    w = (x.astype(np.float32) + params.astype(np.float32)).astype(np.float64)
+    want = ref.multi_metrics_features(w)[:, 0]
+    np.testing.assert_allclose(got / got.max(), want / want.max(), rtol=1e-3)
+    on_updates = np.asarray(metric_features(jnp.asarray(x, jnp.float32), jnp.asarray(valid),
+                                            jnp.zeros(d)))[:, 0]
+    want = ref.multi_metrics_features(x)[:, 0]
+    np.testing.assert_allclose(on_updates / on_updates.max(), want / want.max(), rtol=1e-4)
+
+
 def test_multi_metrics_blocked_gram_and_manhattan_sums_match_numpy():
     """``affine_gram`` and ``pairwise_l1`` in tiles of 7 columns over 30 (four
     tiles and a remainder of 2), invalid rows zero, against NumPy. Catches:
