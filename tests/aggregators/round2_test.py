@@ -313,16 +313,16 @@ def test_multi_metrics_cosines_of_models_with_a_large_common_part():
     """Models ``params + Δ_i`` with ``|params| ~ 1e3`` and ``|Δ_i| ~ 1`` are
     nearly parallel (``1 - cos ~ 1e-7``): the cosine sums still match the
     float64 loop to 1e-3, because the Gram matrix is of the unit vectors
-    centred on their mean. One update has a norm of exactly a power of two
-    (its norm's finite factor is exactly 1). Catches: the mean unit vector
-    mis-weighted (``inv_b * m``, ``* m``, the shift's term's sign or its
-    zero-weight rows), the offset's sign (``+unit_mean``: cancellation at
-    float32), a norm factor of exactly 1 taken as zero (``base > 1``)."""
+    centred on their mean; on the updates themselves, one of norm 0.5.
+    Catches: the shift's term in the mean unit vector (its sign, ``* m``),
+    the offset's sign (``+unit_mean``: cancellation at float32), a norm
+    below 1 taken as zero (``base > 1``)."""
     rng = np.random.default_rng(23)
     n, d = 6, 40
     x = rng.standard_normal((n, d)) * rng.uniform(0.5, 2.0, (n, 1))
     x[2] = 0.0
     x[2, :4] = 2.0  # ‖Δ_2‖ = 4
+    x[4] *= 0.5 / np.linalg.norm(x[4])  # a norm below 1
     params = 1e3 * rng.uniform(0.5, 1.5, d)
     valid = np.ones(n, bool)
     got = np.asarray(metric_features(jnp.asarray(x, jnp.float32), jnp.asarray(valid),
