@@ -146,25 +146,31 @@ def signguard_ref(x, start, size, lower=0.1, upper=3.0, clustering="meanshift"):
 
 
 def multi_metrics_features(w):
-    """The official code's three sums over the other rows of ``w``: ``float[n, 3]``."""
+    """The official code's three sums over the other rows of ``w``: ``float[n, 3]``
+    (a zero row's cosines are 0, fljax's convention; the official code gives NaN)."""
     n = len(w)
     cos, man, length = np.zeros(n), np.zeros(n), np.zeros(n)
     for i in range(n):
         for j in range(n):
             if i != j:
-                cos[i] += (1 - w[i] @ w[j] / (np.linalg.norm(w[i]) * np.linalg.norm(w[j]))) ** 2
+                nn = np.linalg.norm(w[i]) * np.linalg.norm(w[j])
+                cos[i] += (1 - (w[i] @ w[j] / nn if nn > 0 else 0.0)) ** 2
                 man[i] += np.sum(np.abs(w[i] - w[j]))
                 length[i] += abs(np.linalg.norm(w[i]) - np.linalg.norm(w[j]))
     return np.stack([cos, man, length], axis=1)
+
+
+def multi_metrics_scores(t):
+    """Uncentred Mahalanobis scores ``t_iᵀ Σ⁺ t_i`` (``Σ``: covariance, ddof 1)."""
+    inv = np.linalg.pinv(np.cov(t.T))
+    return np.array([t[i] @ inv @ t[i] for i in range(len(t))])
 
 
 def multi_metrics_ref(updates, params, p=0.3, rank=None, weights=None):
     """The official ``Multi_metrics.exec`` loop on the models ``params + Δ_i``."""
     w = updates + params
     n = len(w)
-    t = multi_metrics_features(w)
-    inv = np.linalg.pinv(np.cov(t.T))
-    scores = np.array([t[i] @ inv @ t[i] for i in range(n)])
+    scores = multi_metrics_scores(multi_metrics_features(w))
     rank = np.arange(n) if rank is None else rank
     chosen = sorted(range(n), key=lambda i: (scores[i], rank[i]))[: int(p * n)]
     om = np.ones(n) if weights is None else np.asarray(weights, np.float64)

@@ -288,25 +288,39 @@ def test_multi_metrics_features_match_the_official_sums(on):
     """The three per-client sums against the official loop in float64, each
     feature up to its positive factor (divided by its largest value), at
     ``d = 300`` (one Manhattan tile of 256 and a remainder) with a NaN row
-    (zero features, left out of every sum).
+    (zero features, left out of every sum), a sign-flipped row (cosine -1:
+    ``1 - cos`` at its bound 2) and a zero model (cosine 0 by convention).
+    The Mahalanobis scores the rule reports equal the official ones (they do
+    not depend on the features' factors).
 
     Catches (the aggregate's test only sees which rows rank lowest): the
     Manhattan remainder tile dropped or subtracted, the centring by the
-    mean unit vector wrong (signs, ``* m``, the shift's term), the inverse
-    norms of zero-norm rows, the Gram matrix's offset sign."""
+    mean unit vector wrong (signs, ``* m``, the shift's term), the Gram
+    matrix's offset sign, ``1 - cos`` scaled (``1.5 *``: the bound binds),
+    a zero row's cosines not 1 or taken from the Gram matrix, constants
+    added to a feature (``where(pair, .., 1.0)``), invalid rows' features
+    not zero, the covariance's divisor (``m - 2``, ``* (m - 1)``)."""
     rng = np.random.default_rng(21)
-    n, d = 7, 300
+    n, d = 8, 300
     x = rng.standard_normal((n, d)) * rng.uniform(0.5, 3.0, (n, 1))
     x[1] *= 4.0
     x[3, 5] = np.nan
+    x[5] = -x[0]
     shift = rng.standard_normal(d) * 2.0 if on == "models" else np.zeros(d)
+    x[6] = -shift if on == "models" else 0.0  # the zero model
+    x[5] -= 2.0 * shift  # w_5 = -w_0
     valid = np.isfinite(x).all(1)
-    got = np.asarray(metric_features(jnp.asarray(x, jnp.float32), jnp.asarray(valid),
-                                     jnp.asarray(shift, jnp.float32)))
+    x32, s32 = jnp.asarray(x, jnp.float32), jnp.asarray(shift, jnp.float32)
+    got = np.asarray(metric_features(x32, jnp.asarray(valid), s32))
     want = ref.multi_metrics_features(x[valid] + shift)
     np.testing.assert_allclose(got[valid] / got[valid].max(0), want / want.max(0),
                                rtol=2e-4, atol=1e-6)
     np.testing.assert_array_equal(got[~valid], 0.0)
+    info = A.multi_metrics(p=0.5, on=on).aggregate(x32, None, KEY,
+                                                   AggregationContext(params=s32))[2]
+    scores = np.asarray(info["scores"])
+    np.testing.assert_allclose(scores[valid], ref.multi_metrics_scores(want), rtol=1e-3)
+    assert np.all(np.isinf(scores[~valid]))
 
 
 def test_multi_metrics_cosines_of_models_with_a_large_common_part():
@@ -334,6 +348,18 @@ def test_multi_metrics_cosines_of_models_with_a_large_common_part():
                                             jnp.zeros(d)))[:, 0]
     want = ref.multi_metrics_features(x)[:, 0]
     np.testing.assert_allclose(on_updates / on_updates.max(), want / want.max(), rtol=1e-4)
+
+
+def test_multi_metrics_p_bounds():
+    """``p = 1`` keeps every client (the mean); ``p = 0`` and ``p > 1`` fail when
+    built. Catches: ``0 <= p`` or ``p < 1`` or ``p <= 2`` in the check."""
+    x = np.random.default_rng(24).standard_normal((5, 4)).astype(np.float32)
+    out, _, info = _run(A.multi_metrics(p=1.0, on="updates"), x)
+    np.testing.assert_allclose(np.asarray(out), x.mean(0), rtol=1e-5, atol=1e-6)
+    assert np.asarray(info["selected"]).all()
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"multi_metrics: p="):
+            A.multi_metrics(p=bad)
 
 
 def test_multi_metrics_blocked_gram_and_manhattan_sums_match_numpy():
