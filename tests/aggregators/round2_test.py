@@ -360,6 +360,16 @@ def test_multi_metrics_p_bounds():
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match=r"multi_metrics: p="):
             A.multi_metrics(p=bad)
+    # Two valid rows: the covariance divides by m - 1 = 1; one valid row scores 0
+    # (its covariance is zero). Catches: ``maximum(m - 1, 2)``, ``maximum(m, 2)``
+    # in the features' mean.
+    y = x[:3].copy()
+    y[2] = np.nan
+    scores = np.asarray(_run(A.multi_metrics(p=1.0, on="updates"), y)[2]["scores"])
+    want = ref.multi_metrics_scores(ref.multi_metrics_features(y[:2].astype(np.float64)))
+    np.testing.assert_allclose(scores[:2], want, rtol=1e-4)
+    y[1] = np.nan
+    assert float(_run(A.multi_metrics(p=1.0, on="updates"), y)[2]["scores"][0]) == 0.0
 
 
 def test_multi_metrics_blocked_gram_and_manhattan_sums_match_numpy():
