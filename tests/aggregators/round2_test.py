@@ -360,9 +360,8 @@ def test_multi_metrics_p_bounds():
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match=r"multi_metrics: p="):
             A.multi_metrics(p=bad)
-    # Two valid rows: the covariance divides by m - 1 = 1; one valid row scores 0
-    # (its covariance is zero). Catches: ``maximum(m - 1, 2)``, ``maximum(m, 2)``
-    # in the features' mean.
+    # Two valid rows have equal features (one pair each), so the covariance is
+    # zero and both score 0, as in the reference; one valid row has no pair.
     y = x[:3].copy()
     y[2] = np.nan
     scores = np.asarray(_run(A.multi_metrics(p=1.0, on="updates"), y)[2]["scores"])
