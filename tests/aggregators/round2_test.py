@@ -371,6 +371,32 @@ def test_multi_metrics_p_bounds():
     assert float(_run(A.multi_metrics(p=1.0, on="updates"), y)[2]["scores"][0]) == 0.0
 
 
+def test_multi_metrics_client_weights_and_no_kept_row():
+    """The kept rows are averaged with the clients' weights (here summing to
+    0.6, below 1), as the reference; no kept row (``floor(p m) = 0`` after
+    three NaN rows) gives zero; ``on='models'`` without the parameters fails
+    with the rule's message. Catches: the weights ignored, weights summing
+    below 1 not normalised (``total > 1``), every valid row summed when none
+    is kept, ``and`` as ``or`` in the context check."""
+    rng = np.random.default_rng(25)
+    x = rng.standard_normal((7, 5)).astype(np.float32)
+    params = rng.standard_normal(5).astype(np.float32)
+    w = rng.uniform(0.05, 0.15, 7).astype(np.float32)
+    out, _, _ = _run(A.multi_metrics(p=0.5), x,
+                     AggregationContext(params=jnp.asarray(params), weights=jnp.asarray(w)))
+    rank = np.asarray(jax.random.permutation(KEY, 7))
+    want = ref.multi_metrics_ref(x.astype(np.float64), params.astype(np.float64), p=0.5,
+                                 rank=rank, weights=w)
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-6)
+    y = x[:5].copy()
+    y[:3] = np.nan
+    out, _, info = _run(A.multi_metrics(p=0.3, on="updates"), y)
+    assert not np.asarray(info["selected"]).any()
+    np.testing.assert_array_equal(np.asarray(out), 0.0)
+    with pytest.raises(ValueError, match=r"multi_metrics: on='models' needs context.params"):
+        _run(A.multi_metrics(), x)
+
+
 def test_multi_metrics_blocked_gram_and_manhattan_sums_match_numpy():
     """``affine_gram`` and ``pairwise_l1`` in tiles of 7 columns over 30 (four
     tiles and a remainder of 2), invalid rows zero, against NumPy. Catches:
