@@ -253,6 +253,9 @@ def test_signguard_clusterings_on_built_features():
     got = sign_cluster_labels(spread, np.ones(12, bool), "meanshift")
     np.testing.assert_array_equal(got, ref.signguard_labels(spread.astype(np.float64)))
     assert got.max() >= 2  # more than two clusters: the bandwidth matters
+    many = rng.random((60, 3)).astype(np.float32)  # more rows than estimate_bandwidth samples
+    np.testing.assert_array_equal(sign_cluster_labels(many, np.ones(60, bool), "meanshift"),
+                                  ref.signguard_labels(many.astype(np.float64)))
     same = np.array([[1, 0, 0]] * 3 + [[0, 0, 1]] * 2, np.float32)
     np.testing.assert_array_equal(sign_cluster_labels(same, np.ones(5, bool), "meanshift"),
                                   [1, 1, 1, 0, 0])
@@ -415,6 +418,74 @@ def test_multi_metrics_blocked_gram_and_manhattan_sums_match_numpy():
     z = np.where(valid[:, None], x, 0.0)
     got = pairwise_l1(jnp.asarray(x), jnp.asarray(valid), columns=7)
     np.testing.assert_allclose(np.asarray(got), np.abs(z[:, None] - z[None]).sum(-1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("zeros", [0.1, 0.8])
+def test_signguard_counts_zero_coordinates_as_their_own_sign(zeros):
+    """Seven dense rows and three rows with a share ``zeros`` of exact zeros
+    (sparse updates) of the same norms; a few entries are exactly 1. Only the
+    share of zeros tells them apart: the output, the kept rows and the labels
+    match the reference, and the sparse rows are dropped. At 10 % zeros the
+    zero share's column maximum is 0.1, so the features must be divided by
+    their maxima to count.
+
+    Catches: zeros counted as positive or negative (``>= 0``, ``<= 0``),
+    ``!= 0`` or ``== 1`` as the zero share, features multiplied by their
+    maxima, the info's labels."""
+    rng = np.random.default_rng(26)
+    x = rng.standard_normal((10, 200))
+    x[:, ::17] = 1.0
+    sparse = rng.random((3, 200)) < zeros
+    x[7:][sparse] = 0.0
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    out, _, info = _run(A.signguard(selection_fraction=0.5), x)
+    start, size = signguard_block(KEY, 200, 0.5)
+    want = ref.signguard_ref(x, int(start), size)
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-6)
+    selected = np.asarray(info["selected"])
+    assert not selected[7:].any() and selected[:7].all(), selected
+    labels = np.asarray(info["labels"])
+    assert len(set(labels[:7])) == 1 and labels[7] != labels[0]
+
+
+def test_signguard_edges():
+    """One finite row is kept (it is its own cluster of one and its own
+    median); no finite row gives zero with median 0; the norm band is strict
+    at both ends (rows of norm exactly ``lower * med`` and ``upper * med``,
+    with ``med = 2``); the default ``upper`` is 3; ``selection_fraction`` in
+    ``(0, 1]``; a traced ``lower`` beside a number ``upper`` is not checked.
+
+    Catches: ``m > 1`` or the cluster size ``> 1`` (one row dropped), the
+    kept count floored at 2, the median of no row not 0, ``>=`` / ``<=`` in
+    the band, ``lower / med``, another default, the bounds' checks."""
+    y = np.full((3, 4), np.nan, np.float32)
+    y[1] = [3.0, 0.0, -4.0, 0.0]
+    out, _, info = _run(A.signguard(), y)
+    np.testing.assert_allclose(np.asarray(out), y[1])
+    assert float(info["median_norm"]) == 5.0 and int(info["num_nonfinite"]) == 2
+    out, _, info = _run(A.signguard(), np.full((3, 4), np.nan))
+    np.testing.assert_array_equal(np.asarray(out), 0.0)
+    assert float(info["median_norm"]) == 0.0
+    # norms 1 (= 0.5 * 2), 2, 2, 2, 6 (= 3 * 2), 5.5: the band (1, 6) keeps rows 1, 2, 3, 5.
+    e = np.eye(6, dtype=np.float32)[0]
+    x = np.stack([1.0 * e, 2.0 * e, 2.0 * e, 2.0 * e, 6.0 * e, 5.5 * e])
+    info = _run(A.signguard(lower=0.5), x)[2]
+    assert float(info["median_norm"]) == 2.0
+    np.testing.assert_array_equal(np.asarray(info["norm_ok"]), [0, 1, 1, 1, 0, 1])
+    np.testing.assert_array_equal(np.asarray(_run(A.signguard(lower=0.5, upper=3.0), x)[2]["norm_ok"]),
+                                  np.asarray(info["norm_ok"]))
+    A.signguard(selection_fraction=1.0)
+    A.signguard(lower=0.0)
+    for bad in (lambda: A.signguard(selection_fraction=0.0),
+                lambda: A.signguard(selection_fraction=1.5),
+                lambda: A.signguard(selection_fraction="0.1"),
+                lambda: A.signguard(lower=1.0, upper=1.0),
+                lambda: A.signguard(lower=-0.1)):
+        with pytest.raises(ValueError, match="signguard: "):
+            bad()
+    fn = jax.jit(lambda v: A.signguard(lower=v, upper=3.0).aggregate(
+        jnp.asarray(x), None, KEY)[2]["norm_ok"])
+    np.testing.assert_array_equal(np.asarray(fn(0.5)), np.asarray(info["norm_ok"]))
 
 
 def test_bucketing_of_one_only_shuffles_and_bad_sizes_fail():
