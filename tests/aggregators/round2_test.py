@@ -762,28 +762,74 @@ def test_dnc_with_coordinate_subsets():
     assert int(jnp.sum(fn(jnp.asarray(x, jnp.float32), 1.0))) == 8
 
 
-@pytest.mark.slow
 def test_crfl_rounds_noise_and_base():
+    """CRFL over three rounds against the reference (FedAvg of the finite rows
+    with client weights summing to 0.28, the model clipped to ``clip + growth
+    * t``), its info; the noise is exactly ``sigma`` times the key's normal
+    draw; a named base rule with its kwargs, and a built one.
+
+    Catches: the weights ignored or not normalised when they sum below 1,
+    the bound's growth subtracted, the round not counted by one, the noise's
+    sign or ``sigma / normal``, the model norm (``scale / base``), the info's
+    names, ``clipped`` at equality, the base's kwargs dropped, a built base
+    rule replaced."""
     x = np.random.default_rng(8).standard_normal((7, 6)).astype(np.float32)
+    x[4, 1] = np.nan
     params = np.full(6, 3.0, np.float32)
-    ctx = AggregationContext(params=jnp.asarray(params), weights=jnp.arange(1.0, 8.0))
+    w = np.arange(1.0, 8.0) / 100.0
+    ctx = AggregationContext(params=jnp.asarray(params), weights=jnp.asarray(w, jnp.float32))
     rule = A.crfl(2.0, 0.0, clip_growth=0.5)
     fn = jax.jit(rule.aggregate)
     state = rule.init(6)
     for t in range(3):
         out, state, info = fn(jnp.asarray(x), state, KEY, ctx)
-        want = ref.crfl_ref(x.astype(np.float64), params, 2.0 + 0.5 * t, weights=np.arange(1.0, 8.0))
+        want = ref.crfl_ref(x.astype(np.float64), params, 2.0 + 0.5 * t, weights=w)
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
         assert float(info["clip_bound"]) == 2.0 + 0.5 * t and bool(info["clipped"])
-    noisy = A.crfl(100.0, 0.5)
-    out, _, _ = _run(noisy, np.zeros((5, 20000)), AggregationContext(params=jnp.zeros(20000)))
-    assert abs(float(jnp.std(out)) - 0.5) < 0.02
-    # A named robust base rule.
+        unclipped = params + ref.crfl_ref(x.astype(np.float64), params, np.inf, weights=w)
+        np.testing.assert_allclose(float(info["model_norm"]), np.linalg.norm(unclipped),
+                                   rtol=1e-5)
+        assert int(state.round) == t + 1
+    # Defaults: no growth. A model of norm exactly the bound is not clipped.
+    edge = A.crfl(2.0, 0.0)
+    e_state = edge.init(6)
+    p2 = np.zeros(6, np.float32)
+    p2[0] = 2.0
+    for _ in range(2):
+        out, e_state, info = edge.aggregate(jnp.zeros((3, 6)), e_state, KEY,
+                                            AggregationContext(params=jnp.asarray(p2)))
+        assert float(info["clip_bound"]) == 2.0 and not bool(info["clipped"])
+    # The noise: sigma times the normal draw of the key's second half.
+    out, _, _ = _run(A.crfl(100.0, 0.5), np.zeros((5, 50)), AggregationContext(params=jnp.zeros(50)))
+    noise = jax.random.normal(jax.random.split(KEY)[1], (50,))
+    np.testing.assert_allclose(np.asarray(out), 0.5 * np.asarray(noise), rtol=1e-6, atol=1e-7)
+    # A named robust base rule (with kwargs), and a built one.
     y = np.random.default_rng(9).standard_normal((7, 6)).astype(np.float32)
     y[0] = 1e6
-    out, _, info = _run(A.crfl(50.0, 0.0, base="coordinate_median"), y,
-                        AggregationContext(params=jnp.zeros(6)))
+    z = AggregationContext(params=jnp.zeros(6))
+    out, _, _ = _run(A.crfl(50.0, 0.0, base="coordinate_median"), y, z)
     np.testing.assert_allclose(out, np.median(y, axis=0), rtol=1e-5, atol=1e-6)
+    out, _, _ = _run(A.crfl(50.0, 0.0, base="trimmed_mean", base_kwargs={"num_trim": 2}), y, z)
+    trimmed = np.sort(y, axis=0)[2:-2].mean(0)
+    np.testing.assert_allclose(out, trimmed, rtol=1e-5, atol=1e-6)
+    out, _, _ = _run(A.crfl(50.0, 0.0, base=A.coordinate_median()), y, z)
+    np.testing.assert_allclose(out, np.median(y, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_crfl_bounds_and_context():
+    """``clip`` just above 0 builds, 0 fails; ``base='crfl'`` fails; no
+    parameters fail with the rule's message; a non-finite model gives zero.
+    Catches: ``clip >= 0`` / ``> 1``, the base check's ``and`` / ``!=``
+    mutated, the context check's ``or``, ``where(ok, .., 1.0)``."""
+    A.crfl(0.5, 0.1)
+    for bad in (lambda: A.crfl(0.0, 0.1), lambda: A.crfl(1.0, 0.1, base="crfl")):
+        with pytest.raises(ValueError, match="crfl: "):
+            bad()
+    x = jnp.ones((3, 4))
+    with pytest.raises(ValueError, match=r"crfl: needs context.params"):
+        _run(A.crfl(1.0, 0.0), x)
+    out, _, _ = _run(A.crfl(1.0, 0.0), x, AggregationContext(params=jnp.full(4, jnp.inf)))
+    np.testing.assert_array_equal(np.asarray(out), 0.0)
 
 
 @pytest.mark.slow
