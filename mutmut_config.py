@@ -156,6 +156,15 @@ TESTS = {
     "fljax/aggregators/compose.py": [
         _AGG + "round2_test.py", _AGG + "model_rules_test.py", "-k",
         "compose or pre_aggregators"],
+    # M2M's multi-label backdoor, its triggers and BadNets' patch.
+    "fljax/attacks/m2m.py": ["tests/attacks/m2m_test.py", "tests/attacks/triggers_test.py"],
+    "fljax/attacks/triggers.py": ["tests/attacks/triggers_test.py", "tests/attacks/m2m_test.py"],
+    "fljax/attacks/badnets.py": ["tests/attacks/triggers_test.py", "tests/attacks/m2m_test.py"],
+    "fljax/attacks/gaussian.py": [
+        "tests/attacks/update_attacks_test.py", "tests/attacks/poisoning_test.py", "-k",
+        "gaussian or benign_rows or mask_is_traced"],
+    "fljax/attacks/label_flip.py": [
+        "tests/attacks/update_attacks_test.py", "tests/simulate_test.py", "-k", "label_flip"],
     "fljax/attacks/_common.py": [
         "tests/attacks/poisoning_test.py", "-k",
         "uniform_noise or ipm or alie or fang_trimmed or min_max or min_sum or fang_krum_lambda "
