@@ -164,3 +164,31 @@ def test_shapes_and_classes_come_from_the_config_data():
                     "partition_kwargs": {}, "dataset_kwargs": {}}}
     trig = attacks.attacker_triggers(cfg)
     assert trig.mask.shape == (2,) + SHAPE
+    # Either one given: the other still comes from the data (``or``, not ``and``).
+    assert attacks.attacker_triggers(cfg, input_shape=SHAPE).mask.shape == (2,) + SHAPE
+    assert attacks.attacker_triggers(cfg, num_classes=10).targets == (0, 1)
+
+
+def test_a_combined_attacks_state_gives_m2ms_part():
+    """With ``attack.combine``, the attacker state is a tuple whose first part
+    is M2M's: its triggers are read from there, the same as alone. Catches:
+    the tuple not unpacked (``isinstance(state, M2MState)`` negated), the
+    other part taken (``state[1]``)."""
+    _, s1 = _searched()
+    alone = attacks.attacker_triggers(_cfg("m2m", M2M_KW), s1, SHAPE, 10)
+    cfg = _cfg("m2m", M2M_KW, combine=[{"name": "sign_flip", "kwargs": {}}])
+    both = attacks.attacker_triggers(cfg, (s1, ()), SHAPE, 10)
+    np.testing.assert_array_equal(both.value, alone.value)
+    np.testing.assert_array_equal(both.mask, alone.mask)
+
+
+def test_badnets_defaults_and_field_errors():
+    """One attacker by default (targeting class 0); a bad fraction or a
+    non-finite patch value names its field. Catches: another default
+    ``num_attackers``, the error naming another field."""
+    atk = attacks.badnets(10, SHAPE)
+    assert atk.groups == 1
+    with pytest.raises(ValueError, match=r"badnets: poison_fraction=0.0 must be in \(0, 1\]"):
+        attacks.badnets(10, SHAPE, poison_fraction=0.0)
+    with pytest.raises(ValueError, match=r"badnets: value=inf must be finite"):
+        attacks.badnets(10, SHAPE, value=float("inf"))

@@ -35,6 +35,24 @@ def test_gaussian_statistics():
     assert abs(float(out[0].mean()) - 1.0) < 0.05 and abs(float(out[0].std()) - 2.0) < 0.05
 
 
+def test_gaussian_rows_are_the_keys_draw_and_defaults():
+    """A malicious row is exactly ``mean + stddev * normal(key)``; the
+    defaults are ``N(0, 1)``; ``stddev = 0`` is allowed (a constant row),
+    negative is not. Catches: the draw subtracted, other defaults, ``> 0``
+    or ``>= 1`` in the check."""
+    mask = jnp.array([True, False, True])
+    u = jnp.ones((3, 4))
+    draw = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (3, 4)))
+    out = np.asarray(attacks.gaussian(0.5, mean=2.0)(u, mask, jax.random.PRNGKey(5)))
+    np.testing.assert_allclose(out[[0, 2]], 2.0 + 0.5 * draw[[0, 2]], rtol=1e-6)
+    out = np.asarray(attacks.gaussian()(u, mask, jax.random.PRNGKey(5)))
+    np.testing.assert_allclose(out[[0, 2]], draw[[0, 2]], rtol=1e-6)
+    out = np.asarray(attacks.gaussian(0.0, mean=3.0)(u, mask, jax.random.PRNGKey(5)))
+    np.testing.assert_array_equal(out[[0, 2]], 3.0)
+    with pytest.raises(ValueError, match="gaussian: stddev=-1.0 must be >= 0"):
+        attacks.gaussian(-1.0)
+
+
 def test_mask_is_traced_no_retrace():
     traces = []
 
@@ -58,3 +76,10 @@ def test_label_flip():
         attacks.label_flip(10, source=1)
     with pytest.raises(ValueError, match="not a class"):
         attacks.label_flip(10, source=1, target=12)
+    # The class range's edges: 0 and num_classes - 1 are classes, num_classes is not.
+    _, edge = attacks.label_flip(10, source=0, target=9)(None, y, None)
+    np.testing.assert_array_equal(edge, [9, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    with pytest.raises(ValueError, match=r"label_flip: target = 10 is not a class in \[0, 10\)"):
+        attacks.label_flip(10, source=0, target=10)
+    with pytest.raises(ValueError, match=r"label_flip: source = -1 is not a class"):
+        attacks.label_flip(10, source=-1, target=3)
