@@ -133,11 +133,11 @@ TESTS = {
     "fljax/aggregators/signguard.py": [
         _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "signguard or factories"],
     "fljax/aggregators/mda.py": [
-        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "mda or factories"],
+        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "mda or factories or combinatorial"],
     "fljax/aggregators/caf.py": [
         _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "caf or factories"],
     "fljax/aggregators/smea.py": [
-        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "smea or factories"],
+        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "smea or factories or combinatorial"],
     "fljax/aggregators/meamed.py": [
         _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "meamed or factories"],
     "fljax/aggregators/monna.py": [

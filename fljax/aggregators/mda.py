@@ -86,6 +86,8 @@ def min_diameter_subset(dists: jax.Array, num_removed: int,
       ``(keep bool[n], diameter float[])`` (the squared diameter).
     """
     n = dists.shape[0]
+    if n < 2:  # no pair: the one row (or none), diameter 0
+        return jnp.ones((n,), bool), jnp.zeros((), dists.dtype)
     iu, ju = np.triu_indices(n, k=1)
     order = jnp.argsort(-dists[iu, ju], stable=True)  # pairs by descending distance
     pa = jnp.asarray(iu, jnp.int32)[order]

@@ -490,6 +490,37 @@ def test_signguard_edges():
     np.testing.assert_array_equal(np.asarray(fn(0.5)), np.asarray(info["norm_ok"]))
 
 
+def test_mda_smallest_inputs_and_its_diameter():
+    """One row (no pair: diameter 0, the row itself), two rows (their mean,
+    their distance) and three rows whose farthest pair are neighbours in
+    client order (0 and 1), with ``f = 0``; the reported diameter is the
+    largest distance inside the kept subset.
+
+    Catches: the one kept row halved (``maximum(count, 2)``), a diameter of 1
+    when no pair is left, the pairs ``(i, i + 1)`` skipped (``triu(k=2)``),
+    the info's names."""
+    one = np.array([[3.0, -4.0]], np.float32)
+    out, _, info = _run(A.mda(0), one)
+    np.testing.assert_allclose(np.asarray(out), one[0])
+    assert float(info["diameter"]) == 0.0 and np.asarray(info["selected"]).tolist() == [True]
+    two = np.array([[0.0, 0.0], [3.0, 4.0]], np.float32)
+    out, _, info = _run(A.mda(0), two)
+    np.testing.assert_allclose(np.asarray(out), [1.5, 2.0])
+    np.testing.assert_allclose(float(info["diameter"]), 5.0, rtol=1e-6)
+    three = np.array([[0.0, 0.0], [6.0, 0.0], [3.0, 1.0]], np.float32)
+    out, _, info = _run(A.mda(0), three)
+    np.testing.assert_allclose(float(info["diameter"]), 6.0, rtol=1e-6)
+    x = np.random.default_rng(27).standard_normal((7, 3)).astype(np.float32)
+    x[0] += 6.0
+    _, _, info = _run(A.mda(2), x)
+    kept = x[np.asarray(info["selected"])]
+    assert len(kept) == 5
+    want = max(np.linalg.norm(a - b) for a in kept for b in kept)
+    np.testing.assert_allclose(float(info["diameter"]), want, rtol=1e-5)
+    np.testing.assert_allclose(_run(A.mda(2), x)[0], ref.mda_ref(x.astype(np.float64), 2),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_bucketing_of_one_only_shuffles_and_bad_sizes_fail():
     """``bucket_size = 1`` builds and returns the rows in the key's order;
     ``0``, ``-1`` and ``2.0`` fail. Catches: ``>= 1`` as ``> 1`` / ``>= 2``,
