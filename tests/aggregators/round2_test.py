@@ -496,9 +496,9 @@ def test_mda_smallest_inputs_and_its_diameter():
     client order (0 and 1), with ``f = 0``; the reported diameter is the
     largest distance inside the kept subset.
 
-    Catches: the one kept row halved (``maximum(count, 2)``), a diameter of 1
-    when no pair is left, the pairs ``(i, i + 1)`` skipped (``triu(k=2)``),
-    the info's names."""
+    Catches: the one kept row halved (``maximum(count, 2)``), the pairs
+    ``(i, i + 1)`` skipped (``triu(k=2)``), the info's names, the spread's
+    tie-break, ``work < max_work``."""
     one = np.array([[3.0, -4.0]], np.float32)
     out, _, info = _run(A.mda(0), one)
     np.testing.assert_allclose(np.asarray(out), one[0])
@@ -519,6 +519,15 @@ def test_mda_smallest_inputs_and_its_diameter():
     np.testing.assert_allclose(float(info["diameter"]), want, rtol=1e-5)
     np.testing.assert_allclose(_run(A.mda(2), x)[0], ref.mda_ref(x.astype(np.float64), 2),
                                rtol=1e-5, atol=1e-6)
+    # Two leaves of equal diameter (2: A-B) after dropping C or D (the farthest
+    # pair): the smaller spread ({A, B, C}) wins for every key. Catches the
+    # spread divided by the mask (``/ m``: NaN spreads, the key decides).
+    abcd = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, 0.9], [1.0, -1.2]], np.float32)
+    for seed in range(6):
+        out = _run(A.mda(1), abcd, key=jax.random.PRNGKey(seed))[0]
+        np.testing.assert_allclose(np.asarray(out), abcd[:3].mean(0), rtol=1e-6)
+    # The size bound is inclusive: 2^f n^2 equal to max_work is allowed.
+    jax.eval_shape(A.mda(2, max_work=4 * 10 * 10).aggregate, jnp.zeros((10, 3)), None, KEY)
 
 
 def test_bucketing_of_one_only_shuffles_and_bad_sizes_fail():
