@@ -58,6 +58,18 @@ def test_impossible_settings_raise(build, n, pattern):
     assert out.shape == (4,)
 
 
+@pytest.mark.parametrize("name", ["mda", "smea", "meamed", "monna", "caf", "dnc"])
+def test_factories_reject_bad_num_byzantine(name):
+    """``num_byzantine`` must be an int >= 0: -1 and 1.5 fail when the rule is
+    built, naming the rule and the value; 0 builds. Catches ``and`` as ``or``
+    and ``>= 1`` in each rule's check."""
+    factory = getattr(A, name)
+    factory(0)
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match=rf"{name}: num_byzantine={bad!r} must be an int >= 0"):
+            factory(bad)
+
+
 def test_combinatorial_rules_state_their_size_bound():
     x = jnp.zeros((200, 4))
     with pytest.raises(ValueError, match=r"mda: .*2\^f \* n\^2 <= .*num_byzantine can be at most 16"):
