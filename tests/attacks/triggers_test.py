@@ -77,7 +77,7 @@ def test_badnets_trigger_is_the_fixed_patch():
     value), the config's location or value ignored, targets out of order.
     """
     trig = attacks.attacker_triggers(_cfg("badnets", BADNETS_KW), None, SHAPE, 10)
-    assert trig.attack == "badnets" and trig.targets == (4, 0, 2)
+    assert trig.attack == "badnets" and trig.targets == (4, 0, 2) and trig.blend_alpha == 1.0
     boxes = [(slice(0, 2), slice(0, 2)), (slice(6, 8), slice(0, 2)), (slice(6, 8), slice(6, 8))]
     for g, (r, c) in enumerate(boxes):
         expect = np.zeros(SHAPE, bool)
@@ -152,6 +152,11 @@ def test_wrong_attack_or_missing_state_is_a_clear_error():
         attacks.stamp_trigger(jnp.zeros((3,) + SHAPE), trig, 2)
     with pytest.raises(ValueError, match="do not end in"):
         attacks.stamp_trigger(jnp.zeros((3, 28, 28, 1)), trig, 0)
+    with pytest.raises(ValueError, match="do not end in"):  # only the width and channels match
+        attacks.stamp_trigger(jnp.zeros((3, 5) + SHAPE[1:]), trig, 0)
+    for bad in (True, 1.0):  # not an attacker index, though 0 <= g < G
+        with pytest.raises(ValueError, match="is not an attacker"):
+            attacks.stamp_trigger(jnp.zeros((3,) + SHAPE), trig, bad)
 
 
 def test_shapes_and_classes_come_from_the_config_data():
