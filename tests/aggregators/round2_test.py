@@ -70,6 +70,18 @@ def test_factories_reject_bad_num_byzantine(name):
             factory(bad)
 
 
+def test_caf_with_no_byzantine_is_the_mean_without_a_step():
+    """``f = 0``: the loop's condition ``Σ c > n - 2f`` is false from the start
+    (``Σ c = n``), so CAF returns the plain mean after 0 steps with no
+    eigenvalue seen (inf); with ``f = 1`` it steps. Catches ``Σ c >=
+    threshold`` (one step at ``f = 0``)."""
+    x = np.random.default_rng(28).standard_normal((5, 4)).astype(np.float32)
+    out, _, info = _run(A.caf(0), x)
+    np.testing.assert_allclose(np.asarray(out), x.mean(0), rtol=1e-5, atol=1e-6)
+    assert int(info["num_iters"]) == 0 and np.isinf(float(info["max_eigenvalue"]))
+    assert int(_run(A.caf(1), x)[2]["num_iters"]) >= 1
+
+
 def test_combinatorial_rules_state_their_size_bound():
     x = jnp.zeros((200, 4))
     with pytest.raises(ValueError, match=r"mda: .*2\^f \* n\^2 <= .*num_byzantine can be at most 16"):
