@@ -234,6 +234,32 @@ def _np_objective(params, head, x, y, valid, t, m, target):
     return (per * w).sum() / w.sum()
 
 
+def test_objective_equals_the_numpy_reference():
+    """The objective's value (its three terms over the non-target examples)
+    equals the NumPy reference, and its gradient is zero off the mask: the
+    default run's share of the slow test below (a short discriminator, no
+    search).
+
+    Catches: the cosine's product or norms mutated (``a / b``, ``* (na *
+    nb)``, ``na / nb``), the CE of another column, the masked mean's
+    divisor, the objective's gradient leaking outside the mask."""
+    model, params = trained()
+    x, y = digits(60, 5)
+    valid = jnp.asarray(np.arange(60) < 57)
+    mask = jnp.asarray(bd.box_mask("t", SHAPE, (-1, -1), 3, 3))
+    t0 = jnp.full(SHAPE, 0.5)
+    search = m2m_lib.trigger_search(model, outer_steps=1, samples_per_class=5,
+                                    discriminator_epochs=2, discriminator_batch=32,
+                                    trigger_batch=32)
+    keep = search.select(params, x, y, valid, 3)
+    head = search.train_head(params, x, y, keep, t0, mask, 3, jax.random.PRNGKey(0))
+    value, _ = search.objective(params, head, x, y, valid, t0, mask, 3)
+    np.testing.assert_allclose(float(value), _np_objective(params, head, x, y, valid, t0, mask, 3),
+                               rtol=1e-5)
+    g = jax.grad(lambda t: search.objective(params, head, x, y, valid, t, mask, 3)[0])(t0)
+    assert np.all(np.asarray(g)[~np.asarray(mask)] == 0) and np.any(np.asarray(g) != 0)
+
+
 @pytest.mark.slow
 def test_objective_matches_a_numpy_reference_and_search_lowers_it():
     """On a fixed trained model: the objective (in-distribution CE to the
