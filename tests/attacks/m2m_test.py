@@ -234,6 +234,40 @@ def _np_objective(params, head, x, y, valid, t, m, target):
     return (per * w).sum() / w.sum()
 
 
+def test_constants_are_the_reproductions_and_the_factory_agrees():
+    """The search's defaults are the constants the module docstring cites from
+    the Mirage reproduction, and ``m2m()``'s defaults for the same fields are
+    the same numbers. Catches: a default changed in one place (``outer_steps
+    = 51``, ``trigger_lr = 1.001``, ``low = 1``)."""
+    import inspect
+
+    want = {"outer_steps": 50, "trigger_lr": 0.001, "low": 0.0, "high": 1.0,
+            "blend_alpha": 1.0, "samples_per_class": 50, "discriminator_epochs": 30,
+            "discriminator_batch": 64, "discriminator_lr": 0.01, "discriminator_momentum": 0.9,
+            "discriminator_weight_decay": 5e-4}
+    search = inspect.signature(m2m_lib.trigger_search).parameters
+    factory = inspect.signature(attacks.m2m).parameters
+    for name, value in want.items():
+        assert search[name].default == value, name
+        if name in factory:
+            assert factory[name].default == value, name
+    assert factory["poison_fraction"].default == 0.125
+
+
+def test_blend_and_the_batch_order():
+    """``blend``'s default replaces the masked pixels (alpha 1); ``_batches``
+    puts the ``first`` examples first (shuffled by the key) and masks the rest
+    off. Catches: another default alpha, the rest sorted first
+    (``uniform - 2``)."""
+    x, t = jnp.zeros((2, 3)), jnp.full((3,), 4.0)
+    m = jnp.array([True, False, True])
+    np.testing.assert_array_equal(np.asarray(m2m_lib.blend(x, t, m)), [[4, 0, 4], [4, 0, 4]])
+    first = jnp.array([False, True, True, False, True, False, False])
+    idx, ok = m2m_lib._batches(jax.random.PRNGKey(0), jnp.ones(7, bool), first, 3)
+    idx, ok = np.asarray(idx).ravel(), np.asarray(ok).ravel()
+    assert sorted(idx[:3].tolist()) == [1, 2, 4] and ok[:3].all() and not ok[3:].any()
+
+
 def test_objective_equals_the_numpy_reference():
     """The objective's value (its three terms over the non-target examples)
     equals the NumPy reference, and its gradient is zero off the mask: the
