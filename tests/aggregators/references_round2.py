@@ -78,12 +78,15 @@ def monna_ref(x, f, pivot):
     return x[chosen].mean(0)
 
 
-def caf_ref(x, f):
-    """The CAF loop on the d x d weighted covariance (exact eigenpairs)."""
+def caf_ref(x, f, full=False):
+    """The CAF loop on the d x d weighted covariance (exact eigenpairs);
+    ``full``: also the smallest eigenvalue seen and the number of steps."""
     n = len(x)
     c = np.ones(n)
     best = (np.inf, x.mean(0))
+    steps = 0
     while c.sum() > n - 2 * f:
+        steps += 1
         mu = (c[:, None] * x).sum(0) / c.sum()
         y = x - mu
         # Top eigenpair of Σ_i c_i y_i y_iᵀ / Σc via the SVD of the weighted rows.
@@ -96,7 +99,7 @@ def caf_ref(x, f):
         if tau_max <= 0:
             break
         c = np.maximum(c * (1 - tau / tau_max), 0.0)
-    return best[1]
+    return (best[1], best[0], steps) if full else best[1]
 
 
 def dnc_ref(x, f, coords, rank, filter_frac=1.0, full=False):

@@ -82,6 +82,39 @@ def test_caf_with_no_byzantine_is_the_mean_without_a_step():
     assert int(_run(A.caf(1), x)[2]["num_iters"]) >= 1
 
 
+@pytest.mark.parametrize("nan_rows", [0, 1, 3])
+def test_caf_nonfinite_rows_and_its_info(nan_rows):
+    """CAF with ``k`` NaN rows equals the loop on the finite rows with ``f' =
+    max(f - k, 0)`` (``f = 2``; three NaN rows leave ``f' = 0``: the plain
+    mean); its info: the weights (zero on NaN rows, summing to 1), the
+    smallest eigenvalue seen and the number of steps, as the reference's,
+    on rows scaled by 1e3 (the Gram matrix is normalised internally). One
+    row with ``f = 0`` is that row.
+
+    Catches: ``f'`` floored at 1 or the threshold counting the NaN rows
+    (``n + k``), the eigenvalue not scaled back (``/ scale``), the step count
+    (``it - 1``, starting at 1), the info's names, the starting weights of
+    one row halved."""
+    rng = np.random.default_rng(29)
+    x = (rng.standard_normal((9, 6)) * 1e3).astype(np.float32)
+    x[:2] += 4e3
+    x[9 - nan_rows:] = np.nan
+    finite = np.isfinite(x).all(1)
+    out, _, info = _run(A.caf(2), x)
+    want, lam, steps = ref.caf_ref(x[finite].astype(np.float64), max(2 - nan_rows, 0), full=True)
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-2)
+    w = np.asarray(info["weights"])
+    assert np.all(w[~finite] == 0) and abs(w.sum() - 1) < 1e-5
+    assert int(info["num_iters"]) == steps
+    if np.isfinite(lam):
+        np.testing.assert_allclose(float(info["max_eigenvalue"]), lam, rtol=1e-3)
+    else:
+        assert np.isinf(float(info["max_eigenvalue"]))
+    assert int(info["num_nonfinite"]) == nan_rows
+    one = np.array([[2.0, -1.0, 0.5]], np.float32)
+    np.testing.assert_allclose(np.asarray(_run(A.caf(0), one)[0]), one[0])
+
+
 def test_combinatorial_rules_state_their_size_bound():
     x = jnp.zeros((200, 4))
     with pytest.raises(ValueError, match=r"mda: .*2\^f \* n\^2 <= .*num_byzantine can be at most 16"):
