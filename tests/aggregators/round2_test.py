@@ -80,6 +80,12 @@ def test_caf_with_no_byzantine_is_the_mean_without_a_step():
     np.testing.assert_allclose(np.asarray(out), x.mean(0), rtol=1e-5, atol=1e-6)
     assert int(info["num_iters"]) == 0 and np.isinf(float(info["max_eigenvalue"]))
     assert int(_run(A.caf(1), x)[2]["num_iters"]) >= 1
+    # Identical rows: zero covariance, the filter stops after its first step
+    # (``tau_max <= 0``; ``< 0`` would step on to n).
+    same = np.tile(x[:1], (5, 1))
+    out, _, info = _run(A.caf(1), same)
+    np.testing.assert_allclose(np.asarray(out), x[0], rtol=1e-6)
+    assert int(info["num_iters"]) == 1
 
 
 @pytest.mark.parametrize("nan_rows", [0, 1, 3])
