@@ -244,7 +244,7 @@ def test_constants_are_the_reproductions_and_the_factory_agrees():
     want = {"outer_steps": 50, "trigger_lr": 0.001, "low": 0.0, "high": 1.0,
             "blend_alpha": 1.0, "samples_per_class": 50, "discriminator_epochs": 30,
             "discriminator_batch": 64, "discriminator_lr": 0.01, "discriminator_momentum": 0.9,
-            "discriminator_weight_decay": 5e-4}
+            "discriminator_weight_decay": 5e-4, "hidden": 10, "trigger_batch": 64}
     search = inspect.signature(m2m_lib.trigger_search).parameters
     factory = inspect.signature(attacks.m2m).parameters
     for name, value in want.items():
@@ -266,6 +266,38 @@ def test_blend_and_the_batch_order():
     idx, ok = m2m_lib._batches(jax.random.PRNGKey(0), jnp.ones(7, bool), first, 3)
     idx, ok = np.asarray(idx).ravel(), np.asarray(ok).ravel()
     assert sorted(idx[:3].tolist()) == [1, 2, 4] and ok[:3].all() and not ok[3:].any()
+
+
+def test_discriminator_head_starts_as_torch_linear_and_learns_its_labels():
+    """With no epoch the head is torch.nn.Linear's initialisation (uniform in
+    ``±1/sqrt(fan_in)``, both signs drawn); after a few epochs it tells the
+    triggered non-target examples (label 1) from the clean target ones
+    (label 0) on its own training set. Catches: other init scales or a
+    one-sided range, the labels swapped (``y == target``)."""
+    model, params = trained()
+    x, y = digits(60, 5)
+    valid = jnp.asarray(np.ones(60, bool))
+    mask = jnp.asarray(bd.box_mask("t", SHAPE, (-1, -1), 3, 3))
+    t = jnp.ones(SHAPE)
+    kw = dict(samples_per_class=5, discriminator_batch=16, trigger_batch=32, hidden=10)
+    bare = m2m_lib.trigger_search(model, discriminator_epochs=0, **kw)
+    head = bare.train_head(params, x, y, valid, t, mask, 3, jax.random.PRNGKey(0))
+    width = head.w1.shape[0]
+    for w, s in ((head.w1, 1 / np.sqrt(width)), (head.b1, 1 / np.sqrt(width)),
+                 (head.w2, 1 / np.sqrt(10)), (head.b2, 1 / np.sqrt(10))):
+        w = np.asarray(w)
+        assert np.all(np.abs(w) <= s) and (w.size < 10 or w.min() < 0 < w.max()), (w.shape, s)
+    assert np.abs(np.asarray(head.w1)).max() > 0.9 / np.sqrt(width)
+    assert np.abs(np.asarray(head.w2)).max() > 0.6 / np.sqrt(10)
+    search = m2m_lib.trigger_search(model, discriminator_epochs=20, discriminator_lr=0.05, **kw)
+    keep = search.select(params, x, y, valid, 3)
+    head = search.train_head(params, x, y, keep, t, mask, 3, jax.random.PRNGKey(0))
+    is_bd = np.asarray(y) != 3
+    xd = jnp.where(jnp.asarray(is_bd)[:, None, None, None], search.stamp(x, t, mask), x)
+    h = model.features(params, xd)[0]
+    pred = np.asarray(jnp.argmax(jax.nn.relu(h @ head.w1 + head.b1) @ head.w2 + head.b2, 1))
+    k = np.asarray(keep)
+    assert np.mean(pred[k] == is_bd[k]) > 0.8
 
 
 def test_objective_equals_the_numpy_reference():
