@@ -424,3 +424,14 @@ def test_bulyan_paths_agree_with_more_than_f_nonfinite_rows():
     step = jax.jit(closest_to_median_mean, static_argnums=2)
     got = step(jnp.asarray(one), jnp.asarray(np.arange(5) == 2), 3)
     np.testing.assert_array_equal(np.asarray(got), x0[0])
+
+
+def test_invariant_beta_bounds():
+    """``beta`` in ``[0, 0.5)``: 0 builds (no trimming: the mean of the
+    agreeing coordinates), 0.5 and above fail with the rule's message.
+    Catches: ``0 < beta``, ``beta <= 0.5``, ``< 1.5`` in the check."""
+    x = jnp.asarray(np.random.default_rng(30).standard_normal((5, 4)), jnp.float32)
+    agg.invariant(beta=0.0).aggregate(x, None, jax.random.PRNGKey(0))
+    for bad in (0.5, 1.0, -0.1):
+        with pytest.raises(ValueError, match=r"invariant: beta must be in \[0, 0.5\)"):
+            agg.invariant(beta=bad)
