@@ -130,6 +130,10 @@ def test_combinatorial_rules_state_their_size_bound():
         jax.eval_shape(A.smea(2).aggregate, x, None, KEY)
     with pytest.raises(ValueError, match=r"mda: .*at most 3"):  # a custom bound
         jax.eval_shape(A.mda(4, max_work=800).aggregate, jnp.zeros((10, 4)), None, KEY)
+    # Inclusive: C(5, 1) * 4^3 = 320 is allowed at a bound of 320, not at 319.
+    jax.eval_shape(A.smea(1, max_work=320).aggregate, jnp.zeros((5, 3)), None, KEY)
+    with pytest.raises(ValueError, match=r"smea: .*= 320 exceeds the bound 319"):
+        jax.eval_shape(A.smea(1, max_work=319).aggregate, jnp.zeros((5, 3)), None, KEY)
 
 
 def test_factories_reject_bad_arguments():
