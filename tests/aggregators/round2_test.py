@@ -130,6 +130,10 @@ def test_combinatorial_rules_state_their_size_bound():
         jax.eval_shape(A.smea(2).aggregate, x, None, KEY)
     with pytest.raises(ValueError, match=r"mda: .*at most 3"):  # a custom bound
         jax.eval_shape(A.mda(4, max_work=800).aggregate, jnp.zeros((10, 4)), None, KEY)
+    # The default bound 2^33 at n = 25: f = 9 (8.4e9) fits, f = 10 (1.1e10) does not.
+    jax.eval_shape(A.smea(9).aggregate, jnp.zeros((25, 2)), None, KEY)
+    with pytest.raises(ValueError, match=r"smea: .*with n=25 num_byzantine can be at most 9"):
+        jax.eval_shape(A.smea(10).aggregate, jnp.zeros((25, 2)), None, KEY)
     # Inclusive: C(5, 1) * 4^3 = 320 is allowed at a bound of 320, not at 319.
     jax.eval_shape(A.smea(1, max_work=320).aggregate, jnp.zeros((5, 3)), None, KEY)
     with pytest.raises(ValueError, match=r"smea: .*= 320 exceeds the bound 319"):
