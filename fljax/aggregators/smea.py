@@ -22,8 +22,7 @@ from fljax.aggregators.base import Aggregator, finite_rows, init_empty, require
 from fljax.aggregators.meamed import check_majority
 
 # Work bound of the exact search: C(n, f) eigenvalue problems of size n - f.
-# C(n, f) * (n - f)^3 <= 2^33 allows f = 1 at n = 200 and every f with n > 2f at n = 20;
-# f = 9 at n = 25.
+# C(n, f) * (n - f)^3 <= 2^33 allows f = 1 at n = 200, f = 9 at n = 25, any f < n/2 at n = 20.
 MAX_WORK = 2**33
 
 # Subsets per step of the batched eigenvalue computation (bounds the memory).
