@@ -38,8 +38,9 @@ def mda_ref(x, f):
     return x[list(best[1])].mean(0)
 
 
-def smea_ref(x, f):
-    """Every subset of n - f rows; smallest top eigenvalue of its covariance."""
+def smea_ref(x, f, full=False):
+    """Every subset of n - f rows; smallest top eigenvalue of its covariance
+    (``full``: also the subset and its eigenvalue)."""
     n = len(x)
     best = None
     for s in itertools.combinations(range(n), n - f):
@@ -48,7 +49,8 @@ def smea_ref(x, f):
         lam = np.linalg.svd(c, compute_uv=False)[0] ** 2 / len(s)
         if best is None or lam < best[0]:
             best = (lam, s)
-    return x[list(best[1])].mean(0)
+    out = x[list(best[1])].mean(0)
+    return (out, list(best[1]), best[0]) if full else out
 
 
 def meamed_ref(x, f):
@@ -224,7 +226,8 @@ def smea_fast_ref(x, f):
         lam = np.linalg.eigvalsh(h @ g[np.ix_(s, s)] @ h)[-1] / k
         if best is None or lam < best[0]:
             best = (lam, s)
-    return x[list(best[1])].mean(0)
+    out = x[list(best[1])].mean(0)
+    return (out, list(best[1]), best[0]) if full else out
 
 
 def meamed_fast_ref(x, f):

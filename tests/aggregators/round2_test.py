@@ -121,6 +121,23 @@ def test_caf_nonfinite_rows_and_its_info(nan_rows):
     np.testing.assert_allclose(np.asarray(_run(A.caf(0), one)[0]), one[0])
 
 
+def test_smea_reports_its_subset_and_eigenvalue():
+    """SMEA's info against the exhaustive loop: the kept rows and the top
+    eigenvalue of their covariance (``1/k`` normalised); one row with ``f =
+    0`` is that row. Catches: the eigenvalue times ``k``, the info's names,
+    one kept row halved (``maximum(count, 2)``)."""
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((7, 5)).astype(np.float32)
+    x[:2] += 3.0 * rng.standard_normal(5).astype(np.float32)
+    out, _, info = _run(A.smea(2), x)
+    want, kept, lam = ref.smea_ref(x.astype(np.float64), 2, full=True)
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.flatnonzero(info["selected"]), kept)
+    np.testing.assert_allclose(float(info["max_eigenvalue"]), lam, rtol=1e-4)
+    one = np.array([[1.0, -2.0]], np.float32)
+    np.testing.assert_allclose(np.asarray(_run(A.smea(0), one)[0]), one[0])
+
+
 def test_combinatorial_rules_state_their_size_bound():
     x = jnp.zeros((200, 4))
     with pytest.raises(ValueError, match=r"mda: .*2\^f \* n\^2 <= .*num_byzantine can be at most 16"):
