@@ -300,6 +300,58 @@ def test_discriminator_head_starts_as_torch_linear_and_learns_its_labels():
     assert np.mean(pred[k] == is_bd[k]) > 0.8
 
 
+def test_one_search_step_and_two_discriminator_steps_by_hand():
+    """With one trigger batch holding every example, one outer step of the
+    search is one signed step on the objective's gradient under that step's
+    head, inside the mask, clipped to ``[low, high]``; a batch without the
+    target class does not step. Two full-batch discriminator epochs are two
+    steps of torch's SGD (``d = g + wd p``, ``buf = mom buf + d``, ``p -= lr
+    buf``) from the head's initialisation.
+
+    Catches: the step ascending or divided by the sign, a term's sign in the
+    search's loss, the examples it weights, the ``acts`` guard, the weight
+    decay, momentum or learning-rate sign in the head's SGD."""
+    model, params = trained()
+    x, y = digits(60, 5)
+    valid = jnp.asarray(np.arange(60) < 57)
+    mask = jnp.asarray(bd.box_mask("t", SHAPE, (-1, -1), 3, 3))
+    t0 = jnp.full(SHAPE, 0.5)
+    kw = dict(samples_per_class=5, discriminator_batch=64, trigger_batch=64, trigger_lr=0.05,
+              discriminator_lr=0.05, discriminator_momentum=0.9, discriminator_weight_decay=0.01)
+    search = m2m_lib.trigger_search(model, outer_steps=1, discriminator_epochs=2, **kw)
+    key = jax.random.PRNGKey(4)
+    t1, _ = search.search(params, x, y, valid, t0, mask, 3, key)
+    keep = search.select(params, x, y, valid, 3)
+    k_head = jax.random.split(jax.random.split(key, 1)[0])[0]
+    head = search.train_head(params, x, y, keep, t0, mask, 3, k_head)
+    g = jax.grad(lambda t: search.objective(params, head, x, y, valid, t, mask, 3)[0])(t0)
+    want = np.clip(0.5 - 0.05 * np.sign(np.asarray(g)) * np.asarray(mask), 0.0, 1.0)
+    np.testing.assert_allclose(np.asarray(t1), want, atol=1e-6)
+    assert np.any(np.asarray(t1) != 0.5)
+    no_target = valid & (y != 3)
+    t_same, _ = search.search(params, x, y, no_target, t0, mask, 3, key)
+    np.testing.assert_array_equal(np.asarray(t_same), np.asarray(t0))
+    # The head: two SGD steps by hand from the untrained head (same init key).
+    bare = m2m_lib.trigger_search(model, outer_steps=1, discriminator_epochs=0, **kw)
+    p = bare.train_head(params, x, y, keep, t0, mask, 3, k_head)
+    is_bd = y != 3
+    xd = jnp.where(is_bd[:, None, None, None], search.stamp(x, t0, mask), x)
+    h = model.features(params, xd)[0]
+
+    def loss(hd):
+        logits = jax.nn.relu(h @ hd.w1 + hd.b1) @ hd.w2 + hd.b2
+        ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), is_bd.astype(int)[:, None], 1)[:, 0]
+        return jnp.sum(ce * keep) / jnp.sum(keep)
+
+    buf = jax.tree_util.tree_map(jnp.zeros_like, p)
+    for _ in range(2):
+        d = jax.tree_util.tree_map(lambda gi, pi: gi + 0.01 * pi, jax.grad(loss)(p), p)
+        buf = jax.tree_util.tree_map(lambda b, di: 0.9 * b + di, buf, d)
+        p = jax.tree_util.tree_map(lambda pi, b: pi - 0.05 * b, p, buf)
+    for got, want in zip(head, p):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
+
+
 def test_objective_equals_the_numpy_reference():
     """The objective's value (its three terms over the non-target examples)
     equals the NumPy reference, and its gradient is zero off the mask: the
