@@ -42,7 +42,8 @@ def _byzfl():
 
 
 @pytest.mark.parametrize("build, n, pattern", [
-    (lambda: A.meamed(3), 6, r"meamed: needs n > 2 \* num_byzantine, got n=6, num_byzantine=3"),
+    (lambda: A.meamed(3), 6,
+     r"meamed: needs n > 2 \* num_byzantine, got n=6, num_byzantine=3 \(n must be at least 7\)"),
     (lambda: A.monna(2), 4, r"monna: needs n > 2 \* num_byzantine"),
     (lambda: A.mda(2), 4, r"mda: needs n > 2 \* num_byzantine"),
     (lambda: A.smea(1), 2, r"smea: needs n > 2 \* num_byzantine"),
@@ -136,6 +137,22 @@ def test_smea_reports_its_subset_and_eigenvalue():
     np.testing.assert_allclose(float(info["max_eigenvalue"]), lam, rtol=1e-4)
     one = np.array([[1.0, -2.0]], np.float32)
     np.testing.assert_allclose(np.asarray(_run(A.smea(0), one)[0]), one[0])
+
+
+@pytest.mark.parametrize("name", ["meamed", "monna"])
+def test_median_based_rules_on_one_finite_row_or_none(name):
+    """One row (``f = 0``), one finite row among NaN rows (they use up ``f``),
+    and no finite row: the row itself, the finite row, zero. Catches: the
+    median's upper rank floored at 2 (``maximum(m, 2) // 2``), the kept count
+    floored at 2, ``m > 1`` or ``else 1.0`` in the no-row guard."""
+    factory = getattr(A, name)
+    one = np.array([[1.5, -2.0, 4.0]], np.float32)
+    np.testing.assert_allclose(np.asarray(_run(factory(0), one)[0]), one[0])
+    x = np.full((5, 3), np.nan, np.float32)
+    x[2] = one[0]
+    np.testing.assert_allclose(np.asarray(_run(factory(2), x)[0]), one[0])
+    out = np.asarray(_run(factory(2), np.full((5, 3), np.nan, np.float32))[0])
+    np.testing.assert_array_equal(out, 0.0)
 
 
 def test_combinatorial_rules_state_their_size_bound():
