@@ -155,6 +155,36 @@ def test_median_based_rules_on_one_finite_row_or_none(name):
     np.testing.assert_array_equal(out, 0.0)
 
 
+def test_monna_near_rows_duplicates_and_its_pivot():
+    """Rows at distances below 1 from the pivot, with the cut among them, and
+    two exact duplicates of the pivot (distance 0: always kept): the kept rows
+    and the mean are the reference's. The default pivot is row 0; a pivot
+    outside ``[0, n)`` or not an int fails. Catches: distances of at most 1
+    (``base > 1``) or 0 (``+inf``, ``base >= 0``) mis-ranked, another default
+    pivot, the pivot checks, the info's name."""
+    rng = np.random.default_rng(32)
+    x = np.zeros((9, 4), np.float32)
+    x[0] = rng.standard_normal(4)
+    x[1] = x[5] = x[0]  # duplicates of the pivot
+    for i, r in zip((2, 3, 4, 6, 7, 8), (0.1, 0.3, 0.5, 0.7, 0.9, 3.0)):
+        v = rng.standard_normal(4)
+        x[i] = x[0] + r * v / np.linalg.norm(v)
+    for f in (2, 4):
+        out, _, info = _run(A.monna(f), x)
+        want = ref.monna_ref(x.astype(np.float64), f, 0)
+        np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-6)
+        sel = np.asarray(info["selected"])
+        assert sel[[0, 1, 5]].all() and sel.sum() == 9 - f
+    # Another pivot: row 8 (the far one) and its nearest.
+    np.testing.assert_allclose(np.asarray(_run(A.monna(2, pivot=8), x)[0]),
+                               ref.monna_ref(x.astype(np.float64), 2, 8), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"monna: pivot=9 must be < n=9"):
+        _run(A.monna(2, pivot=9), x)
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="monna: pivot="):
+            A.monna(1, pivot=bad)
+
+
 def test_combinatorial_rules_state_their_size_bound():
     x = jnp.zeros((200, 4))
     with pytest.raises(ValueError, match=r"mda: .*2\^f \* n\^2 <= .*num_byzantine can be at most 16"):
