@@ -252,6 +252,30 @@ def test_constants_are_the_reproductions_and_the_factory_agrees():
         if name in factory:
             assert factory[name].default == value, name
     assert factory["poison_fraction"].default == 0.125
+    assert (factory["num_attackers"].default, factory["size"].default,
+            factory["init_value"].default) == (1, 5, 0.5)
+
+
+def test_default_places_are_inset_corners_then_the_centre():
+    """Five attackers of 3x3 patches on 12x12 images: one pixel in from the
+    top-left, bottom-left, bottom-right and top-right corners, then the
+    centre; a sixth has no default place. Integer settings must be >= 1 (1
+    builds), each error naming its field. Catches: any default place moved,
+    ``num_attackers >= 5`` refused, ``v <= 1`` / ``v < 2``, a field's name."""
+    got = m2m_lib.masks((12, 12, 1), 5, 3)
+    for g, (r, c) in enumerate([(1, 1), (8, 1), (8, 8), (1, 8), (4, 4)]):
+        want = np.zeros((12, 12, 1), bool)
+        want[r:r + 3, c:c + 3] = True
+        np.testing.assert_array_equal(got[g], want, err_msg=f"attacker {g}")
+    with pytest.raises(ValueError, match="more than the 5 default trigger places"):
+        m2m_lib.default_locations((12, 12, 1), 6, 3)
+    model = trained()[0]
+    ones = dict(outer_steps=1, samples_per_class=1, discriminator_epochs=1,
+                discriminator_batch=1, hidden=1, trigger_batch=1)
+    attacks.m2m(10, SHAPE, model=model, size=2, **ones)
+    for field in ones:
+        with pytest.raises(ValueError, match=rf"m2m: {field}=0 must be an integer >= 1"):
+            attacks.m2m(10, SHAPE, model=model, size=2, **{**ones, field: 0})
 
 
 def test_blend_and_the_batch_order():
