@@ -276,6 +276,9 @@ def test_default_places_are_inset_corners_then_the_centre():
     for field in ones:
         with pytest.raises(ValueError, match=rf"m2m: {field}=0 must be an integer >= 1"):
             attacks.m2m(10, SHAPE, model=model, size=2, **{**ones, field: 0})
+    for bad in (2.0, True):  # not integers, though >= 1
+        with pytest.raises(ValueError, match=r"m2m: outer_steps=.* must be an integer >= 1"):
+            attacks.m2m(10, SHAPE, model=model, size=2, **{**ones, "outer_steps": bad})
 
 
 def test_blend_and_the_batch_order():
