@@ -379,6 +379,36 @@ def test_one_search_step_and_two_discriminator_steps_by_hand():
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
 
 
+def test_backdoor_accuracy_is_per_attacker_with_its_own_trigger():
+    """``metrics`` reports ``backdoor_accuracy_<g>``: among the test inputs not
+    of attacker g's target, the share the model puts in that target after
+    stamping g's own trigger (by hand here), and their mean as
+    ``backdoor_accuracy``. Catches: the metric's names, another attacker's
+    trigger or mask, the mean missing or replaced."""
+    from fljax.attacks.attacker import TestSet
+
+    model, params = trained()
+    atk = attacks.m2m(10, SHAPE, model=model, num_attackers=2, targets=[1, 7], size=3,
+                      location=[[0, 0], [-1, -1]], **SMALL)
+    state = atk.init(AttackerInit(params, 0, 8, SHAPE, 10, jax.random.PRNGKey(0)))
+    state = state._replace(trigger=state.trigger.at[1].set(1.0))  # two different triggers
+    x, y = digits(40, 9)
+    test = TestSet(x.reshape((2, 20) + SHAPE), y.reshape(2, 20), jnp.ones((2, 20), bool))
+    def predict(p, xb):  # any leading axes
+        flat = xb.reshape((-1,) + SHAPE)
+        return jnp.argmax(model.apply(p, flat), -1).reshape(xb.shape[:-3])
+    out = atk.metrics(params, state, test, predict)
+    masks = m2m_lib.masks(SHAPE, 2, 3, [[0, 0], [-1, -1]])
+    rates = []
+    for g, target in enumerate([1, 7]):
+        xs = m2m_lib.blend(x, state.trigger[g], masks[g])
+        pred = np.asarray(jnp.argmax(model.apply(params, xs), -1))
+        keep = np.asarray(y) != target
+        rates.append(np.mean(pred[keep] == target))
+        np.testing.assert_allclose(float(out[f"backdoor_accuracy_{g}"]), rates[-1], rtol=1e-6)
+    np.testing.assert_allclose(float(out["backdoor_accuracy"]), np.mean(rates), rtol=1e-6)
+
+
 def test_objective_equals_the_numpy_reference():
     """The objective's value (its three terms over the non-target examples)
     equals the NumPy reference, and its gradient is zero off the mask: the
