@@ -226,8 +226,7 @@ def smea_fast_ref(x, f):
         lam = np.linalg.eigvalsh(h @ g[np.ix_(s, s)] @ h)[-1] / k
         if best is None or lam < best[0]:
             best = (lam, s)
-    out = x[list(best[1])].mean(0)
-    return (out, list(best[1]), best[0]) if full else out
+    return x[list(best[1])].mean(0)
 
 
 def meamed_fast_ref(x, f):
