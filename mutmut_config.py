@@ -37,6 +37,7 @@ import sys
 # A key ``module:lo-hi[,lo-hi...]`` gives those lines (1-based) of the module their own
 # selection (a part only some tests reach, whose collection is costly).
 _AGG = "tests/aggregators/"
+_R2 = [_AGG + "round2_test.py", _AGG + "round2_edges_test.py"]  # the second round of rules
 TESTS = {
     "fljax/client.py": [
         "tests/client_test.py",
@@ -129,32 +130,32 @@ TESTS = {
     # The second round of rules: the conformance table (float64 NumPy references),
     # round2_test's edges, the model table for rules that take the params.
     "fljax/aggregators/dnc.py": [
-        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "dnc or factories"],
+        _AGG + "conformance_test.py", *_R2, "-k", "dnc or factories"],
     "fljax/aggregators/signguard.py": [
-        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "signguard or factories"],
+        _AGG + "conformance_test.py", *_R2, "-k", "signguard or factories"],
     "fljax/aggregators/mda.py": [
-        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "mda or factories or combinatorial"],
+        _AGG + "conformance_test.py", *_R2, "-k", "mda or factories or combinatorial"],
     "fljax/aggregators/caf.py": [
-        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "caf or factories"],
+        _AGG + "conformance_test.py", *_R2, "-k", "caf or factories"],
     "fljax/aggregators/smea.py": [
-        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "smea or factories or combinatorial"],
+        _AGG + "conformance_test.py", *_R2, "-k", "smea or factories or combinatorial"],
     "fljax/aggregators/meamed.py": [
-        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "meamed or factories"],
+        _AGG + "conformance_test.py", *_R2, "-k", "meamed or factories"],
     "fljax/aggregators/monna.py": [
-        _AGG + "conformance_test.py", _AGG + "round2_test.py", "-k", "monna or factories"],
+        _AGG + "conformance_test.py", *_R2, "-k", "monna or factories"],
     "fljax/aggregators/invariant.py": [
         _AGG + "conformance_test.py", _AGG + "stats_test.py", _AGG + "kernel_choice_test.py",
         "-k", "invariant"],
     "fljax/aggregators/multi_metrics.py": [
-        _AGG + "model_table_test.py", _AGG + "round2_test.py", "-k", "multi_metrics or factories"],
+        _AGG + "model_table_test.py", *_R2, "-k", "multi_metrics or factories"],
     "fljax/aggregators/crfl.py": [
-        _AGG + "model_table_test.py", _AGG + "round2_test.py", "-k", "crfl or factories"],
-    "fljax/aggregators/nnm.py": [_AGG + "round2_test.py", "-k", "nnm or pre_aggregators or factories"],
+        _AGG + "model_table_test.py", *_R2, "-k", "crfl or factories"],
+    "fljax/aggregators/nnm.py": [*_R2, "-k", "nnm or pre_aggregators or factories"],
     "fljax/aggregators/bucketing.py": [
-        _AGG + "round2_test.py", "tests/simulate_test.py", "-k",
+        *_R2, "tests/simulate_test.py", "-k",
         "bucketing or pre_aggregators or factories"],
     "fljax/aggregators/compose.py": [
-        _AGG + "round2_test.py", _AGG + "model_rules_test.py", "-k",
+        *_R2, _AGG + "model_rules_test.py", "-k",
         "compose or pre_aggregators"],
     # M2M's multi-label backdoor, its triggers and BadNets' patch.
     "fljax/attacks/m2m.py": ["tests/attacks/m2m_test.py", "tests/attacks/triggers_test.py"],
