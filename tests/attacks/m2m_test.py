@@ -260,8 +260,10 @@ def test_default_places_are_inset_corners_then_the_centre():
     """Five attackers of 3x3 patches on 12x12 images: one pixel in from the
     top-left, bottom-left, bottom-right and top-right corners, then the
     centre; a sixth has no default place. Integer settings must be >= 1 (1
-    builds), each error naming its field. Catches: any default place moved,
-    ``num_attackers >= 5`` refused, ``v <= 1`` / ``v < 2``, a field's name."""
+    builds), each error naming its field; ``low = high`` and a model without
+    features fail. Catches: any default place moved, ``num_attackers >= 5``
+    refused, ``v <= 1`` / ``v < 2``, a field's name, ``low <= high``, the
+    features check's ``and``."""
     got = m2m_lib.masks((12, 12, 1), 5, 3)
     for g, (r, c) in enumerate([(1, 1), (8, 1), (8, 8), (1, 8), (4, 4)]):
         want = np.zeros((12, 12, 1), bool)
@@ -279,6 +281,11 @@ def test_default_places_are_inset_corners_then_the_centre():
     for bad in (2.0, True):  # not integers, though >= 1
         with pytest.raises(ValueError, match=r"m2m: outer_steps=.* must be an integer >= 1"):
             attacks.m2m(10, SHAPE, model=model, size=2, **{**ones, "outer_steps": bad})
+    # An empty trigger range and a model without features fail when built.
+    with pytest.raises(ValueError, match=r"m2m: low=1.0 must be below high=1.0"):
+        attacks.m2m(10, SHAPE, model=model, size=2, low=1.0, high=1.0, **ones)
+    with pytest.raises(ValueError, match=r"m2m: needs the model's features"):
+        attacks.m2m(10, SHAPE, model=model._replace(features=None), size=2, **ones)
 
 
 def test_blend_and_the_batch_order():
