@@ -128,21 +128,13 @@ TESTS = {
         "tests/simulate_test.py::test_server_resources_use_their_own_examples", "-k",
         "fltrust or server_resources"],
     # The second round of rules: the conformance table (float64 NumPy references),
-    # round2_test's edges, the model table for rules that take the params.
-    "fljax/aggregators/dnc.py": [
-        _AGG + "conformance_test.py", *_R2, "-k", "dnc or factories"],
-    "fljax/aggregators/signguard.py": [
-        _AGG + "conformance_test.py", *_R2, "-k", "signguard or factories"],
-    "fljax/aggregators/mda.py": [
-        _AGG + "conformance_test.py", *_R2, "-k", "mda or factories or combinatorial"],
-    "fljax/aggregators/caf.py": [
-        _AGG + "conformance_test.py", *_R2, "-k", "caf or factories"],
-    "fljax/aggregators/smea.py": [
-        _AGG + "conformance_test.py", *_R2, "-k", "smea or factories or combinatorial"],
-    "fljax/aggregators/meamed.py": [
-        _AGG + "conformance_test.py", *_R2, "-k", "meamed or factories"],
-    "fljax/aggregators/monna.py": [
-        _AGG + "conformance_test.py", *_R2, "-k", "monna or factories"],
+    # round2_test's and round2_edges_test's tests (the factory checks, and the size
+    # bound for the two exact searches); the model table for rules that take the params.
+    **{f"fljax/aggregators/{rule}.py": [_AGG + "conformance_test.py", *_R2, "-k",
+                                         f"{rule} or factories{more}"]
+       for rule, more in (("dnc", ""), ("signguard", ""), ("mda", " or combinatorial"),
+                          ("caf", ""), ("smea", " or combinatorial"), ("meamed", ""),
+                          ("monna", ""))},
     "fljax/aggregators/invariant.py": [
         _AGG + "conformance_test.py", _AGG + "stats_test.py", _AGG + "kernel_choice_test.py",
         "-k", "invariant"],
