@@ -20,13 +20,7 @@ from fljax.aggregators.dnc import dnc_coordinates
 from fljax.aggregators.multi_metrics import affine_gram, metric_features, pairwise_l1
 from fljax.aggregators.signguard import sign_cluster_labels, signguard_block
 from tests.aggregators import references_round2 as ref
-
-KEY = jax.random.PRNGKey(0)
-
-
-def _run(rule, x, context=None, key=KEY):
-    x = jnp.asarray(x, jnp.float32)
-    return rule.aggregate(x, rule.init(x.shape[1]), key, context)
+from tests.aggregators.round2_test import KEY, _run
 
 
 @pytest.mark.parametrize("name", ["mda", "smea", "meamed", "monna", "caf", "dnc"])
@@ -39,6 +33,7 @@ def test_factories_reject_bad_num_byzantine(name):
     for bad in (-1, 1.5):
         with pytest.raises(ValueError, match=rf"{name}: num_byzantine={bad!r} must be an int >= 0"):
             factory(bad)
+
 
 def test_caf_with_no_byzantine_is_the_mean_without_a_step():
     """``f = 0``: the loop's condition ``Σ c > n - 2f`` is false from the start
@@ -56,6 +51,7 @@ def test_caf_with_no_byzantine_is_the_mean_without_a_step():
     out, _, info = _run(A.caf(1), same)
     np.testing.assert_allclose(np.asarray(out), x[0], rtol=1e-6)
     assert int(info["num_iters"]) == 1
+
 
 @pytest.mark.parametrize("nan_rows", [0, 1, 3])
 def test_caf_nonfinite_rows_and_its_info(nan_rows):
@@ -89,6 +85,7 @@ def test_caf_nonfinite_rows_and_its_info(nan_rows):
     one = np.array([[2.0, -1.0, 0.5]], np.float32)
     np.testing.assert_allclose(np.asarray(_run(A.caf(0), one)[0]), one[0])
 
+
 def test_smea_reports_its_subset_and_eigenvalue():
     """SMEA's info against the exhaustive loop: the kept rows and the top
     eigenvalue of their covariance (``1/k`` normalised); one row with ``f =
@@ -105,6 +102,7 @@ def test_smea_reports_its_subset_and_eigenvalue():
     one = np.array([[1.0, -2.0]], np.float32)
     np.testing.assert_allclose(np.asarray(_run(A.smea(0), one)[0]), one[0])
 
+
 @pytest.mark.parametrize("name", ["meamed", "monna"])
 def test_median_based_rules_on_one_finite_row_or_none(name):
     """One row (``f = 0``), one finite row among NaN rows (they use up ``f``),
@@ -119,6 +117,7 @@ def test_median_based_rules_on_one_finite_row_or_none(name):
     np.testing.assert_allclose(np.asarray(_run(factory(2), x)[0]), one[0])
     out = np.asarray(_run(factory(2), np.full((5, 3), np.nan, np.float32))[0])
     np.testing.assert_array_equal(out, 0.0)
+
 
 def test_monna_near_rows_duplicates_and_its_pivot():
     """Rows at distances below 1 from the pivot, with the cut among them, and
@@ -148,6 +147,7 @@ def test_monna_near_rows_duplicates_and_its_pivot():
     for bad in (-1, 1.5):
         with pytest.raises(ValueError, match="monna: pivot="):
             A.monna(1, pivot=bad)
+
 
 @pytest.mark.parametrize("n, f, case", [(7, 2, "plain"), (8, 3, "ties"), (6, 5, "k=1"),
                                         (9, 2, "nonfinite"), (6, 1, "few-finite")])
@@ -190,6 +190,7 @@ def test_nnm_matches_its_reference(n, f, case):
     np.testing.assert_allclose(np.asarray(out), want[finite].mean(0), rtol=1e-5, atol=1e-6)
     assert int(info["nnm/num_nonfinite"]) == int(np.sum(~finite))
 
+
 def test_nnm_bounds():
     """``f = 0`` (every row the mean of all) and ``f = n - 1`` build; ``f = n``
     and ``f < 0`` fail with the bound. Catches: ``num_byzantine >= 1`` or
@@ -204,6 +205,7 @@ def test_nnm_bounds():
         with pytest.raises(ValueError, match="nnm: num_byzantine="):
             A.nnm(bad)
 
+
 def test_signguard_block_is_a_uniform_contiguous_block():
     """``size = max(1, int(fraction * d))`` and the start is uniform over
     ``[0, d - size]`` (400 keys: every start drawn, each count within 5
@@ -216,6 +218,7 @@ def test_signguard_block_is_a_uniform_contiguous_block():
         jax.random.split(KEY, 400)))
     counts = np.bincount(starts, minlength=16)
     assert len(counts) == 16 and np.all(np.abs(counts - 25) < 5 * np.sqrt(25 * 15 / 16)), counts
+
 
 def test_signguard_clusterings_on_built_features():
     """The host clustering on features whose labels are known by construction.
@@ -250,6 +253,7 @@ def test_signguard_clusterings_on_built_features():
         np.testing.assert_array_equal(sign_cluster_labels(spread[:4], np.zeros(4, bool),
                                                           clustering), [-1] * 4)
 
+
 @pytest.mark.parametrize("clustering", ["meanshift", "dbscan"])
 def test_signguard_drops_the_minority_sign_cluster(clustering):
     """Ten rows of equal norms: seven with mostly positive signs, three with
@@ -267,6 +271,7 @@ def test_signguard_drops_the_minority_sign_cluster(clustering):
     selected = np.asarray(info["selected"])
     assert not selected[7:].any() and selected[:7].sum() >= 4, selected
     np.testing.assert_array_equal(np.asarray(info["norm_ok"]), np.ones(10, bool))
+
 
 @pytest.mark.parametrize("on", ["models", "updates"])
 def test_multi_metrics_features_match_the_official_sums(on):
@@ -307,6 +312,7 @@ def test_multi_metrics_features_match_the_official_sums(on):
     np.testing.assert_allclose(scores[valid], ref.multi_metrics_scores(want), rtol=1e-3)
     assert np.all(np.isinf(scores[~valid]))
 
+
 def test_multi_metrics_cosines_of_models_with_a_large_common_part():
     """Models ``params + Δ_i`` with ``|params| ~ 1e3`` and ``|Δ_i| ~ 1`` are
     nearly parallel (``1 - cos ~ 1e-7``): the cosine sums still match the
@@ -333,6 +339,7 @@ def test_multi_metrics_cosines_of_models_with_a_large_common_part():
     want = ref.multi_metrics_features(x)[:, 0]
     np.testing.assert_allclose(on_updates / on_updates.max(), want / want.max(), rtol=1e-4)
 
+
 def test_multi_metrics_p_bounds():
     """``p = 1`` keeps every client (the mean); ``p = 0`` and ``p > 1`` fail when
     built. Catches: ``0 <= p`` or ``p < 1`` or ``p <= 2`` in the check."""
@@ -352,6 +359,7 @@ def test_multi_metrics_p_bounds():
     np.testing.assert_allclose(scores[:2], want, rtol=1e-4)
     y[1] = np.nan
     assert float(_run(A.multi_metrics(p=1.0, on="updates"), y)[2]["scores"][0]) == 0.0
+
 
 def test_multi_metrics_client_weights_and_no_kept_row():
     """The kept rows are averaged with the clients' weights (here summing to
@@ -378,6 +386,7 @@ def test_multi_metrics_client_weights_and_no_kept_row():
     with pytest.raises(ValueError, match=r"multi_metrics: on='models' needs context.params"):
         _run(A.multi_metrics(), x)
 
+
 def test_multi_metrics_blocked_gram_and_manhattan_sums_match_numpy():
     """``affine_gram`` and ``pairwise_l1`` in tiles of 7 columns over 30 (four
     tiles and a remainder of 2), invalid rows zero, against NumPy. Catches:
@@ -388,7 +397,8 @@ def test_multi_metrics_blocked_gram_and_manhattan_sums_match_numpy():
     x = rng.standard_normal((n, d)).astype(np.float32)
     valid = np.array([True, True, False, True, True])
     rs, ss = rng.uniform(0.5, 2, n).astype(np.float32), rng.uniform(0.5, 2, n).astype(np.float32)
-    shift, off = rng.standard_normal(d).astype(np.float32), rng.standard_normal(d).astype(np.float32)
+    shift = rng.standard_normal(d).astype(np.float32)
+    off = rng.standard_normal(d).astype(np.float32)
     r = np.where(valid[:, None], x * rs[:, None] + shift[None] * ss[:, None] + off[None], 0.0)
     got = affine_gram(jnp.asarray(x), jnp.asarray(rs), jnp.asarray(shift), jnp.asarray(ss),
                       jnp.asarray(off), jnp.asarray(valid), columns=7)
@@ -396,6 +406,7 @@ def test_multi_metrics_blocked_gram_and_manhattan_sums_match_numpy():
     z = np.where(valid[:, None], x, 0.0)
     got = pairwise_l1(jnp.asarray(x), jnp.asarray(valid), columns=7)
     np.testing.assert_allclose(np.asarray(got), np.abs(z[:, None] - z[None]).sum(-1), rtol=1e-5)
+
 
 @pytest.mark.parametrize("zeros", [0.1, 0.8])
 def test_signguard_counts_zero_coordinates_as_their_own_sign(zeros):
@@ -424,6 +435,7 @@ def test_signguard_counts_zero_coordinates_as_their_own_sign(zeros):
     labels = np.asarray(info["labels"])
     assert len(set(labels[:7])) == 1 and labels[7] != labels[0]
 
+
 def test_signguard_edges():
     """One finite row is kept (it is its own cluster of one and its own
     median); no finite row gives zero with median 0; the norm band is strict
@@ -448,8 +460,8 @@ def test_signguard_edges():
     info = _run(A.signguard(lower=0.5), x)[2]
     assert float(info["median_norm"]) == 2.0
     np.testing.assert_array_equal(np.asarray(info["norm_ok"]), [0, 1, 1, 1, 0, 1])
-    np.testing.assert_array_equal(np.asarray(_run(A.signguard(lower=0.5, upper=3.0), x)[2]["norm_ok"]),
-                                  np.asarray(info["norm_ok"]))
+    explicit = _run(A.signguard(lower=0.5, upper=3.0), x)[2]["norm_ok"]
+    np.testing.assert_array_equal(np.asarray(explicit), np.asarray(info["norm_ok"]))
     A.signguard(selection_fraction=1.0)
     A.signguard(lower=0.0)
     for bad in (lambda: A.signguard(selection_fraction=0.0),
@@ -462,6 +474,7 @@ def test_signguard_edges():
     fn = jax.jit(lambda v: A.signguard(lower=v, upper=3.0).aggregate(
         jnp.asarray(x), None, KEY)[2]["norm_ok"])
     np.testing.assert_array_equal(np.asarray(fn(0.5)), np.asarray(info["norm_ok"]))
+
 
 def test_mda_smallest_inputs_and_its_diameter():
     """One row (no pair: diameter 0, the row itself), two rows (their mean,
@@ -502,6 +515,7 @@ def test_mda_smallest_inputs_and_its_diameter():
     # The size bound is inclusive: 2^f n^2 equal to max_work is allowed.
     jax.eval_shape(A.mda(2, max_work=4 * 10 * 10).aggregate, jnp.zeros((10, 3)), None, KEY)
 
+
 def test_bucketing_of_one_only_shuffles_and_bad_sizes_fail():
     """``bucket_size = 1`` builds and returns the rows in the key's order;
     ``0``, ``-1`` and ``2.0`` fail. Catches: ``>= 1`` as ``> 1`` / ``>= 2``,
@@ -514,6 +528,7 @@ def test_bucketing_of_one_only_shuffles_and_bad_sizes_fail():
     for bad in (0, -1, 2.0):
         with pytest.raises(ValueError, match="bucketing: bucket_size="):
             A.bucketing(bad)
+
 
 def test_compose_groups_consecutive_transforms_between_pre_aggregators():
     """Two transforms, a pre-aggregator, two more transforms: the stages run
@@ -536,6 +551,7 @@ def test_compose_groups_consecutive_transforms_between_pre_aggregators():
     want = clip(ref.nnm(clip(x, 1.0), 2, rank), 0.5).mean(0)
     np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-6)
     assert int(info["nnm/num_nonfinite"]) == 0
+
 
 @pytest.mark.parametrize("case", ["subsets", "nonfinite", "filter_frac"])
 def test_dnc_subsets_match_the_reference(case):
@@ -575,6 +591,7 @@ def test_dnc_subsets_match_the_reference(case):
         assert np.all(np.isinf(got[~finite]))
         assert int(info["num_nonfinite"]) == int(np.sum(~finite))
 
+
 def test_dnc_coordinates_are_uniform_subsets():
     """Each iteration's subset holds ``sub_dim`` distinct coordinates of
     ``range(dim)``, the iterations differ, every coordinate is drawn with
@@ -595,11 +612,13 @@ def test_dnc_coordinates_are_uniform_subsets():
     assert np.all(np.abs(counts - 300 * p) < 5 * np.sqrt(300 * p * (1 - p))), counts
     assert dnc_coordinates(KEY, 30, 30, 4) is None and dnc_coordinates(KEY, 30, 31, 4) is None
 
+
 def test_dnc_defaults_and_bounds():
     """The defaults are the paper's ``sub_dim = 10000``, fedlib's
-    ``num_iters = 5`` and FLPoison's ``filter_frac = 1``; the factory's bounds hold at their edges (``f = 0``, ``sub_dim = 1``,
-    ``num_iters = 1``, ``filter_frac = 0``, dropping ``n - 1`` rows: the one
-    kept row is the output); one finite row scores 0.
+    ``num_iters = 5`` and FLPoison's ``filter_frac = 1``; the factory's
+    bounds hold at their edges (``f = 0``, ``sub_dim = 1``, ``num_iters =
+    1``, ``filter_frac = 0``, dropping ``n - 1`` rows: the one kept row is
+    the output); one finite row scores 0.
 
     Catches: other defaults, ``>=`` as ``>`` or ``and`` as ``or`` in the
     checks, ``floor(c f) < n`` as ``<= n``, the mean of one kept row divided
@@ -628,6 +647,7 @@ def test_dnc_defaults_and_bounds():
     out, _, info = _run(A.dnc(1), z)  # one finite row (the two NaN rows use up f)
     np.testing.assert_allclose(np.asarray(out), y[0], rtol=1e-6)
     assert float(info["scores"][1]) == 0.0
+
 
 def test_crfl_rounds_noise_and_base():
     """CRFL over three rounds against the reference (FedAvg of the finite rows
@@ -667,7 +687,8 @@ def test_crfl_rounds_noise_and_base():
                                             AggregationContext(params=jnp.asarray(p2)))
         assert float(info["clip_bound"]) == 2.0 and not bool(info["clipped"])
     # The noise: sigma times the normal draw of the key's second half.
-    out, _, _ = _run(A.crfl(100.0, 0.5), np.zeros((5, 50)), AggregationContext(params=jnp.zeros(50)))
+    out, _, _ = _run(A.crfl(100.0, 0.5), np.zeros((5, 50)),
+                     AggregationContext(params=jnp.zeros(50)))
     noise = jax.random.normal(jax.random.split(KEY)[1], (50,))
     np.testing.assert_allclose(np.asarray(out), 0.5 * np.asarray(noise), rtol=1e-6, atol=1e-7)
     # A named robust base rule (with kwargs), and a built one.
@@ -681,6 +702,7 @@ def test_crfl_rounds_noise_and_base():
     np.testing.assert_allclose(out, trimmed, rtol=1e-5, atol=1e-6)
     out, _, _ = _run(A.crfl(50.0, 0.0, base=A.coordinate_median()), y, z)
     np.testing.assert_allclose(out, np.median(y, axis=0), rtol=1e-5, atol=1e-6)
+
 
 def test_crfl_bounds_and_context():
     """``clip`` just above 0 builds, 0 fails; ``base='crfl'`` fails; no
