@@ -125,19 +125,13 @@ def two_devices_case() -> dict:
     the row norms the rule received (``update_norms``, reduced over the
     column blocks) and the honest diagnostics. Its ``max_param_diff`` covers
     the parameters and the row norms (relative)."""
-    from fljax import plan as plan_lib
+    from tests.simulate_test import run_rounds
 
     outs = []
     for d in (1, 2):
         cfg = config.resolve(simulate.DEFAULTS, BASE, LABEL_FLIP + [
             "aggregator={'name': 'coordinate_median'}", f"execution.devices={d}"])
-        plan = plan_lib.prepare(cfg)
-        comp = simulate.compiled(plan.spec)
-        k_init, k_rounds = simulate.run_keys(cfg["seed"])
-        state = comp.init(plan.hparams, plan.data, k_init)
-        buf = comp.round.new_buffer()
-        for _ in range(2):
-            state, info, buf = comp.step(plan.hparams, state, plan.data, k_rounds, buf)
+        state, info, plan = run_rounds(cfg, 2)
         outs.append((plan.spec, jax.tree_util.tree_leaves(simulate.to_host(state.params)),
                      np.asarray(info.update_norms), simulate.to_host(info.diagnostics)))
     (s1, p1, n1, g1), (s2, p2, n2, g2) = outs
