@@ -234,6 +234,20 @@ def _np_objective(params, head, x, y, valid, t, m, target):
     return (per * w).sum() / w.sum()
 
 
+def _discriminator_inputs(model, params, search, x, y, t, mask, target):
+    """The discriminator's training set written out: features of the
+    non-target examples stamped with ``t`` (label 1) and of the clean target
+    examples (label 0). Returns ``(h float[M, F], is_bd bool[M])``."""
+    is_bd = y != target
+    xd = jnp.where(is_bd[:, None, None, None], search.stamp(x, t, mask), x)
+    return model.features(params, xd)[0], is_bd
+
+
+def _head_logits(head, h):
+    """The discriminator head written out: Linear, ReLU, Linear."""
+    return jax.nn.relu(h @ head.w1 + head.b1) @ head.w2 + head.b2
+
+
 def test_constants_are_the_reproductions_and_the_factory_agrees():
     """The search's defaults are the constants the module docstring cites from
     the Mirage reproduction, and ``m2m()``'s defaults for the same fields are
@@ -326,10 +340,8 @@ def test_discriminator_head_starts_as_torch_linear_and_learns_its_labels():
     search = m2m_lib.trigger_search(model, discriminator_epochs=20, discriminator_lr=0.05, **kw)
     keep = search.select(params, x, y, valid, 3)
     head = search.train_head(params, x, y, keep, t, mask, 3, jax.random.PRNGKey(0))
-    is_bd = np.asarray(y) != 3
-    xd = jnp.where(jnp.asarray(is_bd)[:, None, None, None], search.stamp(x, t, mask), x)
-    h = model.features(params, xd)[0]
-    pred = np.asarray(jnp.argmax(jax.nn.relu(h @ head.w1 + head.b1) @ head.w2 + head.b2, 1))
+    h, is_bd = _discriminator_inputs(model, params, search, x, y, t, mask, 3)
+    pred, is_bd = np.asarray(jnp.argmax(_head_logits(head, h), 1)), np.asarray(is_bd)
     k = np.asarray(keep)
     assert np.mean(pred[k] == is_bd[k]) > 0.8
 
@@ -368,12 +380,10 @@ def test_one_search_step_and_two_discriminator_steps_by_hand():
     # The head: two SGD steps by hand from the untrained head (same init key).
     bare = m2m_lib.trigger_search(model, outer_steps=1, discriminator_epochs=0, **kw)
     p = bare.train_head(params, x, y, keep, t0, mask, 3, k_head)
-    is_bd = y != 3
-    xd = jnp.where(is_bd[:, None, None, None], search.stamp(x, t0, mask), x)
-    h = model.features(params, xd)[0]
+    h, is_bd = _discriminator_inputs(model, params, search, x, y, t0, mask, 3)
 
     def loss(hd):
-        logits = jax.nn.relu(h @ hd.w1 + hd.b1) @ hd.w2 + hd.b2
+        logits = _head_logits(hd, h)
         ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), is_bd.astype(int)[:, None], 1)[:, 0]
         return jnp.sum(ce * keep) / jnp.sum(keep)
 
