@@ -170,6 +170,31 @@ TESTS = {
     "fljax/attacks/sign_flip.py": [
         "tests/attacks/update_attacks_test.py", "tests/attacks/poisoning_test.py", "-k",
         "sign_flip"],
+    # The adaptive attacks (the searched scale of ALIE / IPM, Mimic, Inf): adaptive_test,
+    # and poisoning_test's tests over every update attack and their bad values.
+    **{f"fljax/attacks/{name}.py": [
+        "tests/attacks/adaptive_test.py", "tests/attacks/poisoning_test.py", "-k", sel]
+       for name, sel in (
+           ("_search", "(adaptive_test and not mimic and not inf_rows) or optimal or bad_values"),
+           ("optimal_ipm", "optimal_ipm or waves or expansion or lookahead or context "
+                           "or reach_the_search or bad_values"),
+           ("optimal_alie", "optimal_alie or waves or expansion or lookahead or context "
+                            "or reach_the_search or bad_values"),
+           ("mimic", "mimic or bad_values"),
+           ("inf", "inf or bad_values"))},
+    "fljax/attacks/scaling.py": [
+        "tests/attacks/poisoning_test.py", "tests/attacks/update_attacks_test.py", "-k",
+        "scaling or bad_values"],
+    # The backdoors (backdoor_test compiles small rounds: 20-50 s a survivor).
+    **{f"fljax/attacks/{name}.py": ["tests/attacks/backdoor_test.py", "-k", sel]
+       for name, sel in (
+           ("pgd", "pgd or bad_backdoor"),
+           ("neurotoxin", "neurotoxin or bad_backdoor or do_not_retrace"),
+           ("replacement", "boosting or constrain_and_scale or bad_backdoor or only_sampled "
+                           "or metrics_files"),
+           ("backdoor", "not reproduction_grids"),
+           ("pixel_backdoor", "not reproduction_grids"),
+           ("subset_backdoor", "not reproduction_grids"))},
 }
 
 
