@@ -149,6 +149,32 @@ TESTS = {
     "fljax/aggregators/compose.py": [
         *_R2, _AGG + "model_rules_test.py", "-k",
         "compose or pre_aggregators"],
+    # The shared rule helpers: their own tests, then the rules that reach each part.
+    "fljax/aggregators/_ops.py": [
+        _AGG + "linalg_test.py", _AGG + "stats_test.py", _AGG + "conformance_test.py", *_R2,
+        "-k", "linalg_test or krum or bulyan or impossible or all_rows or tie or nnm or mda "
+              "or smea or bucketing"],
+    # The order statistics (the sorting network, the float keys, the bisection).
+    "fljax/aggregators/_ops.py:277-364": [
+        "tests/kernels/order_stats_test.py", _AGG + "stats_test.py", _AGG + "conformance_test.py",
+        "-k", "order_stats_test or median or trimmed or bulyan or all_rows"],
+    "fljax/aggregators/_linalg.py": [
+        _AGG + "linalg_test.py", _AGG + "stats_test.py", _AGG + "conformance_test.py",
+        _AGG + "model_table_test.py", "-k",
+        "linalg_test or mean or geometric or centered or norm_clipping or fltrust or foolsgold "
+        "or flame or all_rows or huge or tiny or mixed"],
+    "fljax/aggregators/_spectral.py": [
+        _AGG + "conformance_test.py", *_R2, "-k", "caf or dnc or smea"],
+    "fljax/aggregators/_kernels.py": [
+        _AGG + "kernel_choice_test.py", "tests/kernels/order_stats_test.py"],
+    "fljax/aggregators/base.py": [
+        _AGG + "conformance_test.py", _AGG + "model_table_test.py", _AGG + "stats_test.py",
+        "-k", "on_pytree or all_rows or nonfinite or impossible or every_rule"],
+    **{f"fljax/aggregators/{rule}.py": [
+        _AGG + "rejection_test.py", _AGG + "model_rules_test.py", _AGG + "model_table_test.py",
+        "tests/simulate_test.py::test_err_scores_the_models_the_server_really_makes", "-k",
+        f"{rule} or rejection or wrapped or client_weights or smallest_settings"]
+       for rule in ("err", "lfr")},
     # M2M's multi-label backdoor, its triggers and BadNets' patch.
     "fljax/attacks/m2m.py": ["tests/attacks/m2m_test.py", "tests/attacks/triggers_test.py"],
     "fljax/attacks/triggers.py": ["tests/attacks/triggers_test.py", "tests/attacks/m2m_test.py"],
