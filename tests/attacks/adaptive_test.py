@@ -11,6 +11,7 @@ values) cover these attacks too.
 """
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +115,47 @@ def test_expansion_to_the_budget_and_a_stop_at_once():
     res = jax.jit(lambda: _search.expansion_contraction(lambda xs: -jnp.abs(xs), 0.0, 10.0, 0.8,
                                                         20, 3))()
     assert float(res.scale) == 0.0
+
+
+@pytest.mark.parametrize("lookahead", [3, 4])
+def test_contraction_waves_take_every_pattern_of_steps(lookahead):
+    """A peak the expansion overshoots: the contraction then accepts some of
+    its shrinking steps and rejects others, in a pattern set by where the peak
+    lies. Eight peaks give every pattern of 2-3 consecutive steps, which the
+    waves must walk as the loop does.
+
+    Catches a wrong decision tree (``3 ** level`` nodes per level, ``p << i``
+    or ``& 2`` for the bit of an earlier step): the bumpy objectives above
+    rarely accept two contraction steps in one wave."""
+    search = jax.jit(lambda peak: _search.expansion_contraction(
+        lambda xs: -jnp.abs(xs - peak), 0.0, 1.0, 0.8, 30, lookahead))
+    for peak in (20.3, 37.9, 11.1, 50.5, 26.0, 44.4, 5.7, 61.2):
+        want, _ = ref.line_search_ref(lambda t: -abs(t - peak), 0.0, 1.0, 0.8, 30)
+        assert float(search(jnp.float32(peak)).scale) == pytest.approx(want, rel=1e-5)
+
+
+def test_defaults_are_byzfls_and_the_smallest_budget_runs():
+    """The defaults are ByzFL's (start 0, delta 10, ratio 0.8, 20 evaluations;
+    lookahead 0: by platform), ``evals=1`` is accepted and evaluates the start
+    only, and a bool is not a budget.
+
+    Catches: a changed default (``EVALS = 21``), ``evals < 2`` or ``evals <= 1``
+    in the check, ``and`` for its first ``or`` (``evals=True`` or
+    ``lookahead=True`` accepted), the largest lookahead refused (``<``), a
+    ratio of 1 accepted (``<= 1``, ``< 2``)."""
+    for make in (attacks.optimal_alie, attacks.optimal_ipm):
+        params = inspect.signature(make).parameters
+        assert {k: params[k].default for k in ("start", "delta", "ratio", "evals", "lookahead")} \
+            == {"start": 0.0, "delta": 10.0, "ratio": 0.8, "evals": 20, "lookahead": 0}
+        make(evals=1, lookahead=_search.MAX_LOOKAHEAD, ratio=0.999)
+        for bad, match in (({"evals": True}, "evals=True must be"),
+                           ({"lookahead": True}, "lookahead=True must be"),
+                           ({"ratio": 1.0}, r"ratio=1.0 must be in \(0.5, 1\)")):
+            with pytest.raises(ValueError, match=match):
+                make(**bad)
+    up = lambda xs: xs.astype(jnp.float32)  # noqa: E731
+    res = jax.jit(lambda: _search.expansion_contraction(up, 0.0, 10.0, 0.8, 1, 1))()
+    assert (float(res.scale), int(res.evaluations)) == (0.0, 1)
 
 
 # --------------------------------------------------------------------------- #

@@ -354,6 +354,39 @@ def test_constrain_and_scale_lands_on_the_bound():
 
 
 
+def test_constrain_and_scale_reports_its_mean_boost_and_checks_gamma():
+    """``info['boost']`` is the mean factor over the malicious rows (NaN when
+    none is sampled); a zero malicious row counts with the whole boost; the
+    default boost is ``n / server_lr`` with ``n`` the rows (5 rows of 7
+    columns); a bad ``gamma`` or bound fails, naming the attack.
+
+    Catches: the factor of a zero row clipped to the bound (``norm >= 0``), the
+    mean taken over rows (``factor / m``, ``* max(...)``, ``max(..., 2)``), NaN
+    only from two rows on (``> 1``) or never (``>= 0``), the key renamed, the
+    default from the columns (``shape[1]``), ``gamma`` unchecked when given
+    (``is None``), the attack's name left out of a message."""
+    u, mal = _updates()
+    u = u.at[2].set(0.0)  # a malicious zero row: its factor is the boost itself
+    out, info = attacks.constrain_and_scale(0.7).craft(
+        u, mal, None, AttackContext(server_lr=jnp.float32(0.5)))
+    want = np.mean([0.7 / np.linalg.norm(np.asarray(u[0])), 10.0])  # n / lr = 5 / 0.5
+    assert float(info["boost"]) == pytest.approx(want, rel=1e-6)
+    np.testing.assert_array_equal(np.asarray(out)[2], 0.0)
+    _, info = attacks.constrain_and_scale(1e6).craft(u, mal.at[2].set(False), None, None)
+    assert float(info["boost"]) == 5.0  # one attacker, the default n / 1, under the bound
+    _, info = attacks.constrain_and_scale(0.7).craft(u, jnp.zeros(5, bool), None, None)
+    assert np.isnan(float(info["boost"]))
+    for make, match in (
+            (lambda: attacks.constrain_and_scale(1.0, gamma=-1.0),
+             r"^constrain_and_scale: gamma=-1.0 must be a finite number > 0$"),
+            (lambda: attacks.constrain_and_scale(0.0),
+             r"^constrain_and_scale: norm_bound=0.0 must be a finite number > 0$"),
+            (lambda: attacks.model_replacement(float("inf")),
+             r"^model_replacement: gamma=inf must be a finite number > 0$")):
+        with pytest.raises(ValueError, match=match):
+            make()
+
+
 def _mlp():
     model = models.mlp(SHAPE, 10, hidden=[16])
     return model, model.init(jax.random.PRNGKey(0))
