@@ -108,10 +108,15 @@ def test_waves_make_the_sequential_loops_decisions(case, lookahead):
 
 def test_expansion_to_the_budget_and_a_stop_at_once():
     """Catches the budget case (always improving: the last candidate of the
-    expansion) and an immediate stop (the start is best)."""
+    expansion) and an immediate stop (the start is best); a wave past the
+    budget (``s[0] <= evals``: 22 evaluations reported) or a candidate past it
+    accepted (``ks <= evals``)."""
     up = lambda xs: xs.astype(jnp.float32)  # noqa: E731
     res = jax.jit(lambda: _search.expansion_contraction(up, 0.0, 10.0, 0.8, 20, 2))()
-    assert float(res.scale) == 10.0 * (2 ** 19 - 1)
+    assert (float(res.scale), int(res.evaluations)) == (10.0 * (2 ** 19 - 1), 20)
+    # An odd budget: the last wave's second candidate lies past it.
+    res = jax.jit(lambda: _search.expansion_contraction(up, 0.0, 10.0, 0.8, 5, 2))()
+    assert float(res.scale) == 10.0 * (2 ** 4 - 1)
     res = jax.jit(lambda: _search.expansion_contraction(lambda xs: -jnp.abs(xs), 0.0, 10.0, 0.8,
                                                         20, 3))()
     assert float(res.scale) == 0.0
