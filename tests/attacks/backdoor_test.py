@@ -392,6 +392,67 @@ def _mlp():
     return model, model.init(jax.random.PRNGKey(0))
 
 
+def test_project_to_ball_moves_along_the_offset():
+    """A point outside the ball lands on its surface along the line to the
+    centre (a pytree of two tensors, against NumPy); a point inside comes back
+    bit for bit. Catches the offset's sign (``c - factor * d``: the same norm,
+    the mirror image), which the test below cannot see (its reference
+    projects with this function)."""
+    centre = {"a": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array([[0.0, 3.0], [1.0, 1.0]])}
+    far = {"a": jnp.array([4.0, 2.0, 0.5]), "b": jnp.array([[1.0, 3.0], [1.0, -1.0]])}
+    flat = lambda t: np.concatenate([np.ravel(t["a"]), np.ravel(t["b"])])  # noqa: E731
+    offset = flat(far) - flat(centre)
+    want = flat(centre) + 0.5 * offset / np.linalg.norm(offset)
+    np.testing.assert_allclose(flat(project_to_ball(far, centre, 0.5)), want, rtol=1e-6)
+    near = jax.tree_util.tree_map(lambda c, f: c + 1e-3 * (f - c), centre, far)
+    np.testing.assert_array_equal(flat(project_to_ball(near, centre, 0.5)), flat(near))
+
+
+def test_top_fraction_mask_is_exact_on_neighbouring_floats():
+    """``k = round(fraction * d)`` coordinates exactly, on 1000 magnitudes one
+    float32 step apart (with both signs, over two tensors), 100 zeros and the
+    smallest subnormal: the bisection must land on the exact threshold.
+    Zeros are never masked, ``k = 0`` masks nothing even beside an infinite
+    coordinate, and ``k = 1`` masks the largest.
+
+    Catches: a bisection that does not halve (``// 3``) or stops one step
+    early (31 passes), ``bits > mid`` in the count, ``k`` clipped to at least 1,
+    zeros or the subnormal masked or not (``bits >= 0``, ``bits > 1``),
+    ``k >= 0`` or ``k > 1`` in the final mask."""
+    from fljax.attacks.neurotoxin import top_fraction_mask
+
+    rng = np.random.default_rng(0)
+    steps = (np.float32(1.0).view(np.int32) + np.arange(1000, dtype=np.int32)).view(np.float32)
+    mags = np.concatenate([steps, np.zeros(100, np.float32), [np.float32(1e-45)]])
+    flat = rng.permutation(mags * rng.choice([-1.0, 1.0], mags.size)).astype(np.float32)
+    d = flat.size  # 1101
+    tree = {"w": jnp.asarray(flat[:600].reshape(20, 30)), "b": jnp.asarray(flat[600:])}
+    mask_of = jax.jit(lambda f: top_fraction_mask(tree, f))
+    order = np.argsort(-np.abs(flat), kind="stable")
+    for k in (1, 7, 500, 1000, 1001):
+        m = mask_of(jnp.float32(k / d))
+        got = np.concatenate([np.ravel(m["w"]), np.ravel(m["b"])]) > 0
+        want = np.zeros(d, bool)
+        want[order[:k]] = True
+        np.testing.assert_array_equal(got, want, err_msg=f"k={k}")
+    every = mask_of(jnp.float32(1.0))
+    assert sum(int(jnp.sum(v)) for v in every.values()) == 1001  # the zeros stay unmasked
+    hot = jnp.array([np.inf, 1.0, 2.0, 0.0])
+    assert not np.any(top_fraction_mask(hot, jnp.float32(0.1)))  # k = round(0.4) = 0
+    assert np.asarray(top_fraction_mask(hot, jnp.float32(0.25))).tolist() == [1.0, 0, 0, 0]
+
+
+def test_neurotoxin_and_pgd_defaults_and_messages():
+    """The paper's mask share (1 %) is the default; bad values fail naming the
+    attack. Catches: a changed default (``1.01``: the default build fails), the
+    attack's name left out of a message."""
+    assert attacks.neurotoxin.__defaults__ == (0.01,)
+    attacks.neurotoxin()
+    with pytest.raises(ValueError, match=r"^neurotoxin: mask_fraction=0.0 must be in \(0, 1\]$"):
+        attacks.neurotoxin(0.0)
+    with pytest.raises(ValueError, match=r"^pgd: norm_bound=-1.0 must be a finite number > 0$"):
+        attacks.pgd(-1.0)
+
 def test_pgd_projects_after_every_step():
     """Each local step ends inside the ball: a client update with the PGD
     hook equals the same steps with an explicit projection after each one;
@@ -476,12 +537,14 @@ def test_neurotoxin_leaves_masked_coordinates_at_zero(opt):
 ])
 def test_bad_backdoor_input_is_one_line_before_any_round(attack, needle):
     """Catches: a bad trigger, class, fraction or bound accepted, or failing
-    inside a round with a trace instead of one line naming the field."""
+    inside a round with a trace instead of one line naming the field and the
+    attack."""
     cfg = small_cfg(f"attack={attack}", "attack.num_malicious=2")
     with pytest.raises(config.ConfigError, match=re.escape(needle)) as err:
         plan_lib.prepare(cfg)
     assert "\n" not in str(err.value)
-    assert str(err.value).startswith("attack.kwargs: ")
+    name = eval(attack)["name"]  # noqa: S307 (a literal of this table)
+    assert str(err.value).startswith(f"attack.kwargs: {name}: ")
 
 
 def test_sun2019_emnist_config_builds_on_stand_in_data():
