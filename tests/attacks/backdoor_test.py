@@ -68,6 +68,28 @@ def test_trigger_touches_only_its_pixels_and_the_poisoned_examples(pattern, loca
     np.testing.assert_array_equal(np.asarray(pm), np.asarray(m))
 
 
+def test_classes_sizes_and_grey_images_are_checked():
+    """A class is an integer in range (not a bool, not a float); a trigger's
+    size is an integer >= 1 (not a bool); a ``[H, W]`` image has one channel
+    and its mask keeps the ``[H, W]`` shape. Catches: ``or`` for ``and`` in
+    either check (``True`` or ``3.0`` taken as a class, ``True`` as a size),
+    the channel of a grey image (``shape - (1,)``, ``+ (2,)``), the field left
+    out of the size message."""
+    for bad in (True, 3.0, -1, 10):
+        with pytest.raises(ValueError, match=rf"^a: target={bad!r} is not a class in \[0, 10\)$"):
+            bd.check_class("a", "target", bad, 10)
+    assert bd.check_class("a", "target", np.int64(9), 10) == 9
+    for height, width in ((True, 2), (2, 0)):
+        bad = height if height is True else width
+        with pytest.raises(ValueError, match=rf"^a: size={bad!r} must be an integer >= 1$"):
+            bd.box_mask("a", (6, 6, 1), (0, 0), height, width)
+    assert bd.image_shape("a", (6, 5)) == (6, 5, 1)
+    grey = bd.box_mask("a", (6, 5), (-1, 0), 2, 3)
+    want = np.zeros((6, 5), bool)
+    want[4:, :3] = True
+    np.testing.assert_array_equal(grey, want)
+
+
 def test_groups_are_dealt_round_robin():
     """Two attacker groups with their own corner and target: client c uses
     group c % 2. Catches: every attacker using group 0 (the M2M setting would
