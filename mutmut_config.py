@@ -211,6 +211,14 @@ TESTS = {
     "fljax/attacks/scaling.py": [
         "tests/attacks/poisoning_test.py", "tests/attacks/update_attacks_test.py", "-k",
         "scaling or bad_values"],
+    # The attacker protocol (hooks, combine, the schedule) and the update-attack base.
+    "fljax/attacks/attacker.py": [
+        "tests/simulate_test.py", "tests/attacks/backdoor_test.py", "-k",
+        "schedule or label_flip_inside or attackers_state or (backdoor_test and not reproduction_grids)"],
+    "fljax/attacks/base.py": [
+        "tests/attacks/poisoning_test.py", "tests/attacks/update_attacks_test.py",
+        "tests/attacks/adaptive_test.py", "-k",
+        "bad_values or benign_rows or no_retrace or knowledge or context or reach_the_search"],
     # The backdoors (backdoor_test compiles small rounds: 20-50 s a survivor).
     **{f"fljax/attacks/{name}.py": ["tests/attacks/backdoor_test.py", "-k", sel]
        for name, sel in (
