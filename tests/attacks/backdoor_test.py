@@ -68,6 +68,28 @@ def test_trigger_touches_only_its_pixels_and_the_poisoned_examples(pattern, loca
     np.testing.assert_array_equal(np.asarray(pm), np.asarray(m))
 
 
+def test_trigger_patterns_and_boxes_that_must_fit():
+    """The three patterns, pixel for pixel on a 5x5 box (the cross: the
+    middle row and column; the checkerboard: row + column even); a box that
+    runs past the bottom or right edge fails; a fraction that rounds to no
+    example still poisons one.
+
+    Catches: ``% 3`` in the checkerboard; ``!=``, ``&``, ``/`` or ``// 3`` in
+    the cross; ``top - height`` or ``left - width`` in the fit check (the box
+    cut off at the edge); at least two examples poisoned (``clip(..., 2, B)``)."""
+    grid = lambda pattern: bd.box_mask("a", (7, 7), (1, 1), 5, 5, pattern)[1:6, 1:6]  # noqa
+    np.testing.assert_array_equal(grid("square"), np.ones((5, 5), bool))
+    ii, jj = np.indices((5, 5))
+    np.testing.assert_array_equal(grid("checkerboard"), (ii + jj) % 2 == 0)
+    np.testing.assert_array_equal(grid("cross"), (ii == 2) | (jj == 2))
+    assert bd.box_mask("a", (7, 7), (1, 1), 5, 5, "cross").sum() == 9  # nothing outside the box
+    for location in ((6, 0), (0, 6)):
+        with pytest.raises(ValueError, match="puts the trigger outside the 7x7 image"):
+            bd.box_mask("a", (7, 7), location, 2, 2)
+    slots = bd.poisoned_slots((2, 10), 0.01)
+    np.testing.assert_array_equal(np.asarray(slots), np.arange(10)[None].repeat(2, 0) < 1)
+
+
 def test_classes_sizes_and_grey_images_are_checked():
     """A class is an integer in range (not a bool, not a float); a trigger's
     size is an integer >= 1 (not a bool); a ``[H, W]`` image has one channel
@@ -145,7 +167,8 @@ def test_backdoor_accuracy_excludes_target_inputs():
     0.0, padding is ignored, and a set with only target inputs is NaN.
 
     Catches: target-class inputs counted as successes (a model that does
-    nothing would score the target's share), padding counted.
+    nothing would score the target's share), padding counted, a single
+    qualifying input not counted (``total > 1``, ``max(total, 2)``).
     """
     test = _test_set([0, 1, 2, 3, 3, 3, 5, 3])
     always = lambda p, x: jnp.full(x.shape[:2], 3, jnp.int32)  # noqa: E731
@@ -159,6 +182,8 @@ def test_backdoor_accuracy_excludes_target_inputs():
     padded = test._replace(mask=jnp.asarray([[True] * 4, [True, True, False, False]]))
     assert float(bd.success_rate(None, padded, always, 3)) == 1.0
     assert np.isnan(float(bd.success_rate(None, _test_set([3] * 4), always, 3)))
+    one = _test_set([3, 3, 3, 3, 3, 3, 0, 3])  # one qualifying input
+    assert float(bd.success_rate(None, one, always, 3)) == 1.0
 
 
 def test_pixel_metric_stamps_the_trigger():
