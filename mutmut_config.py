@@ -229,6 +229,11 @@ TESTS = {
            ("backdoor", "not reproduction_grids"),
            ("pixel_backdoor", "not reproduction_grids"),
            ("subset_backdoor", "not reproduction_grids"))},
+    # The multi-label parts (targets, per-attacker boxes and metrics; the shared
+    # trigger attacker) are M2M's and BadNets' too: their tests as well.
+    **{key: ["tests/attacks/backdoor_test.py", "tests/attacks/triggers_test.py",
+             "tests/attacks/m2m_test.py", "-k", "not reproduction_grids"]
+       for key in ("fljax/attacks/backdoor.py:213-278", "fljax/attacks/pixel_backdoor.py:37-88")},
 }
 
 
