@@ -90,6 +90,54 @@ def test_trigger_patterns_and_boxes_that_must_fit():
     np.testing.assert_array_equal(np.asarray(slots), np.arange(10)[None].repeat(2, 0) < 1)
 
 
+def test_targets_boxes_and_metrics_of_several_attackers():
+    """The multi-label helpers M2M and BadNets build on, against their
+    docstrings: ``num_attackers`` is an integer >= 1; no targets give attacker
+    ``g`` class ``g`` (up to one attacker per class); one integer is one
+    attacker's target; a list needs one distinct class per attacker; one
+    ``(row, col)`` pair places every box, a list places one each; the metrics
+    are named ``backdoor_accuracy`` for one attacker, ``_<g>`` for several.
+
+    Catches: any boolean of these checks inverted or turned (``or`` for
+    ``and``, ``<= 1``, ``< 2``, ``>=`` for ``>``, ``!=`` for ``==``, ``is not
+    None``), a single target not wrapped, the field's name left out of a
+    message, the wrong box, target or suffix of a metric."""
+    check = bd.check_targets
+    for bad in (True, 2.5, 0):
+        with pytest.raises(ValueError, match=rf"^a: num_attackers={bad!r} must be an integer >= 1$"):
+            check("a", bad, None, 10)
+    assert check("a", 1, None, 10) == [0] and check("a", 10, None, 10) == list(range(10))
+    with pytest.raises(ValueError, match="num_attackers=11 is more than the 10 classes"):
+        check("a", 11, None, 10)
+    assert check("a", 1, 7, 10) == [7] and check("a", 2, (3, 4), 10) == [3, 4]
+    for bad, match in (([1], "has 1 entries but num_attackers=2"),
+                       ([3, 3], "gives two attackers the same target 3"),
+                       ([1, 12], r"^a: targets=12 is not a class in \[0, 10\)$")):
+        with pytest.raises(ValueError, match=match):
+            check("a", 2, bad, 10)
+    shape = (6, 6, 1)
+    same = bd.group_masks("a", shape, 2, (0, 0), 2)
+    assert same.shape == (2, *shape) and same[0].sum() == 4
+    np.testing.assert_array_equal(same[0], same[1])
+    np.testing.assert_array_equal(same[0], bd.box_mask("a", shape, (0, 0), 2, 2))
+    apart = bd.group_masks("a", shape, 2, [(0, 0), (-1, -1)], 2, "checkerboard")
+    np.testing.assert_array_equal(apart[1], bd.box_mask("a", shape, (-1, -1), 2, 2,
+                                                         "checkerboard"))
+    for bad, match in (([(0, 0)] * 3, "location has 3 pairs but num_attackers=2"),
+                       ((True, 0), "must be a \\(row, col\\) pair or a list"),
+                       ((0, 0, 0), "must be a \\(row, col\\) pair or a list"),
+                       ([(0, 0), (1,)], "must be a \\(row, col\\) pair or a list")):
+        with pytest.raises(ValueError, match=match):
+            bd.group_masks("a", shape, 2, bad, 2)
+    masks = np.stack([same[0], apart[1]])
+    ((name, mask, target),) = bd.group_evals(masks[:1], [5])
+    assert name == "" and target == 5
+    np.testing.assert_array_equal(mask, masks[0])
+    two = bd.group_evals(masks, [5, 2])
+    assert [(n, t) for n, _, t in two] == [("_0", 5), ("_1", 2)]
+    np.testing.assert_array_equal(two[1][1], masks[1])
+
+
 def test_classes_sizes_and_grey_images_are_checked():
     """A class is an integer in range (not a bool, not a float); a trigger's
     size is an integer >= 1 (not a bool); a ``[H, W]`` image has one channel
