@@ -124,19 +124,36 @@ def test_expansion_to_the_budget_and_a_stop_at_once():
 
 @pytest.mark.parametrize("lookahead", [3, 4])
 def test_contraction_waves_take_every_pattern_of_steps(lookahead):
-    """A peak the expansion overshoots: the contraction then accepts some of
-    its shrinking steps and rejects others, in a pattern set by where the peak
-    lies. Eight peaks give every pattern of 2-3 consecutive steps, which the
-    waves must walk as the loop does.
+    """Two objectives of a place ``c``, at eight places each, which the waves
+    must walk as the loop does. A cliff (growing up to ``c``, dropping past
+    it): the contraction accepts exactly the shrinking steps that still fit
+    below it, so the result depends on every step's size. A peak at ``c``: a
+    step may overshoot it while still improving. A cliff with a pothole on
+    an expansion point below ``c / 2``: the expansion stops far from the
+    cliff, so several steps of one wave are accepted in a row (the deep
+    nodes of the decision tree).
 
     Catches a wrong decision tree (``3 ** level`` nodes per level, ``p << i``
-    or ``& 2`` for the bit of an earlier step): the bumpy objectives above
+    or ``& 2`` for the bit of an earlier step, the node ``- p``, an outcome
+    bit ``3 ** level`` or subtracted, a step past the budget taken in a wave
+    (``level <= left``)), a wrong first contraction step (``/ ratio``), or
+    powers of the ratio that are not powers: the bumpy objectives above
     rarely accept two contraction steps in one wave."""
-    search = jax.jit(lambda peak: _search.expansion_contraction(
-        lambda xs: -jnp.abs(xs - peak), 0.0, 1.0, 0.8, 30, lookahead))
-    for peak in (20.3, 37.9, 11.1, 50.5, 26.0, 44.4, 5.7, 61.2):
-        want, _ = ref.line_search_ref(lambda t: -abs(t - peak), 0.0, 1.0, 0.8, 30)
-        assert float(search(jnp.float32(peak)).scale) == pytest.approx(want, rel=1e-5)
+    def cliff(t, c, h, xp=jnp):  # t below c, and not within 0.25 of h (xp: jnp or np)
+        return xp.where((t < c) & (xp.abs(t - h) > 0.25), t, -1e9)
+
+    objectives = {  # (jnp, float64 loop) objectives of the places c and h
+        "cliff": (lambda xs, c, h: cliff(xs, c, -9.0), lambda t, c, h: cliff(t, c, -9.0, np)),
+        "pothole": (cliff, lambda t, c, h: cliff(t, c, h, np)),
+        "peak": (lambda xs, c, h: -jnp.abs(xs - c), lambda t, c, h: -abs(t - c))}
+    for name, (y, y_ref) in objectives.items():
+        search = jax.jit(lambda c, h: _search.expansion_contraction(
+            lambda xs: y(xs, c, h), 0.0, 1.0, 0.8, 30, lookahead))
+        for c in (20.3, 37.9, 11.1, 50.5, 26.0, 44.4, 5.7, 61.2):
+            h = 2.0 ** np.floor(np.log2(c / 2 + 1)) - 1  # the last expansion point below c / 2
+            want, _ = ref.line_search_ref(lambda t: float(y_ref(t, c, h)), 0.0, 1.0, 0.8, 30)
+            got = float(search(jnp.float32(c), jnp.float32(h)).scale)
+            assert got == pytest.approx(want, rel=1e-5), (name, c)
 
 
 def test_defaults_are_byzfls_and_the_smallest_budget_runs():
