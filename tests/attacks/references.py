@@ -190,7 +190,6 @@ def optimal_ref(x, malicious, kind, rule_ref, knowledge="full", **search):
     Returns:
       ``(tau, crafted row float[d])``.
     """
-    n = len(x)
     known = known_ref(x, malicious, knowledge)
     mu = x[known].mean(0)
     sigma = x[known].std(0, ddof=1) if kind == "alie" else None
