@@ -178,6 +178,38 @@ def test_groups_are_dealt_round_robin():
         np.testing.assert_array_equal(np.asarray(py), [1, 2][g])
 
 
+def test_pixel_backdoor_defaults_group_metrics_and_messages():
+    """With its defaults (target 0, a 3x3 square at the top-left corner,
+    value 1, a 0.3 share) the trigger is exactly that; with two groups the
+    metrics are each group's trigger to its target and their mean; a list of
+    the wrong length fails naming the attack.
+
+    Catches: a changed default (target 1, size 4, location (1, 0) or (0, 1)),
+    the mean left out (``"backdoor_accuracy" in out``) or written over DBA's
+    whole-trigger accuracy, the attack's name left out of a message."""
+    atk = attacks.pixel_backdoor(10, SHAPE)
+    x, y, m = batches()
+    px, py, _ = atk.poison(x, y, m, jax.random.PRNGKey(0), view(0))
+    want = np.zeros(SHAPE, bool)
+    want[:3, :3] = True
+    np.testing.assert_array_equal(np.asarray(px != x)[0, 0], want)
+    np.testing.assert_array_equal(np.asarray(px)[0, 0][want], 1.0)
+    np.testing.assert_array_equal(np.asarray(py)[:, :3], 0)  # round(0.3 * 10) examples
+    atk = attacks.pixel_backdoor(10, SHAPE, target=[1, 2], location=[(0, 0), (-1, -1)], size=2)
+    test = _test_set([0, 3, 4, 5, 6, 7, 8, 9])
+    # answers 1 when the top-left corner is lit, else 0: group 0's backdoor works, group 1's not
+    lit = lambda p, x: jnp.where(x[..., 0, 0, 0] == 1.0, 1, 0).astype(jnp.int32)  # noqa: E731
+    out = {k: float(v) for k, v in atk.metrics(None, (), test, lit).items()}
+    assert out == {"backdoor_accuracy_0": 1.0, "backdoor_accuracy_1": 0.0,
+                   "backdoor_accuracy": 0.5}
+    # DBA: the whole trigger's own accuracy, not the mean of its bars' (bar 0 holds the corner)
+    out = attacks.dba(10, SHAPE, target=1).metrics(None, (), test, lit)
+    assert [float(out[f"backdoor_accuracy{k}"]) for k in ("", "_0", "_1", "_2", "_3")] == \
+        [1.0, 1.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"^pixel_backdoor: location has 2 entries but another "):
+        attacks.pixel_backdoor(10, SHAPE, target=[1, 2, 3], location=[(0, 0), (-1, -1)])
+
+
 def test_dba_pieces_partition_the_global_trigger():
     """DBA's four bars are disjoint, their union is the trigger the test
     stamps, and attacker k trains with bar k % 4. Catches: overlapping or
