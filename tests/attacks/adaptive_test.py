@@ -110,7 +110,8 @@ def test_expansion_to_the_budget_and_a_stop_at_once():
     """Catches the budget case (always improving: the last candidate of the
     expansion) and an immediate stop (the start is best); a wave past the
     budget (``s[0] <= evals``: 22 evaluations reported) or a candidate past it
-    accepted (``ks <= evals``)."""
+    accepted (``ks <= evals``), a contraction wave counted as ``L`` evaluations
+    instead of its ``2^L - 1`` (``coef.shape[1]``)."""
     up = lambda xs: xs.astype(jnp.float32)  # noqa: E731
     res = jax.jit(lambda: _search.expansion_contraction(up, 0.0, 10.0, 0.8, 20, 2))()
     assert (float(res.scale), int(res.evaluations)) == (10.0 * (2 ** 19 - 1), 20)
@@ -119,7 +120,9 @@ def test_expansion_to_the_budget_and_a_stop_at_once():
     assert float(res.scale) == 10.0 * (2 ** 4 - 1)
     res = jax.jit(lambda: _search.expansion_contraction(lambda xs: -jnp.abs(xs), 0.0, 10.0, 0.8,
                                                         20, 3))()
-    assert float(res.scale) == 0.0
+    # one expansion wave of 3 (candidate 1 rejected), then the 18 steps left in
+    # ceil(18 / 3) = 6 contraction waves of the tree's 7 nodes
+    assert (float(res.scale), int(res.evaluations)) == (0.0, 3 + 6 * 7)
 
 
 @pytest.mark.parametrize("lookahead", [3, 4])
