@@ -180,33 +180,6 @@ def expansion_contraction(evaluate: Callable[[jax.Array], jax.Array], start, del
     return SearchResult(best_x, best_y, used)
 
 
-def sequential(evaluate_one: Callable[[float], float], start: float = START,
-               delta: float = DELTA, ratio: float = RATIO, evals: int = EVALS) -> float:
-    """ByzFL's loop as written (module docstring), one Python call per
-    candidate: the reference :func:`expansion_contraction` is tested against."""
-    best_x = start
-    best_y = evaluate_one(best_x)
-    left = evals - 1
-    while left > 0:
-        x = best_x + delta
-        y = evaluate_one(x)
-        left -= 1
-        if y > best_y:
-            best_x, best_y = x, y
-            delta *= 2
-        else:
-            delta *= ratio
-            break
-    while left > 0:
-        x = best_x + delta
-        y = evaluate_one(x)
-        left -= 1
-        if y > best_y:
-            best_x, best_y = x, y
-        delta *= ratio
-    return best_x
-
-
 def distance(v: jax.Array) -> jax.Array:
     """``‖v‖`` without overflow (the largest entry factored out); ``inf`` if an
     entry is infinite, NaN if one is NaN (such an aggregate never wins a
