@@ -178,6 +178,95 @@ def test_groups_are_dealt_round_robin():
         np.testing.assert_array_equal(np.asarray(py), [1, 2][g])
 
 
+def _dba_bars(shape, num_parts, size, gap, location):
+    """DBA's bars from the docstring: bar ``k`` is ``1 x size`` at row
+    ``r0 + (k // 2) (gap + 1)``, column ``c0 + (k % 2) (size + gap)``; a negative
+    location places the whole trigger's last row / column there."""
+    h, w = shape[:2]
+    rows = (num_parts + 1) // 2
+    height, width = rows + (rows - 1) * gap, (size if num_parts == 1 else 2 * size + gap)
+    r0 = location[0] if location[0] >= 0 else h + location[0] - height + 1
+    c0 = location[1] if location[1] >= 0 else w + location[1] - width + 1
+    bars = np.zeros((num_parts,) + tuple(shape), bool)
+    for k in range(num_parts):
+        r, c = r0 + (k // 2) * (gap + 1), c0 + (k % 2) * (size + gap)
+        bars[k, r, c:c + size] = True
+    return bars
+
+
+@pytest.mark.parametrize("num_parts,size,gap,location,shape", [
+    (1, 3, 1, (0, -1), SHAPE), (2, 3, 1, (0, -1), SHAPE), (3, 2, 0, (-1, -1), SHAPE),
+    (4, 2, 2, (-1, -1), (9, 8, 3)), (5, 1, 1, (-2, 0), (8, 9, 3))])
+def test_dba_bars_follow_the_layout(num_parts, size, gap, location, shape):
+    """Every bar where the docstring's formula puts it, for one and two bars,
+    an odd number, no gap, a wide gap, negative locations (which depend on the
+    trigger's height and width), RGB and non-square images; the per-bar
+    metrics exist only for more than one bar.
+
+    Catches: the rows or height of the trigger miscounted (``(n - 1) // 2``,
+    ``(n + 2) // 2``, ``// 3``, ``rows - (rows - 1) gap``, ``(rows + 1) gap``),
+    its width (``num_parts != 1``, ``== 2``, ``2 size - gap``), its corner read
+    from a one-channel view (``reshape(h, w, 1)``) or from the rows for the
+    column (``any(1)``), per-bar metrics for a single bar or none for two
+    (``>= 1``, ``> 2``)."""
+    atk = attacks.dba(10, shape, target=3, num_parts=num_parts, size=size, gap=gap,
+                      location=location, poison_fraction=1.0)
+    want = _dba_bars(shape, num_parts, size, gap, location)
+    x = jnp.zeros((1, 2) + shape)
+    for cid in range(num_parts + 1):
+        px, _, _ = atk.poison(x, jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), bool), None,
+                              view(cid))
+        np.testing.assert_array_equal(np.asarray(px)[0, 0] == 1.0, want[cid % num_parts])
+    names = set(atk.metrics(None, (), _dba_test_set(shape), lambda p, x: jnp.zeros(x.shape[:2],
+                                                                              jnp.int32)))
+    assert names == {"backdoor_accuracy"} | (
+        {f"backdoor_accuracy_{k}" for k in range(num_parts)} if num_parts > 1 else set())
+
+
+def _dba_test_set(shape):
+    return Batches(jnp.zeros((1, 2) + shape), jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), bool))
+
+
+def test_dba_defaults_and_checks():
+    """The defaults (target 0, four bars of 3 with a gap of 1 at the top-left,
+    value 1) give the bars the docstring names on 8x8 digits; one bar and no
+    gap are accepted, bools and smaller values fail naming the attack and the
+    field; two parts of a two-part pixel trigger list replicate a single target.
+
+    Catches: changed defaults (target 1, gap 2, value 2), ``num_parts <= 1`` or
+    ``< 2``, ``gap <= 0`` or ``< 1``, ``and`` for ``or`` (a bool accepted), the
+    name or a field left out of a message; in ``pixel_backdoor``: an empty
+    list accepted (``and``), a single target not replicated over the
+    locations (``(2, groups)``, ``!= 1``, ``== 2``, ``else 2``), the list's
+    field left out of the length message."""
+    atk = attacks.dba(10, SHAPE)
+    x, y, m = batches()
+    bars = [np.asarray(atk.poison(x, y, m, None, view(cid))[0])[0, 0, :, :, 0] == 1.0
+            for cid in range(4)]
+    np.testing.assert_array_equal(np.logical_or.reduce(bars),
+                                  _dba_bars(SHAPE, 4, 3, 1, (0, 0)).any(0)[:, :, 0])
+    np.testing.assert_array_equal(np.asarray(atk.poison(x, y, m, None, view(0))[1])[:, :3], 0)
+    attacks.dba(10, SHAPE, num_parts=1, gap=0)
+    for kwargs, match in (({"num_parts": True}, "num_parts=True must be an integer >= 1"),
+                          ({"num_parts": 0}, "num_parts=0 must be an integer >= 1"),
+                          ({"gap": True}, "gap=True must be an integer >= 0"),
+                          ({"gap": -1}, "gap=-1 must be an integer >= 0"),
+                          ({"poison_fraction": 0.0}, "poison_fraction=0.0 must be in"),
+                          ({"value": float("nan")}, "value=nan must be finite")):
+        with pytest.raises(ValueError, match="^dba: " + re.escape(match)):
+            attacks.dba(10, SHAPE, **kwargs)
+    with pytest.raises(ValueError, match=r"^pixel_backdoor: value=inf must be finite$"):
+        attacks.pixel_backdoor(10, SHAPE, value=float("inf"))
+    with pytest.raises(ValueError, match="^pixel_backdoor: target and location must not be empty"):
+        attacks.pixel_backdoor(10, SHAPE, target=[])
+    with pytest.raises(ValueError, match=r"^pixel_backdoor: target has 2 entries but another "):
+        attacks.pixel_backdoor(10, SHAPE, target=[1, 2], location=[(0, 0), (3, 3), (5, 5)], size=2)
+    two = attacks.pixel_backdoor(10, SHAPE, target=3, location=[(0, 0), (-1, -1)], size=2,
+                                 poison_fraction=1.0)
+    for cid in range(2):
+        np.testing.assert_array_equal(np.asarray(two.poison(x, y, m, None, view(cid))[1]), 3)
+
+
 def test_pixel_backdoor_defaults_group_metrics_and_messages():
     """With its defaults (target 0, a 3x3 square at the top-left corner,
     value 1, a 0.3 share) the trigger is exactly that; with two groups the
