@@ -95,3 +95,27 @@ def test_weighted_row_sum_matvec_and_tiled_paths_agree(nonfinite):
     got = np.asarray(_linalg.weighted_row_sum(jnp.asarray(x), jnp.asarray(w), jnp.asarray(valid)))
     want = (w[:, None] * np.where(valid[:, None], x.astype(np.float64), 0.0)).sum(axis=0)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_top_eigen_matches_eigh_on_a_batch_of_slightly_asymmetric_matrices():
+    """``top_eigen`` (repeated squaring) against float64 ``eigh`` on a batch of
+    PSD matrices with a clear gap, each given with a small asymmetry (as a Gram
+    matrix computed in two orders would have): the eigenpair is that of the
+    symmetric part. A zero matrix gives ``(0, e_0)``.
+
+    Catches: the symmetrisation dropped or made a no-op (``swapaxes(m, -2, -2)``,
+    or ``swapaxes(m, 1, -2)``, a no-op on a batch)."""
+    from fljax.aggregators._spectral import top_eigen
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 6, 4))
+    m = np.einsum("bik,bjk->bij", a, a) + np.diag([3.0, 0, 0, 0, 0, 0])
+    skew = 0.2 * rng.normal(size=m.shape)
+    given = m + (skew - np.swapaxes(skew, 1, 2))  # symmetric part m
+    lam, v = top_eigen(jnp.asarray(given, jnp.float32))
+    w, u = np.linalg.eigh(m)
+    np.testing.assert_allclose(np.asarray(lam), w[:, -1], rtol=1e-5)
+    np.testing.assert_allclose(np.abs(np.einsum("bk,bk->b", np.asarray(v), u[:, :, -1])), 1.0,
+                               atol=1e-5)
+    lam0, v0 = top_eigen(jnp.zeros((4, 4)))
+    assert float(lam0) == 0.0 and np.asarray(v0).tolist() == [1.0, 0.0, 0.0, 0.0]

@@ -167,3 +167,11 @@ def test_a_stateful_wrapped_rule_sees_each_rows_client():
     kept = np.flatnonzero(np.asarray(info["accepted"]))
     assert len(kept) == 5
     np.testing.assert_allclose(out, fg_on(kept, state)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_err_and_lfr_name_themselves_in_errors():
+    """Catches the rule's name left out of (or wrong in) a build error."""
+    fn = lambda p: (jnp.float32(0.0), jnp.float32(0.0))  # noqa: E731
+    for make, name in ((A.err, "err"), (A.lfr, "lfr")):
+        with pytest.raises(ValueError, match=rf"^{name}: num_reject=-1 must be an int >= 0$"):
+            make(fn, -1)
