@@ -529,6 +529,64 @@ def test_edge_case_holds_its_examples_out():
     assert held_dist.min() >= np.sort(dist)[-25]
 
 
+def _tiny_fed(labels_per_client, test_labels=(7, 7, 1)):
+    """A FederatedData with the given labels per client (one pixel each)."""
+    from fljax.data.federated import FederatedData
+
+    y = np.concatenate([np.asarray(c, np.int32) for c in labels_per_client])
+    counts = np.asarray([len(c) for c in labels_per_client], np.int32)
+    x = np.arange(len(y), dtype=np.float32).reshape(-1, 1, 1, 1)
+    return FederatedData(x, y, np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32),
+                         counts, np.zeros((len(test_labels), 1, 1, 1), np.float32),
+                         np.asarray(test_labels, np.int32), 10, "tiny")
+
+
+def test_subset_selection_edges_defaults_and_messages():
+    """The selections' defaults are their attacks' (the simulator passes the
+    attack's kwargs to both: a different default would pick another class
+    than the attack checks); one source image is a subset, all clients may be
+    writers, two examples may be held out; no source image among the writers,
+    a bool or too small a count fail, naming the attack and the field.
+
+    Catches: a changed default (source 8, writers 1, num_examples 41), ``w >=
+    num_clients``, ``len(rows) == 1`` or ``len(test_y) == 1`` as empty, ``and``
+    for ``or`` (an empty subset accepted), ``num_examples >= 3``, ``and`` in the
+    integer check, the attack's name, a field or the clients left out of a
+    message."""
+    import inspect
+
+    for select, make, names in ((attacks.select_targeted_task, attacks.targeted_task,
+                                 ("source", "writers")),
+                                (attacks.select_edge_case, attacks.edge_case,
+                                 ("source", "num_examples"))):
+        got, want = inspect.signature(select).parameters, inspect.signature(make).parameters
+        assert {k: got[k].default for k in names} == {k: want[k].default for k in names}
+    fed = _tiny_fed([[7, 1, 2], [3, 4], [1, 7, 7], [5, 6]])
+    sub, _ = attacks.select_targeted_task(fed, source=3, writers=4)  # one image of class 3
+    assert sub.y.tolist() == [3] and np.asarray(sub.test.mask).sum() == 1
+    sub, _ = attacks.select_targeted_task(fed, source=7, writers=2)
+    assert sub.x.ravel().tolist() == [6.0, 7.0]
+    sub, kept = attacks.select_edge_case(fed, source=7, num_examples=2)
+    assert len(sub.y) == 1 and len(kept.y) == len(fed.y) - 2
+    for call, match in (
+            (lambda: attacks.select_targeted_task(fed, source=3, writers=2),
+             r"^targeted_task: no image of class source=3 among the last 2 clients; "),
+            (lambda: attacks.select_targeted_task(fed, source=9, writers=0),
+             r"^targeted_task: no image of class source=9 among the data; "),
+            (lambda: attacks.select_targeted_task(fed, source=5, writers=0),  # none to test on
+             r"^targeted_task: no image of class source=5 among the data; "),
+            (lambda: attacks.select_targeted_task(fed, writers=True),
+             r"^targeted_task: writers=True must be an integer >= 0$"),
+            (lambda: attacks.select_targeted_task(fed, writers=5),
+             r"^targeted_task: writers=5 exceeds the 4 clients$"),
+            (lambda: attacks.select_edge_case(fed, source=7, num_examples=1),
+             r"^edge_case: num_examples=1 must be an integer >= 2$"),
+            (lambda: attacks.select_edge_case(fed, source=10),
+             r"^edge_case: source=10 is not a class in \[0, 10\)$")):
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
 # ----------------------------------------------------------------------------
 # Update strategies
 
