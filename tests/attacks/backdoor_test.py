@@ -548,8 +548,13 @@ def test_subset_selection_edges_defaults_and_messages():
     writers, two examples may be held out; no source image among the writers,
     a bool or too small a count fail, naming the attack and the field.
 
+    The edge cases are the farthest sources, each client keeping one example
+    at least.
+
     Catches: a changed default (source 8, writers 1, num_examples 41), ``w >=
-    num_clients``, ``len(rows) == 1`` or ``len(test_y) == 1`` as empty, ``and``
+    num_clients``, exactly ``num_examples`` sources refused (``<=``), a
+    client's last example taken (``>= 1``) or its second-last not (``> 2``),
+    the examples' owners off by one, ``len(rows) == 1`` or ``len(test_y) == 1`` as empty, ``and``
     for ``or`` (an empty subset accepted), ``num_examples >= 3``, ``and`` in the
     integer check, the attack's name, a field or the clients left out of a
     message."""
@@ -568,6 +573,20 @@ def test_subset_selection_edges_defaults_and_messages():
     assert sub.x.ravel().tolist() == [6.0, 7.0]
     sub, kept = attacks.select_edge_case(fed, source=7, num_examples=2)
     assert len(sub.y) == 1 and len(kept.y) == len(fed.y) - 2
+    sub, kept = attacks.select_edge_case(fed, source=7, num_examples=3)  # every seven
+    assert kept.counts.tolist() == [2, 2, 1, 2]
+    # Sevens at x = 10 (client 0), 9 (client 1: its only example), 0 and 1
+    # (client 2, of three) and 8 (client 3): farthest from their mean (5.6)
+    # first, client 1's skipped; even ranks train, odd ranks measure.
+    tail = fed._replace(x=np.asarray([10, 0, 9, 5, 0, 1, 8, 5], np.float32).reshape(-1, 1, 1, 1),
+                        y=np.asarray([7, 1, 7, 3, 7, 7, 7, 2], np.int32),
+                        offsets=np.asarray([0, 2, 3, 6], np.int32),
+                        counts=np.asarray([2, 1, 3, 2], np.int32))
+    sub, kept = attacks.select_edge_case(tail, source=7, num_examples=4)
+    assert kept.counts.tolist() == [1, 1, 1, 1]
+    assert sub.x.ravel().tolist() == [0.0, 10.0]
+    judge = np.asarray(sub.test.x).ravel()[np.asarray(sub.test.mask).ravel()]
+    assert judge.tolist() == [1.0, 8.0]
     for call, match in (
             (lambda: attacks.select_targeted_task(fed, source=3, writers=2),
              r"^targeted_task: no image of class source=3 among the last 2 clients; "),
