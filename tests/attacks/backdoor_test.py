@@ -554,7 +554,8 @@ def test_subset_selection_edges_defaults_and_messages():
     Catches: a changed default (source 8, writers 1, num_examples 41), ``w >=
     num_clients``, exactly ``num_examples`` sources refused (``<=``), a
     client's last example taken (``>= 1``) or its second-last not (``> 2``),
-    the examples' owners off by one, ``len(rows) == 1`` or ``len(test_y) == 1`` as empty, ``and``
+    the examples' owners off by one, the counts left (``+= 1``, ``-= 2``) or
+    the first offset (``[1]``) of the data without them, ``len(rows) == 1`` or ``len(test_y) == 1`` as empty, ``and``
     for ``or`` (an empty subset accepted), ``num_examples >= 3``, ``and`` in the
     integer check, the attack's name, a field or the clients left out of a
     message."""
@@ -583,7 +584,8 @@ def test_subset_selection_edges_defaults_and_messages():
                         offsets=np.asarray([0, 2, 3, 6], np.int32),
                         counts=np.asarray([2, 1, 3, 2], np.int32))
     sub, kept = attacks.select_edge_case(tail, source=7, num_examples=4)
-    assert kept.counts.tolist() == [1, 1, 1, 1]
+    assert kept.counts.tolist() == [1, 1, 1, 1] and kept.offsets.tolist() == [0, 1, 2, 3]
+    assert kept.x.ravel().tolist() == [0.0, 9.0, 5.0, 5.0]
     assert sub.x.ravel().tolist() == [0.0, 10.0]
     judge = np.asarray(sub.test.x).ravel()[np.asarray(sub.test.mask).ravel()]
     assert judge.tolist() == [1.0, 8.0]
