@@ -256,7 +256,9 @@ def test_the_rules_state_weights_and_parameters_reach_the_search():
 
     Catches a context whose weights (or parameters) are dropped: CRFL
     without parameters raises; a weighted mean with a near-zero weight on
-    the malicious rows keeps the search's distance near its start."""
+    the malicious rows keeps the search's distance near its start. Also a
+    default rule that takes the context's weights (``mean(weighted=True)``),
+    a missing state not initialised (``state is not None``, ``= None``)."""
     x, mal = _problem(0)
     u, m = jnp.asarray(x, jnp.float32), jnp.asarray(mal)
     d = x.shape[1]
@@ -273,6 +275,14 @@ def test_the_rules_state_weights_and_parameters_reach_the_search():
     far = np.linalg.norm(x[~mal].mean(0) - x.mean(0))
     assert float(light["objective"]) == pytest.approx(far, rel=1e-3)
     assert float(heavy["objective"]) > 10 * far
+    # Weights but no rule: the unweighted mean (the weights are the server's rule's to use).
+    alone = jax.jit(lambda w: attacks.optimal_ipm(evals=3).craft(
+        u, m, KEY, AttackContext(weights=w))[1])(jnp.where(m, 1e-6, 1.0))
+    assert float(alone["objective"]) == float(heavy["objective"])
+    # A rule without its state: the attack starts it from init (CRFL counts rounds).
+    bare = jax.jit(lambda: attacks.optimal_ipm(evals=6).craft(u, m, KEY, AttackContext(
+        aggregator=crfl, params=jnp.zeros(d)))[1])()
+    assert float(bare["scale"]) == float(info["scale"])
 
 
 @pytest.fixture(scope="module")
