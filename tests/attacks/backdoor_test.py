@@ -608,6 +608,44 @@ def test_subset_selection_edges_defaults_and_messages():
             call()
 
 
+def test_subset_attacks_poison_measure_and_default_as_documented():
+    """Sun et al.'s and the edge-case attack on a two-image subset: the
+    poisoned slots hold subset images (both drawn, over 3 x 10 slots),
+    labelled ``target``; the metric is the subset test's backdoor accuracy;
+    the defaults are the documented ones; bad values fail naming the attack.
+
+    Catches: the first subset image never drawn (``randint(..., 1, size)``),
+    the metric's test set or name lost, a changed default (target 2, writers
+    1, source 8, num_examples 41, poison_fraction 1.3), the target dropped
+    (``t = None``), the attack's name or a field left out of a message."""
+    import inspect
+
+    for make, extra in ((attacks.targeted_task, {"writers": 0}),
+                        (attacks.edge_case, {"num_examples": 40})):
+        params = inspect.signature(make).parameters
+        assert {k: params[k].default for k in ("source", "target", "poison_fraction", *extra)} \
+            == {"source": 7, "target": 1, "poison_fraction": 0.3, **extra}
+    fed = _tiny_fed([[7, 1, 2], [3, 4], [1, 7, 7], [5, 6]])
+    sub, _ = attacks.select_targeted_task(fed, source=7, writers=2, batch=4)  # x = 6, 7
+    for make in (attacks.targeted_task, attacks.edge_case):
+        atk = make(10, (1, 1, 1), subset=sub, target=4, poison_fraction=0.5)
+        x, y = jnp.full((3, 10, 1, 1, 1), -1.0), jnp.zeros((3, 10), jnp.int32)
+        px, py, _ = atk.poison(x, y, jnp.ones((3, 10), bool), jax.random.PRNGKey(0), view(0))
+        drawn = np.asarray(px)[:, :5].ravel()
+        assert set(drawn.tolist()) == {6.0, 7.0}
+        np.testing.assert_array_equal(np.asarray(px)[:, 5:], -1.0)
+        np.testing.assert_array_equal(np.asarray(py), np.where(np.arange(10) < 5, 4, 0)[None]
+                                      .repeat(3, 0))
+        always = lambda p, x: jnp.full(x.shape[:2], 4, jnp.int32)  # noqa: E731
+        assert {k: float(v) for k, v in atk.metrics(None, (), None, always).items()} == \
+            {"backdoor_accuracy": 1.0}
+        name = make.__name__
+        for kwargs, match in (({"source": 10}, r"source=10 is not a class"),
+                              ({"target": -1}, r"target=-1 is not a class")):
+            with pytest.raises(ValueError, match=f"^{name}: {match}"):
+                make(10, (1, 1, 1), subset=sub, **kwargs)
+
+
 # ----------------------------------------------------------------------------
 # Update strategies
 
