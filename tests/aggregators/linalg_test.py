@@ -51,6 +51,19 @@ def test_clip_weights_overflowing_and_zero_rows():
     assert w[2] == np.asarray(scale)[2] == 1.0  # a zero row is left alone
 
 
+def test_clip_weights_of_short_rows_and_a_bound_below_one():
+    """``min(1, bound / ‖x‖)`` for rows shorter than 1 and a bound of 0.1; a
+    zero row keeps its weight ``scale`` (1) however small the bound. Catches:
+    a norm below 1 replaced by 1 (``base > 1``), a zero row clipped to the
+    bound (``base >= 0``)."""
+    norms = np.array([0.5, 0.05, 0.0, 5.0], np.float32)
+    x = np.zeros((4, 3), np.float32)
+    x[:, 0] = norms
+    scale, base = _linalg.row_norms(jnp.asarray(x), jnp.ones(4, bool))
+    w = np.asarray(_linalg.clip_weights(scale, base, 0.1)) / np.asarray(scale)
+    np.testing.assert_allclose(w, [0.2, 1.0, 1.0, 0.02], rtol=1e-6)
+
+
 @pytest.mark.parametrize("d", [7, 4096, 4096 * 3 + 5])
 def test_weighted_row_sum_matches_numpy(d):
     rng = np.random.default_rng(d)
