@@ -143,3 +143,20 @@ def test_fljax_imports_kernels_in_one_place_only():
     importers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
                        if pattern.search(p.read_text()))
     assert importers == ["aggregators/_kernels.py"], importers
+
+
+def test_auto_keeps_other_dtypes_on_the_jnp_path_and_an_injected_kernel_gets_them(monkeypatch):
+    """``"auto"`` sends updates that are not float32 (the CPU kernel's only
+    dtype) to the jnp path even where a kernel is available; a kernel passed
+    in gets whatever it is given. Catches ``kernel != AUTO`` in the dtype
+    check (both halves swap)."""
+    fake = type("Kernels", (), {"rank_weighted_sum": staticmethod(lambda *a, **k: None)})
+    monkeypatch.setattr(_kernels, "_cpu_kernels", lambda: fake)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+
+    def route(kernel, dtype):
+        return _kernels.dispatch(kernel, "rank_weighted_sum", lambda fn: "kernel", lambda: "jnp",
+                                 jnp.zeros((2, 3), dtype))
+
+    assert route("auto", jnp.float32) == "kernel" and route("auto", jnp.float16) == "jnp"
+    assert route(fake.rank_weighted_sum, jnp.float16) == "kernel"
