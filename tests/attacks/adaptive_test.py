@@ -227,6 +227,22 @@ def test_partial_knowledge_simulates_stand_ins(name, kind):
     np.testing.assert_allclose(out[mal][0], row, rtol=1e-4, atol=1e-4)
 
 
+def test_partial_population_is_the_known_rows_in_turn():
+    """The rows a partial-knowledge attacker runs the rule on: the ``r``-th
+    honest row is known row ``r mod m``, the malicious rows stay (and full
+    knowledge sees the round's rows). Catches the rank taken among the
+    malicious rows (``cumsum(malicious)``), one known row counted as two
+    (``maximum(count, 2)``: an honest row of padding stands in)."""
+    x = jnp.arange(8.0)[:, None] * jnp.array([1.0, 10.0])  # row i is (i, 10 i)
+    mal = jnp.array([0, 1, 0, 0, 1, 0, 0, 1], bool)
+    pop = _search.population(x, mal, mal, "partial")
+    np.testing.assert_array_equal(np.asarray(pop), np.asarray(x)[[1, 1, 4, 7, 4, 1, 4, 7]])
+    one = jnp.zeros(8, bool).at[4].set(True)  # one known row
+    pop = _search.population(x, mal, one, "partial")
+    np.testing.assert_array_equal(np.asarray(pop), np.asarray(x)[[4, 1, 4, 4, 4, 4, 4, 7]])
+    assert _search.population(x, mal, mal, "full") is x
+
+
 def test_without_context_the_search_is_against_the_mean():
     """Catches another default rule: against the mean the distance grows with
     the scale, so the search ends at its last expansion candidate."""
