@@ -498,20 +498,21 @@ def test_mda_smallest_inputs_and_its_diameter():
     np.testing.assert_allclose(float(info["diameter"]), 6.0, rtol=1e-6)
     x = np.random.default_rng(27).standard_normal((7, 3)).astype(np.float32)
     x[0] += 6.0
-    _, _, info = _run(A.mda(2), x)
+    out, _, info = _run(A.mda(2), x)
     kept = x[np.asarray(info["selected"])]
     assert len(kept) == 5
     want = max(np.linalg.norm(a - b) for a in kept for b in kept)
     np.testing.assert_allclose(float(info["diameter"]), want, rtol=1e-5)
-    np.testing.assert_allclose(_run(A.mda(2), x)[0], ref.mda_ref(x.astype(np.float64), 2),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out, ref.mda_ref(x.astype(np.float64), 2), rtol=1e-5, atol=1e-6)
     # Two leaves of equal diameter (2: A-B) after dropping C or D (the farthest
     # pair): the smaller spread ({A, B, C}) wins for every key. Catches the
     # spread divided by the mask (``/ m``: NaN spreads, the key decides).
     abcd = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, 0.9], [1.0, -1.2]], np.float32)
+    rule = A.mda(1)
+    run = jax.jit(lambda k: rule.aggregate(jnp.asarray(abcd), rule.init(2), k)[0])  # one compile
     for seed in range(6):
-        out = _run(A.mda(1), abcd, key=jax.random.PRNGKey(seed))[0]
-        np.testing.assert_allclose(np.asarray(out), abcd[:3].mean(0), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(run(jax.random.PRNGKey(seed))), abcd[:3].mean(0),
+                                   rtol=1e-6)
     # The size bound is inclusive: 2^f n^2 equal to max_work is allowed.
     jax.eval_shape(A.mda(2, max_work=4 * 10 * 10).aggregate, jnp.zeros((10, 3)), None, KEY)
 
