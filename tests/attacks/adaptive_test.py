@@ -301,6 +301,24 @@ def test_the_rules_state_weights_and_parameters_reach_the_search():
     assert float(bare["scale"]) == float(info["scale"])
 
 
+def test_a_randomised_rule_is_simulated_with_the_attacks_key():
+    """The rule the attack simulates draws from the attack's key (CRFL's
+    noise): other keys, other objectives; no key is key 0. Catches the key
+    ignored when given (``key is not None``: always key 0) or another default
+    (``PRNGKey(1)``)."""
+    x, mal = _problem(0)
+    u, m = jnp.asarray(x, jnp.float32), jnp.asarray(mal)
+    d = x.shape[1]
+    crfl = aggregators.crfl(clip=1.0, sigma=0.5)
+    ctx = AttackContext(aggregator=crfl, agg_state=crfl.init(d), params=jnp.zeros(d))
+    craft = attacks.optimal_ipm(evals=4).craft
+    run = jax.jit(lambda k: craft(u, m, k, ctx)[1]["objective"])
+    objectives = {float(run(jax.random.PRNGKey(s))) for s in range(3)}
+    assert len(objectives) == 3
+    none = jax.jit(lambda: craft(u, m, None, ctx)[1]["objective"])()
+    assert float(none) == float(run(jax.random.PRNGKey(0)))
+
+
 @pytest.fixture(scope="module")
 def byzfl_attacks():
     import importlib.util
