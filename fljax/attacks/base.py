@@ -80,18 +80,6 @@ class UpdateAttack(NamedTuple):
         return self.craft(updates, malicious, key, context)[0]
 
 
-def from_rows(fn: Callable[[Updates, ClientMask, PRNGKey, Optional[AttackContext]], Updates]
-              ) -> UpdateAttack:
-    """Wraps ``fn(updates, malicious, key, context) -> crafted float[n, d]`` (no
-    info) as an :class:`UpdateAttack` that keeps the benign rows exactly."""
-
-    def craft(updates, malicious, key, context=None):
-        crafted = fn(updates, malicious, key, context)
-        return jnp.where(malicious[:, None], crafted.astype(updates.dtype), updates), {}
-
-    return UpdateAttack(craft)
-
-
 def check_knowledge(attack: str, knowledge: str) -> None:
     if knowledge not in KNOWLEDGE:
         raise ValueError(f"{attack}: knowledge={knowledge!r} must be one of {KNOWLEDGE}")

@@ -83,3 +83,12 @@ def test_label_flip():
         attacks.label_flip(10, source=0, target=10)
     with pytest.raises(ValueError, match=r"label_flip: source = -1 is not a class"):
         attacks.label_flip(10, source=-1, target=3)
+
+
+def test_an_empty_attack_context_has_no_field():
+    """Every field of ``AttackContext`` is optional and absent by default:
+    attacks test ``is None`` to fall back (the default rule, ``server_lr``
+    1). Catches a default that is not None (``""``)."""
+    from fljax.attacks.base import AttackContext
+
+    assert all(v is None for v in AttackContext())
