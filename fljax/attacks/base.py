@@ -31,7 +31,6 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
-import jax.numpy as jnp
 
 from fljax.types import ClientMask, Info, PRNGKey, Updates
 
