@@ -243,6 +243,18 @@ def test_partial_population_is_the_known_rows_in_turn():
     assert _search.population(x, mal, mal, "full") is x
 
 
+def test_a_round_without_attackers_reports_zeros():
+    """No malicious row: the rows come back, and the info is a fallback with
+    scale and objective 0 (not NaN or 1: the metrics average them per round)
+    and no evaluation. Catches ``1.0`` for either zero."""
+    x, _ = _problem(0)
+    for name in ("optimal_ipm", "optimal_alie"):
+        out, info = _craft(name, x, np.zeros(len(x), bool), "mean")
+        np.testing.assert_array_equal(out, x.astype(np.float32))
+        assert {k: float(v) for k, v in info.items()} == {
+            "scale": 0.0, "objective": 0.0, "evaluations": 0.0, "fallback": 1.0}
+
+
 def test_without_context_the_search_is_against_the_mean():
     """Catches another default rule: against the mean the distance grows with
     the scale, so the search ends at its last expansion candidate."""
