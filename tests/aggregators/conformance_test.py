@@ -234,3 +234,16 @@ def test_every_rule_is_in_the_table():
     covered = set(BY_NAME) | {c.name for c in table_model.TABLE}
     missing = [name for name in aggregators.RULES if name not in covered]
     assert not missing, f"rules without a conformance entry: {missing}"
+
+
+def test_the_protocols_optional_fields_are_absent_by_default():
+    """A rule built with ``init`` and ``aggregate`` only has no streaming form,
+    no column split, no memory declaration and no leave-one-out form, and an
+    empty ``AggregationContext`` has no field: the simulator and the wrappers
+    test ``is None`` (and ``columns``) to choose a path. Catches a default
+    that is not None (``""``) or ``columns=True``."""
+    from fljax.aggregators.base import AggregationContext, Aggregator
+
+    rule = Aggregator(lambda d: None, lambda u, s, k, c=None: (u[0], s, {}))
+    assert (rule.stream, rule.columns, rule.memory, rule.leave_one_out) == (None, False, None, None)
+    assert all(v is None for v in AggregationContext())
