@@ -170,7 +170,9 @@ TESTS = {
         _AGG + "kernel_choice_test.py", "tests/kernels/order_stats_test.py"],
     "fljax/aggregators/base.py": [
         _AGG + "conformance_test.py", _AGG + "model_table_test.py", _AGG + "stats_test.py",
-        "-k", "on_pytree or all_rows or nonfinite or impossible or every_rule"],
+        "tests/sharded_test.py", "-k",
+        "on_pytree or all_rows or nonfinite or impossible or every_rule or optional_fields "
+        "or one_client or sharded_rounds"],
     **{f"fljax/aggregators/{rule}.py": [
         _AGG + "rejection_test.py", _AGG + "model_rules_test.py", _AGG + "model_table_test.py",
         "tests/simulate_test.py::test_err_scores_the_models_the_server_really_makes", "-k",

@@ -247,3 +247,14 @@ def test_the_protocols_optional_fields_are_absent_by_default():
     rule = Aggregator(lambda d: None, lambda u, s, k, c=None: (u[0], s, {}))
     assert (rule.stream, rule.columns, rule.memory, rule.leave_one_out) == (None, False, None, None)
     assert all(v is None for v in AggregationContext())
+
+
+def test_on_pytree_of_one_client():
+    """One stacked client (a round that samples one): the adapter returns its
+    tree. Catches the template taken from client 1 (``x[1]``), which only a
+    round of one client cannot give."""
+    tree = {"w": jnp.arange(6.0).reshape(1, 2, 3), "b": jnp.array([[7.0]])}
+    rule = on_pytree(aggregators.mean(weighted=False))
+    out, _, _ = rule.aggregate(tree, rule.init({"w": tree["w"][0], "b": tree["b"][0]}),
+                               jax.random.PRNGKey(0))
+    chex.assert_trees_all_equal(out, {"w": tree["w"][0], "b": tree["b"][0]})
