@@ -251,8 +251,8 @@ def test_the_protocols_optional_fields_are_absent_by_default():
 
 def test_on_pytree_of_one_client():
     """One stacked client (a round that samples one): the adapter returns its
-    tree. Catches the template taken from client 1 (``x[1]``), which only a
-    round of one client cannot give."""
+    tree. (The template taken from client 1, ``x[1]``, is not a bug JAX lets
+    through here: it clamps the index of a length-1 axis to 0.)"""
     tree = {"w": jnp.arange(6.0).reshape(1, 2, 3), "b": jnp.array([[7.0]])}
     rule = on_pytree(aggregators.mean(weighted=False))
     out, _, _ = rule.aggregate(tree, rule.init({"w": tree["w"][0], "b": tree["b"][0]}),
