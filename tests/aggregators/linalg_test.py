@@ -132,3 +132,23 @@ def test_top_eigen_matches_eigh_on_a_batch_of_slightly_asymmetric_matrices():
                                atol=1e-5)
     lam0, v0 = top_eigen(jnp.zeros((4, 4)))
     assert float(lam0) == 0.0 and np.asarray(v0).tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_cosine_distance_against_numpy_with_a_zero_row_and_a_common_part():
+    """``1 - cos`` against float64 NumPy for rows sharing a large common part
+    (models near the global model), opposite rows (distance 2) and a zero row
+    (distance 1 from every other row, 0 to itself). Catches the distances
+    scaled (``1.5 * d2``) or a zero row taken for a nonzero one (``unit != 1``)."""
+    rng = np.random.default_rng(0)
+    common = rng.normal(size=16)
+    x = np.stack([common + 0.3 * rng.normal(size=16) for _ in range(4)]
+                 + [rng.normal(size=16), -np.ones(16), np.ones(16), np.zeros(16)])
+    unit, _ = _linalg.unit_rows(jnp.asarray(x, jnp.float32))
+    got = np.asarray(_linalg.cosine_distance(unit), np.float64)
+    norms = np.linalg.norm(x, axis=1)
+    safe = np.where(norms > 0, norms, 1.0)
+    want = 1.0 - (x / safe[:, None]) @ (x / safe[:, None]).T
+    want[-1, :] = want[:, -1] = 1.0
+    np.fill_diagonal(want, 0.0)
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    assert got[5, 6] == pytest.approx(2.0, abs=1e-6)
