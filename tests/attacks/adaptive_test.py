@@ -12,6 +12,7 @@ values) cover these attacks too.
 
 import functools
 import inspect
+import re
 
 import jax
 import jax.numpy as jnp
@@ -410,6 +411,44 @@ def test_mimic_direction_picks_the_extreme_along_the_spread():
     _, info = jax.jit(attacks.mimic("direction").craft)(jnp.asarray(x, jnp.float32),
                                                         jnp.asarray(mal), KEY)
     assert int(info["target"]) in (3 + np.argmax(a[3:]), 3 + np.argmin(a[3:]))
+
+
+def test_mimic_defaults_checks_and_a_pool_of_one():
+    """The defaults (the first honest row by index, one power step, full
+    knowledge); bools are not counts and bad values name the attack; with
+    one honest finite row every rank is that row. Catches changed defaults
+    (``epsilon=1``, ``iters=2``), ``and`` for ``or`` in the checks, the name
+    left out of a message, a pool of one counted as two (``maximum(m, 2)``:
+    no row has rank 1, and row 0 is copied)."""
+    params = inspect.signature(attacks.mimic).parameters
+    assert {k: p.default for k, p in params.items()} == {
+        "target": "index", "epsilon": 0, "iters": 1, "knowledge": "full"}
+    for kwargs, match in (({"epsilon": True}, "epsilon=True must be an integer >= 0"),
+                          ({"iters": True}, "iters=True must be an integer >= 1"),
+                          ({"knowledge": "some"}, "knowledge='some' must be one of")):
+        with pytest.raises(ValueError, match="^mimic: " + re.escape(match)):
+            attacks.mimic(**kwargs)
+    x, _ = _problem(0, n=6)
+    x[1:4] = np.nan  # one finite honest row (4); rows 0 and 5 malicious
+    mal = np.array([True, False, False, False, False, True])
+    out, info = jax.jit(lambda u: attacks.mimic(epsilon=1).craft(u, jnp.asarray(mal), KEY))(
+        jnp.asarray(x, jnp.float32))
+    assert int(info["target"]) == 4
+    np.testing.assert_array_equal(np.asarray(out)[[0, 5]], np.asarray(x, np.float32)[[4, 4]])
+
+
+def test_partial_searches_need_one_known_row_for_ipm_and_two_for_alie():
+    """As the plain attacks: optimal IPM learns from one known row, optimal
+    ALIE needs two (a spread). Catches the thresholds raised (1 -> 2, 2 -> 3),
+    which turn these attackers honest."""
+    x, _ = _problem(0)
+    one = np.zeros(len(x), bool)
+    one[3] = True
+    assert not _craft("optimal_ipm", x, one, "mean", "partial")[1]["fallback"]
+    assert _craft("optimal_alie", x, one, "mean", "partial")[1]["fallback"]
+    two = one.copy()
+    two[5] = True
+    assert not _craft("optimal_alie", x, two, "mean", "partial")[1]["fallback"]
 
 
 def test_inf_rows_and_every_robust_rule_screens_them():
