@@ -92,3 +92,20 @@ def test_an_empty_attack_context_has_no_field():
     from fljax.attacks.base import AttackContext
 
     assert all(v is None for v in AttackContext())
+
+
+def test_the_attacker_protocols_optional_fields_are_absent_by_default():
+    """An ``Attacker()`` does nothing (no hook, stateless init, one group) and
+    is what combining no attacker gives; a ``RoundView`` built before
+    training has no new parameters, aggregate or examples. The round tests
+    ``is None`` to skip a hook, and the config check needs one malicious
+    client per group. Catches a default that is not None (``""``), two
+    groups by default, ``NONE = None``."""
+    from fljax.attacks import attacker as atk
+
+    empty = atk.Attacker()
+    assert empty.init(None) == () and empty.groups == 1
+    assert all(getattr(empty, f) is None for f in atk.Attacker._fields if f not in ("init", "groups"))
+    assert atk.combine() == empty
+    view = atk.RoundView(jnp.int32(0), None, jnp.arange(2), jnp.zeros(2, bool))
+    assert (view.new_params, view.aggregate, view.examples) == (None, None, None)
