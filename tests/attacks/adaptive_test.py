@@ -413,6 +413,29 @@ def test_mimic_direction_picks_the_extreme_along_the_spread():
     assert int(info["target"]) in (3 + np.argmax(a[3:]), 3 + np.argmin(a[3:]))
 
 
+@pytest.mark.parametrize("iters", [1, 3])
+def test_mimic_direction_centres_rows_far_from_the_origin(iters):
+    """Rows with a large common part (models near the global model) spread
+    along two directions: the power steps run on the centred rows, as the
+    reference's. (Each step centres twice, in ``w`` and in ``z``; either alone
+    suffices, so a mutant of one of them is equivalent.) A round with no
+    finite honest row falls back with target -1. Catches another fallback
+    target (``+1``, ``-2``)."""
+    rng = np.random.default_rng(4)
+    c, v, w = rng.normal(size=(3, 40))
+    a, b = rng.uniform(-3, 3, 14), rng.uniform(-1, 1, 14)
+    x = 20 * c + a[:, None] * v + b[:, None] * w + 0.01 * rng.normal(size=(14, 40))
+    mal = np.zeros(14, bool)
+    mal[[0, 5, 9]] = True
+    z0 = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (40,), jnp.float32))
+    craft = jax.jit(attacks.mimic("direction", iters=iters).craft)
+    _, info = craft(jnp.asarray(x, jnp.float32), jnp.asarray(mal), KEY)
+    assert int(info["target"]) == ref.mimic_ref(x, mal, "direction", 0, iters, z0)
+    x[~mal] = np.nan
+    out, info = craft(jnp.asarray(x, jnp.float32), jnp.asarray(mal), KEY)
+    assert int(info["target"]) == -1 and bool(info["fallback"])
+
+
 def test_mimic_defaults_checks_and_a_pool_of_one():
     """The defaults (the first honest row by index, one power step, full
     knowledge); bools are not counts and bad values name the attack; with
