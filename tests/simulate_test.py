@@ -270,10 +270,13 @@ def test_new_hyperparameters_and_masks_do_not_retrace():
 
 
 def test_schedule():
-    """Catches: an off-by-one in the window, ``every`` not anchored at ``start``."""
+    """Catches: an off-by-one in the window, ``every`` not anchored at ``start``,
+    ``stop = 0`` read as no end (``stop <= 0``, ``stop < 1``: only negative
+    means none)."""
     key = jax.random.PRNGKey(0)
     act = lambda s: [bool(s.active(r, key)) for r in range(8)]  # noqa: E731
     assert act(Schedule()) == [True] * 8
+    assert act(Schedule(start=0, stop=0)) == [False] * 8
     assert act(Schedule(start=2, stop=5)) == [False, False, True, True, True, False, False, False]
     assert act(Schedule(start=1, every=3)) == [False, True, False, False, True, False, False, True]
     assert act(Schedule(start=3, stop=4)) == [False] * 3 + [True] + [False] * 4

@@ -109,3 +109,45 @@ def test_the_attacker_protocols_optional_fields_are_absent_by_default():
     assert atk.combine() == empty
     view = atk.RoundView(jnp.int32(0), None, jnp.arange(2), jnp.zeros(2, bool))
     assert (view.new_params, view.aggregate, view.examples) == (None, None, None)
+
+
+def test_combine_keys_hooks_crafts_and_metrics_of_its_parts():
+    """``combine`` by its docstring, on parts that record what they get: each
+    part's ``begin_round`` its own key (``split(key, 2)``) and state; the one
+    loss hook gets its part's state (two losses fail); a part without
+    training hooks leaves none; crafts chain with a context built when none is
+    given; metrics merge. Catches the keys dropped (``keys = None``), the
+    loss hook picked wrongly (``is None``, ``> 2``, ``>= 1``, ``fns[1]``),
+    ``train = ""``, a context not built (``is None``), metrics not merged."""
+    from fljax.attacks import attacker as atk
+    from fljax.attacks.base import AttackContext
+
+    def part(tag, **hooks):
+        return atk.Attacker(init=lambda spec: tag, **hooks)
+
+    a = part("a", begin_round=lambda s, v, k: (s, k),
+             train=atk.LocalTraining(loss=lambda p, lg, y, m, v: (v.state, p)),
+             craft=lambda u, m, k, c: (u + 1.0, {"a": c.state}),
+             metrics=lambda p, s, t, f: {"ma": s})
+    b = part("b", craft=lambda u, m, k, c: (u * 2.0, {"b": c.state}),
+             metrics=lambda p, s, t, f: {"mb": s})
+    both = atk.combine(a, b)
+    state = both.init(atk.AttackerInit(None, 1, 1, (1,), 2, jax.random.PRNGKey(0)))
+    assert state == ("a", "b")
+    key = jax.random.PRNGKey(7)
+    began = both.begin_round(state, None, key)
+    assert began[0][0] == "a" and began[1] == "b"
+    np.testing.assert_array_equal(began[0][1], jax.random.split(key, 2)[0])
+    view = atk.ClientView(jnp.int32(0), jnp.asarray(True), jnp.int32(0), None, state)
+    assert both.train.loss("params", None, None, None, view) == ("a", "params")
+    assert both.train.grads is None and both.train.project is None
+    out, info = both.craft(jnp.zeros((2, 1)), jnp.ones(2, bool), key, None)
+    np.testing.assert_array_equal(out, 2.0)  # (0 + 1) * 2: the crafts chain in order
+    assert info == {"a": None, "b": None}
+    _, info = both.craft(jnp.zeros((2, 1)), jnp.ones(2, bool), key, AttackContext(state=state))
+    assert info == {"a": "a", "b": "b"}
+    assert both.metrics(None, state, None, None) == {"ma": "a", "mb": "b"}
+    assert atk.combine(b, b).train is None
+    two = atk.combine(a, a)
+    with pytest.raises(ValueError, match="two attack parts both replace the local loss"):
+        two.train.loss(None, None, None, None, view._replace(state=("a", "a")))
