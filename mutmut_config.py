@@ -152,8 +152,9 @@ TESTS = {
     # The shared rule helpers: their own tests, then the rules that reach each part.
     "fljax/aggregators/_ops.py": [
         _AGG + "linalg_test.py", _AGG + "stats_test.py", _AGG + "conformance_test.py", *_R2,
+        "tests/sharded_test.py",
         "-k", "linalg_test or krum or bulyan or impossible or all_rows or tie or nnm or mda "
-              "or smea or bucketing"],
+              "or smea or bucketing or sharded_rounds"],
     # The order statistics (the sorting network, the float keys, the bisection).
     "fljax/aggregators/_ops.py:277-364": [
         "tests/kernels/order_stats_test.py", _AGG + "stats_test.py", _AGG + "conformance_test.py",
