@@ -3,3 +3,24 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# The heaviest files first (per-file CPU from ``pytest --durations``, 2026-12-01). With
+# ``--dist loadfile`` each worker takes whole files in collection order, so a heavy file
+# collected last (``simulate_test.py`` comes late alphabetically) keeps one worker busy
+# alone at the end while the other idles. Within a file the order is unchanged.
+_HEAVY_FIRST = (
+    "tests/simulate_test.py",
+    "tests/aggregators/round2_edges_test.py",
+    "tests/attacks/backdoor_test.py",
+    "tests/sweep_test.py",
+    "tests/aggregators/leave_one_out_test.py",
+    "tests/attacks/m2m_test.py",
+    "tests/scale_test.py",
+    "tests/attacks/adaptive_test.py",
+    "tests/sharded_test.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(_HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
