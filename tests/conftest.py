@@ -1,8 +1,13 @@
 """Test configuration: CPU only, small shapes, nothing downloads."""
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for both xdist workers (and later runs): a program
+# that takes over a second to compile is compiled once. The mutation runner sets its own.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"fljax-tests-jax-cache-{os.getuid()}"))
 
 # The heaviest files first (per-file CPU from ``pytest --durations``, 2026-12-01). With
 # ``--dist loadfile`` each worker takes whole files in collection order, so a heavy file
