@@ -206,10 +206,8 @@ TESTS = {
         "tests/attacks/adaptive_test.py", "tests/attacks/poisoning_test.py", "-k", sel]
        for name, sel in (
            ("_search", "(adaptive_test and not mimic and not inf_rows) or optimal or bad_values"),
-           ("optimal_ipm", "optimal_ipm or waves or expansion or lookahead or context "
-                           "or reach_the_search or bad_values"),
-           ("optimal_alie", "optimal_alie or waves or expansion or lookahead or context "
-                            "or reach_the_search or bad_values"),
+           *((name, f"{name} or waves or expansion or lookahead or context "
+                    "or reach_the_search or bad_values") for name in ("optimal_ipm", "optimal_alie")),
            ("mimic", "mimic or bad_values"),
            ("inf", "inf or bad_values"))},
     "fljax/attacks/scaling.py": [

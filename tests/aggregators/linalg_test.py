@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fljax.aggregators import _linalg, _ops
+from fljax.aggregators import _linalg, _ops, _spectral
 
 
 def _norms64(x, centre=None):
@@ -118,19 +118,17 @@ def test_top_eigen_matches_eigh_on_a_batch_of_slightly_asymmetric_matrices():
 
     Catches: the symmetrisation dropped or made a no-op (``swapaxes(m, -2, -2)``,
     or ``swapaxes(m, 1, -2)``, a no-op on a batch)."""
-    from fljax.aggregators._spectral import top_eigen
-
     rng = np.random.default_rng(0)
     a = rng.normal(size=(3, 6, 4))
     m = np.einsum("bik,bjk->bij", a, a) + np.diag([3.0, 0, 0, 0, 0, 0])
     skew = 0.2 * rng.normal(size=m.shape)
     given = m + (skew - np.swapaxes(skew, 1, 2))  # symmetric part m
-    lam, v = top_eigen(jnp.asarray(given, jnp.float32))
+    lam, v = _spectral.top_eigen(jnp.asarray(given, jnp.float32))
     w, u = np.linalg.eigh(m)
     np.testing.assert_allclose(np.asarray(lam), w[:, -1], rtol=1e-5)
     np.testing.assert_allclose(np.abs(np.einsum("bk,bk->b", np.asarray(v), u[:, :, -1])), 1.0,
                                atol=1e-5)
-    lam0, v0 = top_eigen(jnp.zeros((4, 4)))
+    lam0, v0 = _spectral.top_eigen(jnp.zeros((4, 4)))
     assert float(lam0) == 0.0 and np.asarray(v0).tolist() == [1.0, 0.0, 0.0, 0.0]
 
 

@@ -5,6 +5,7 @@ call the attack's functions directly; the simulator tests run real rounds
 on digits (8x8 images, 40 clients, 4 per round).
 """
 
+import inspect
 import re
 
 import jax
@@ -18,6 +19,7 @@ from fljax.attacks import backdoor as bd
 from fljax.attacks.attacker import AttackerInit, ClientView, RoundView
 from fljax.attacks.attacker import TestSet as Batches
 from fljax.attacks.base import AttackContext
+from fljax.attacks.neurotoxin import top_fraction_mask
 from fljax.attacks.pgd import project_to_ball
 from fljax.client import make_client_update
 from tests.simulate_test import assert_trees_close, run_rounds, small_cfg
@@ -217,14 +219,10 @@ def test_dba_bars_follow_the_layout(num_parts, size, gap, location, shape):
         px, _, _ = atk.poison(x, jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), bool), None,
                               view(cid))
         np.testing.assert_array_equal(np.asarray(px)[0, 0] == 1.0, want[cid % num_parts])
-    names = set(atk.metrics(None, (), _dba_test_set(shape), lambda p, x: jnp.zeros(x.shape[:2],
-                                                                              jnp.int32)))
+    names = set(atk.metrics(None, (), _test_set([0, 0], shape),
+                            lambda p, x: jnp.zeros(x.shape[:2], jnp.int32)))
     assert names == {"backdoor_accuracy"} | (
         {f"backdoor_accuracy_{k}" for k in range(num_parts)} if num_parts > 1 else set())
-
-
-def _dba_test_set(shape):
-    return Batches(jnp.zeros((1, 2) + shape), jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), bool))
 
 
 def test_dba_defaults_and_checks():
@@ -324,9 +322,9 @@ def test_dba_pieces_partition_the_global_trigger():
 # Backdoor accuracy
 
 
-def _test_set(y):
+def _test_set(y, shape=SHAPE):
     y = np.asarray(y, np.int32).reshape(2, -1)
-    x = np.zeros(y.shape + SHAPE, np.float32)
+    x = np.zeros(y.shape + tuple(shape), np.float32)
     return Batches(jnp.asarray(x), jnp.asarray(y), jnp.ones(y.shape, bool))
 
 
@@ -559,8 +557,6 @@ def test_subset_selection_edges_defaults_and_messages():
     for ``or`` (an empty subset accepted), ``num_examples >= 3``, ``and`` in the
     integer check, the attack's name, a field or the clients left out of a
     message."""
-    import inspect
-
     for select, make, names in ((attacks.select_targeted_task, attacks.targeted_task,
                                  ("source", "writers")),
                                 (attacks.select_edge_case, attacks.edge_case,
@@ -618,8 +614,6 @@ def test_subset_attacks_poison_measure_and_default_as_documented():
     the metric's test set or name lost, a changed default (target 2, writers
     1, source 8, num_examples 41, poison_fraction 1.3), the target dropped
     (``t = None``), the attack's name or a field left out of a message."""
-    import inspect
-
     for make, extra in ((attacks.targeted_task, {"writers": 0}),
                         (attacks.edge_case, {"num_examples": 40})):
         params = inspect.signature(make).parameters
@@ -752,8 +746,6 @@ def test_top_fraction_mask_is_exact_on_neighbouring_floats():
     early (31 passes), ``bits > mid`` in the count, ``k`` clipped to at least 1,
     zeros or the subnormal masked or not (``bits >= 0``, ``bits > 1``),
     ``k >= 0`` or ``k > 1`` in the final mask."""
-    from fljax.attacks.neurotoxin import top_fraction_mask
-
     rng = np.random.default_rng(0)
     steps = (np.float32(1.0).view(np.int32) + np.arange(1000, dtype=np.int32)).view(np.float32)
     mags = np.concatenate([steps, np.zeros(100, np.float32), [np.float32(1e-45)]])

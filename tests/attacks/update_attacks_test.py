@@ -85,23 +85,16 @@ def test_label_flip():
         attacks.label_flip(10, source=-1, target=3)
 
 
-def test_an_empty_attack_context_has_no_field():
-    """Every field of ``AttackContext`` is optional and absent by default:
-    attacks test ``is None`` to fall back (the default rule, ``server_lr``
-    1). Catches a default that is not None (``""``)."""
-    from fljax.attacks.base import AttackContext
-
-    assert all(v is None for v in AttackContext())
-
-
 def test_the_attacker_protocols_optional_fields_are_absent_by_default():
     """An ``Attacker()`` does nothing (no hook, stateless init, one group) and
     is what combining no attacker gives; a ``RoundView`` built before
-    training has no new parameters, aggregate or examples. The round tests
-    ``is None`` to skip a hook, and the config check needs one malicious
-    client per group. Catches a default that is not None (``""``), two
-    groups by default, ``NONE = None``."""
+    training has no new parameters, aggregate or examples; an empty
+    ``AttackContext`` has no field. The round tests ``is None`` to skip a
+    hook, attacks to fall back (the default rule, ``server_lr`` 1), and the
+    config check needs one malicious client per group. Catches a default
+    that is not None (``""``), two groups by default, ``NONE = None``."""
     from fljax.attacks import attacker as atk
+    from fljax.attacks.base import AttackContext
 
     empty = atk.Attacker()
     assert empty.init(None) == () and empty.groups == 1
@@ -109,6 +102,7 @@ def test_the_attacker_protocols_optional_fields_are_absent_by_default():
     assert atk.combine() == empty
     view = atk.RoundView(jnp.int32(0), None, jnp.arange(2), jnp.zeros(2, bool))
     assert (view.new_params, view.aggregate, view.examples) == (None, None, None)
+    assert all(v is None for v in AttackContext())
 
 
 def test_combine_keys_hooks_crafts_and_metrics_of_its_parts():
