@@ -210,6 +210,8 @@ def trigger_search(model, *, outer_steps: int = 50, trigger_lr: float = 0.001,
                 "similarity": _cosine(logits, clean)}
 
     def objective(params, head, x, y, valid, t, m, target):
+        """The search's loss ``L(t)`` on ``x`` (one trigger batch in the search):
+        its total and its three terms, over the valid examples not of ``target``."""
         w = valid & (y != target)
         parts = {k: _masked_mean(v, w) for k, v in terms(params, head, x, t, m, target).items()}
         return sum(parts.values()), parts
@@ -217,11 +219,6 @@ def trigger_search(model, *, outer_steps: int = 50, trigger_lr: float = 0.001,
     def search(params, x, y, valid, t, m, target, key):
         keep = select(params, x, y, valid, target)
         m = m.astype(bool)
-
-        def batch_loss(tt, head, xb, yb, okb):
-            w = okb & (yb != target)
-            per = terms(params, head, xb, tt, m, target)
-            return _masked_mean(per["discriminator"] + per["target"] + per["similarity"], w)
 
         def outer(t, k):
             k_head, k_batch = jax.random.split(k)
@@ -232,7 +229,7 @@ def trigger_search(model, *, outer_steps: int = 50, trigger_lr: float = 0.001,
                 bi, bo = batch
                 xb, yb = x[bi], y[bi]
                 acts = jnp.any(bo & (yb == target)) & jnp.any(bo & (yb != target))
-                g = jax.grad(batch_loss)(t, head, xb, yb, bo)
+                g = jax.grad(lambda tt: objective(params, head, xb, yb, bo, tt, m, target)[0])(t)
                 new = jnp.clip(t - trigger_lr * jnp.sign(g) * m, low, high)
                 return jnp.where(acts, new, t), None
 

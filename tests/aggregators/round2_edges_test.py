@@ -417,9 +417,10 @@ def test_signguard_counts_zero_coordinates_as_their_own_sign(zeros):
     zero share's column maximum is 0.1, so the features must be divided by
     their maxima to count.
 
-    Catches: zeros counted as positive or negative (``>= 0``, ``<= 0``),
-    ``!= 0`` or ``== 1`` as the zero share, features multiplied by their
-    maxima, the info's labels."""
+    Catches: ``!= 0`` or ``== 1`` as the zero share, features multiplied by
+    their maxima, the info's labels. (Zeros also counted as positive or
+    negative pass here: the zero share alone separates these rows; see
+    ``test_signguard_positive_and_negative_shares_leave_zeros_out``.)"""
     rng = np.random.default_rng(26)
     x = rng.standard_normal((10, 200))
     x[:, ::17] = 1.0
@@ -434,6 +435,30 @@ def test_signguard_counts_zero_coordinates_as_their_own_sign(zeros):
     assert not selected[7:].any() and selected[:7].all(), selected
     labels = np.asarray(info["labels"])
     assert len(set(labels[:7])) == 1 and labels[7] != labels[0]
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_signguard_positive_and_negative_shares_leave_zeros_out(sign):
+    """Five rows with 30 % of one sign, 60 % zeros, 10 % of the other, and
+    three with 28 % / 62 % / 10 % (the whole row is the sign block). Scaled
+    by their column maxima the two groups' features differ by 0.067 in the
+    first share and 0.032 in the zero share: farther apart than DBSCAN's eps
+    (0.05), so the three are a cluster of their own and are dropped (the
+    reference's output). ``sign = -1`` mirrors the rows.
+
+    Catches: zeros counted in the positive or the negative share too
+    (``block >= 0``, ``block <= 0``): that share is then 0.9 in both groups,
+    only the zero share's 0.032 remains and DBSCAN joins all eight rows."""
+    rng = np.random.default_rng(31)
+    rows = []
+    for first, zeros in [(30, 60)] * 5 + [(28, 62)] * 3:
+        signs = np.repeat([sign, 0.0, -sign], [first, zeros, 100 - first - zeros])
+        rows.append(rng.permutation(signs) * rng.uniform(0.5, 1.5, 100))
+    x = np.stack(rows)
+    out, _, info = _run(A.signguard(selection_fraction=1.0, clustering="dbscan"), x)
+    want = ref.signguard_ref(x, 0, 100, clustering="dbscan")
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(info["selected"]), [True] * 5 + [False] * 3)
 
 
 def test_signguard_edges():
@@ -484,7 +509,7 @@ def test_mda_smallest_inputs_and_its_diameter():
 
     Catches: the one kept row halved (``maximum(count, 2)``), the pairs
     ``(i, i + 1)`` skipped (``triu(k=2)``), the info's names, the spread's
-    tie-break, ``work < max_work``."""
+    tie-break, ``work < max_work``, infinite distances in the spread."""
     one = np.array([[3.0, -4.0]], np.float32)
     out, _, info = _run(A.mda(0), one)
     np.testing.assert_allclose(np.asarray(out), one[0])
@@ -513,6 +538,18 @@ def test_mda_smallest_inputs_and_its_diameter():
     for seed in range(6):
         np.testing.assert_allclose(np.asarray(run(jax.random.PRNGKey(seed))), abcd[:3].mean(0),
                                    rtol=1e-6)
+    # More non-finite rows (3, 4) than f = 1: every subset holds one, so every
+    # leaf's diameter is infinite and the spread over the finite pairs decides.
+    # Dropping row 0 ({1, 2, 3, 4}: spread 2 * 0.01) beats dropping row 3
+    # ({0, 1, 2, 4}: 2 * (0.25 + 0.16 + 0.01)); the outlying finite row goes.
+    # Catches infinite distances counted as 1 in the spread (``finite_d``'s
+    # fill: 10 + 0.02 against 6 + 0.84, the other leaf).
+    nan2 = np.array([[0.5, 0.0], [0.0, 0.0], [0.1, 0.0], [np.nan, 0.0], [0.0, np.inf]],
+                    np.float32)
+    out, _, info = _run(A.mda(1), nan2)
+    np.testing.assert_allclose(np.asarray(out), [0.05, 0.0], rtol=1e-6)
+    assert np.asarray(info["selected"]).tolist() == [False, True, True, False, False]
+    assert int(info["num_nonfinite"]) == 2
     # The size bound is inclusive: 2^f n^2 equal to max_work is allowed.
     jax.eval_shape(A.mda(2, max_work=4 * 10 * 10).aggregate, jnp.zeros((10, 3)), None, KEY)
 

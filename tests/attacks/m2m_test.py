@@ -354,9 +354,10 @@ def test_one_search_step_and_two_discriminator_steps_by_hand():
     steps of torch's SGD (``d = g + wd p``, ``buf = mom buf + d``, ``p -= lr
     buf``) from the head's initialisation.
 
-    Catches: the step ascending or divided by the sign, a term's sign in the
-    search's loss, the examples it weights, the ``acts`` guard, the weight
-    decay, momentum or learning-rate sign in the head's SGD."""
+    Catches: the step ascending or divided by the sign, the ``acts`` guard,
+    the weight decay, momentum or learning-rate sign in the head's SGD. (The
+    search steps on ``objective`` itself, whose terms and weights
+    ``test_objective_equals_the_numpy_reference`` checks.)"""
     model, params = trained()
     x, y = digits(60, 5)
     valid = jnp.asarray(np.arange(60) < 57)
@@ -496,6 +497,29 @@ def test_objective_matches_a_numpy_reference_and_search_lowers_it():
     prob = lambda tt: np.asarray(jax.nn.softmax(model.apply(  # noqa: E731
         params, search.stamp(x, tt, mask))))[nt, target].mean()
     assert prob(t) > prob(t0)
+
+
+def test_only_attackers_with_an_acting_client_search():
+    """Six sampled clients of three attackers (client ``c`` is attacker ``c %
+    3``); attacker 1's two clients do not act this round: attackers 0 and 2
+    search once (``searches``), attacker 1 keeps its trigger. One short
+    search (one outer step, one discriminator epoch); the slow
+    ``test_attackers_search_at_once_as_each_would_alone`` checks the values.
+
+    Catches: an attacker's rows taken as every acting row (``malicious |
+    (group == g)``) or as the other attackers' (``group != g``)."""
+    model, params = trained()
+    tiny = dict(SMALL, outer_steps=1, discriminator_epochs=1)
+    atk = attacks.m2m(10, SHAPE, model=model, num_attackers=3, targets=[1, 7, 4], size=2,
+                      location=CORNERS[:3], trigger_lr=0.05, **tiny)
+    state = atk.init(AttackerInit(params, 0, 8, SHAPE, 10, jax.random.PRNGKey(0)))
+    ids = jnp.asarray([5, 0, 3, 2, 4, 1], jnp.int32)  # attackers 2, 0, 0, 2, 1, 1
+    acting = [True, False, True, True, False, False]
+    new = begin(atk, state, round_view(params, client_data(k=6), acting, ids),
+                jax.random.PRNGKey(9))
+    np.testing.assert_array_equal(np.asarray(new.searches), [1, 0, 1])
+    np.testing.assert_array_equal(np.asarray(new.trigger[1]), np.asarray(state.trigger[1]))
+    assert np.any(np.asarray(new.trigger[0]) != np.asarray(state.trigger[0]))
 
 
 @pytest.mark.slow

@@ -249,13 +249,16 @@ def test_fang_krum_edge_cases_match_the_loop():
     the crafted rows, each other's nearest neighbours, win at once); a
     coordinate no client moves (``s_j = 0``: the crafted rows keep 0 there);
     two partial attackers with the same honest update (crafted and known rows
-    tie at every lambda: a tie is no win, so they give up).
+    tie at every lambda: a tie is no win, so they give up); one attacker
+    among 15 rows centred on 0 (the crafted row is among the deciding honest
+    row's ``k`` nearest: one copy, ``t = 1``, in its score).
 
     Catches: the cap ``n - f - 2`` changed (``n + f - 2``, ``n - f + 2``,
     ``n - f - 3``); ``lambda^2 / |s|^2`` in ``e_i``; ``max(k - c + 1, 2)``; the bound's neighbour count
     clipped at 1 (lambda_max infinite: fallback); full knowledge needing two
     honest rows; ``-lambda / s`` (-inf where ``s_j = 0``); ties counted as
-    wins (``crafted_score <= best_bench``).
+    wins (``crafted_score <= best_bench``); a single crafted copy left out of
+    an honest row's score (``where(t > 1, ...)``: 5 halvings instead of 4).
     """
     x, mal = _problem(0, c=8)
     assert _check_fang_krum(x, mal, "partial") == 4
@@ -272,6 +275,8 @@ def test_fang_krum_edge_cases_match_the_loop():
     rows = np.flatnonzero(mal)
     x[rows[1]] = x[rows[0]]
     assert _check_fang_krum(x, mal, "partial") == -1
+    x, mal = _problem(0, n=15, d=12, c=1, loc=0.0)
+    assert _check_fang_krum(x, mal, "full") == 4
 
 
 def test_fang_krum_python_values_and_defaults():
