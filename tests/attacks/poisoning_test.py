@@ -254,8 +254,8 @@ def test_fang_krum_edge_cases_match_the_loop():
     row's ``k`` nearest: one copy, ``t = 1``, in its score).
 
     Catches: the cap ``n - f - 2`` changed (``n + f - 2``, ``n - f + 2``,
-    ``n - f - 3``); ``lambda^2 / |s|^2`` in ``e_i``; ``max(k - c + 1, 2)``; the bound's neighbour count
-    clipped at 1 (lambda_max infinite: fallback); full knowledge needing two
+    ``n - f - 3``); ``lambda^2 / |s|^2`` in ``e_i``; ``max(k - c + 1, 2)``;
+    the bound's neighbour count clipped at 1 (lambda_max infinite: fallback); full knowledge needing two
     honest rows; ``-lambda / s`` (-inf where ``s_j = 0``); ties counted as
     wins (``crafted_score <= best_bench``); a single crafted copy left out of
     an honest row's score (``where(t > 1, ...)``: 5 halvings instead of 4).
