@@ -155,10 +155,25 @@ TESTS = {
         "tests/sharded_test.py",
         "-k", "linalg_test or krum or bulyan or impossible or all_rows or tie or nnm or mda "
               "or smea or bucketing or sharded_rounds"],
+    # The blocked Gram matrix (pairwise distances: Krum, Bulyan, the attacks' Gram).
+    "fljax/aggregators/_ops.py:122-163": [
+        _AGG + "stats_test.py", _AGG + "linalg_test.py", "-k",
+        "gram or pairwise_sq or krum or bulyan"],
+    # The zeroing copy of invalid rows and the random tie-break.
+    "fljax/aggregators/_ops.py:165-197": [
+        _AGG + "stats_test.py", _AGG + "rejection_test.py", *_R2, "-k",
+        "krum or tie or nnm or bucketing or smea or monna or dnc or multi_metrics "
+        "or rejection_test"],
+    # The column tiles (the order statistics' and the client-axis sums').
+    "fljax/aggregators/_ops.py:198-276": [
+        _AGG + "stats_test.py", _AGG + "linalg_test.py", _AGG + "conformance_test.py", *_R2,
+        "tests/sharded_test.py", "-k",
+        "median or trimmed or bulyan or invariant or meamed or robust_lr or mean "
+        "or order_statistic or linalg_test or sharded_rounds"],
     # The order statistics (the sorting network, the float keys, the bisection).
     "fljax/aggregators/_ops.py:277-364": [
         "tests/kernels/order_stats_test.py", _AGG + "stats_test.py", _AGG + "conformance_test.py",
-        "-k", "order_stats_test or median or trimmed or bulyan or all_rows"],
+        "-k", "bitonic or order_stats_test or median or trimmed or bulyan or all_rows"],
     # (the 8-fake-device subprocess: row_norms' psum / pmax over a column split)
     "fljax/aggregators/_linalg.py": [
         _AGG + "linalg_test.py", _AGG + "stats_test.py", _AGG + "conformance_test.py",

@@ -150,24 +150,3 @@ def test_cosine_distance_against_numpy_with_a_zero_row_and_a_common_part():
     np.fill_diagonal(want, 0.0)
     np.testing.assert_allclose(got, want, atol=2e-6)
     assert got[5, 6] == pytest.approx(2.0, abs=1e-6)
-
-
-@pytest.mark.parametrize("columns,rows", [(3, 2), (4, 3), (64, 100)])
-def test_centred_gram_blocked_with_small_blocks_equals_numpy(columns, rows):
-    """The blocked Gram matrix with blocks small enough that the row blocks
-    (the upper triangle mirrored), the column scan and its remainder tile all
-    run at 7 x 11, against float64 NumPy; invalid rows are zero. At the
-    default sizes (8,000 columns, 100 rows) the tests' shapes take one block,
-    so these paths ran in no other default test. Catches the blocks' rows
-    concatenated along the columns (``axis=1``), the remainder tile
-    subtracted, invalid rows centred to 1. (Found 2026-12-01 by a partial run
-    of ``_ops.py``'s lines 141-364; two row-bound mutants, ``i * n * r`` and
-    ``bounds[i - 1]``, still pass it and are not yet understood.)"""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(7, 11)).astype(np.float32)
-    centre = rng.normal(size=11).astype(np.float32)
-    valid = np.array([True, True, False, True, True, True, False])
-    got = _ops.centred_gram_blocked(jnp.asarray(x), jnp.asarray(centre), jnp.asarray(valid),
-                                    columns=columns, rows=rows)
-    c = np.where(valid[:, None], x.astype(np.float64) - centre, 0.0)
-    np.testing.assert_allclose(np.asarray(got), c @ c.T, rtol=1e-5, atol=1e-5)

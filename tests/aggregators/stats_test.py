@@ -50,8 +50,13 @@ def test_pairwise_sq_dists_matches_loop():
 
 @pytest.mark.parametrize("columns,rows", [(8, 3), (50, 100), (7, 1), (64, 2)])
 def test_blocked_gram_matches_numpy(columns, rows):
-    # Column blocks with a remainder, several row blocks of the upper triangle,
-    # one block covering everything, and a zeroed invalid row.
+    """Column blocks with a remainder, several row blocks of the upper
+    triangle, one block covering everything, and a zeroed invalid row,
+    against float64 NumPy. (At the default sizes, 8,000 columns and 100
+    rows, the other tests' shapes take one block.)
+
+    Catches: the blocks' rows concatenated along the columns (``axis=1``),
+    the remainder tile dropped or subtracted, invalid rows centred to 1."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((9, 50)).astype(np.float32) + 100.0
     valid = np.ones(9, bool)
@@ -137,6 +142,30 @@ def test_bulyan_info():
     _, _, info = _agg(agg.bulyan(2), x)
     sel = np.asarray(info["selected"])
     assert sel.shape == (7,) and len(set(sel.tolist())) == 7
+
+
+def test_bitonic_sort_rows_sorts_every_zero_one_column():
+    """The sorting network on every 0-1 column of ``n`` rows for ``n = 1..9``
+    (by the 0-1 principle a comparator network that sorts all of them sorts
+    everything), with powers of two (no padding) and the sizes between them;
+    then real columns at ``n = 8`` and 13 with ties, -0.0 and infinities,
+    against ``np.sort``.
+
+    Catches: a power-of-two ``n`` padded or not kept (``x = None``), the
+    padding's size or value, a merge step not mirrored, the half cleaners'
+    pairs, rows cut from the wrong end."""
+    sort = jax.jit(_ops.bitonic_sort_rows)
+    for n in range(1, 10):
+        cols = ((np.arange(2 ** n)[None, :] >> np.arange(n)[:, None]) & 1).astype(np.float32)
+        got = np.asarray(sort(jnp.asarray(cols)))
+        np.testing.assert_array_equal(got, np.sort(cols, axis=0), err_msg=f"n={n}")
+    rng = np.random.default_rng(3)
+    for n in (8, 13):
+        x = np.round(rng.standard_normal((n, 50)), 1).astype(np.float32)
+        x[0, :5] = [np.inf, -np.inf, -0.0, 0.0, np.inf]
+        x[1, :5] = [-np.inf, np.inf, 0.0, -0.0, np.inf]
+        got = np.asarray(sort(jnp.asarray(x)))
+        np.testing.assert_array_equal(got, np.sort(x, axis=0))
 
 
 @pytest.mark.parametrize("n", [2, 5, 10])
