@@ -76,6 +76,19 @@ TESTS = {
     "fljax/execution.py:178-246": [
         "tests/sharded_test.py::test_sharded_rounds_equal_one_device"],
     "fljax/transforms.py": ["tests/transforms_test.py", "tests/leakage/defences_test.py"],
+    # The data-leakage attacks: their own tests, then the attacks end to end.
+    "fljax/attacks/leakage/metrics.py": ["tests/leakage/metrics_test.py"],
+    "fljax/attacks/leakage/objectives.py": [
+        "tests/leakage/objectives_test.py", "tests/leakage/attacks_test.py"],
+    "fljax/attacks/leakage/optimize.py": [
+        "tests/leakage/optimize_test.py", "tests/leakage/attacks_test.py"],
+    "fljax/attacks/leakage/observe.py": [
+        "tests/leakage/objectives_test.py", "tests/leakage/idlg_test.py",
+        "tests/leakage/attacks_test.py"],
+    **{f"fljax/attacks/leakage/{m}.py": [
+        "tests/leakage/idlg_test.py", "tests/leakage/attacks_test.py",
+        "tests/leakage/leak_test.py"]
+       for m in ("__init__", "base", "dlg", "idlg", "dlm", "inverting_gradients")},
     "fljax/aggregators/krum.py": [
         _AGG + "stats_test.py", _AGG + "conformance_test.py", "-k",
         "krum or impossible or all_rows"],
