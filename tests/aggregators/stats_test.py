@@ -111,6 +111,12 @@ def test_krum_ties_do_not_favour_low_indices():
 
 
 def test_krum_never_selects_nonfinite_rows():
+    """Non-finite rows are never picked, also with more of them than ``f``:
+    then every finite row's score is +inf too (fewer finite neighbours than
+    ``k``), and the tie-break ranks the finite rows first for every key.
+
+    Catches: invalid rows ranked before valid rows of equal score
+    (``lexsort((rank, valid, scores))``: Krum then returns zeros)."""
     x = np.random.default_rng(2).standard_normal((9, 6)).astype(np.float32)
     x[0], x[1, 2] = np.nan, -np.inf  # NaN would win a naive argmin
     _, _, info = _agg(agg.krum(2), x)
@@ -119,6 +125,14 @@ def test_krum_never_selects_nonfinite_rows():
     out, _, info = _agg(agg.multi_krum(2, 5), x)
     assert not set(np.asarray(info["selected"]).tolist()) & {0, 1}
     assert np.isfinite(np.asarray(out)).all()
+    x[3:7] = np.nan  # finite rows 2, 7, 8: two finite neighbours each, k = 5
+    rule = agg.krum(2)
+    run = jax.jit(lambda k: rule.aggregate(jnp.asarray(x), rule.init(6), k))
+    for seed in range(4):
+        out, _, info = run(jax.random.PRNGKey(seed))
+        assert np.isinf(np.asarray(info["scores"])).all()
+        assert int(info["index"]) in (2, 7, 8)
+        np.testing.assert_array_equal(np.asarray(out), x[int(info["index"])])
 
 
 def test_multi_krum_selecting_one_row_is_krum():
