@@ -392,8 +392,20 @@ def main(module: str) -> int:
     # a mutant's small selection would pay for starting them).
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider",
            "--no-header", "-W", "ignore", *TESTS[module]]
-    rc = subprocess.call(cmd, env=env)
+    rc = subprocess.call(cmd, env=env, preexec_fn=_die_with_parent)
     return 0 if rc == 0 else 1
+
+
+def _die_with_parent() -> None:
+    """On Linux, the test process is killed when this runner dies. mutmut
+    kills only the runner on a timeout; without this, a mutant that loops
+    forever (``j = 2`` in the sorting network) would keep its orphaned pytest
+    running after the run has moved on."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 if __name__ == "__main__":
