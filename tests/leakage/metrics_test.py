@@ -126,3 +126,60 @@ def test_score_baselines_and_matching():
     np.testing.assert_allclose(s["label_correct"], [[1, 1], [0, 1]])  # multiset match
     grey = 10 * np.log10(1 / ((x - 0.5) ** 2).mean(axis=(2, 3, 4)))
     np.testing.assert_allclose(s["psnr_grey"], grey, rtol=1e-4)
+
+
+def test_ssim_reduced_windows_and_other_ranges_match_scikit_image():
+    """Images smaller than the 7x7 window (5x9, 6x6, 4x8, 9x6) use the largest
+    odd window that fits (scikit-image is given it explicitly: it refuses a
+    window past the image); data range 255 on dark [0, 255] images (SSIM
+    and PSNR, whose peak is then 255).
+
+    Catches: the height taken from the width (a 7-wide window on 5 rows: no
+    window, NaN), an even window kept (``% 3``) or rounded up / down by 2,
+    ``C1 = (k1 / data_range)^2``, PSNR's peak cubed."""
+    from skimage import metrics as skm
+    rng = np.random.default_rng(6)
+    for shape, win in [((5, 9, 1), 5), ((6, 6, 2), 5), ((4, 8, 1), 3), ((9, 6, 1), 5)]:
+        a = rng.random(shape).astype(np.float32)
+        b = np.clip(a + 0.3 * rng.standard_normal(shape), 0, 1).astype(np.float32)
+        ref = skm.structural_similarity(a, b, data_range=1.0, channel_axis=-1, win_size=win)
+        assert float(metrics.ssim(a, b)) == pytest.approx(ref, abs=1e-5), shape
+    # Dark images (values 0-12): the constants C1 = 6.5, C2 = 58.5 weigh in.
+    a = np.round(rng.random((10, 9, 3)) * 12).astype(np.float32)
+    b = np.clip(a + 4 * rng.standard_normal(a.shape), 0, 255).astype(np.float32)
+    ref = skm.structural_similarity(a, b, data_range=255.0, channel_axis=-1)
+    assert float(metrics.ssim(a, b, data_range=255.0)) == pytest.approx(ref, abs=1e-5)
+    ref_p = skm.peak_signal_noise_ratio(a, b, data_range=255.0)
+    assert float(metrics.psnr(a, b, data_range=255.0)) == pytest.approx(ref_p, abs=1e-3)
+
+
+def test_score_ssims_are_the_per_image_ssim():
+    """``score``'s SSIM columns are :func:`metrics.ssim` of each image at data
+    range 1, against the reconstruction (clipped), the grey image and the
+    mean image. Catches: ``ssim_batch``'s default range not 1."""
+    rng = np.random.default_rng(7)
+    x = rng.random((2, 1, 8, 8, 1)).astype(np.float32)
+    rec = x + 0.4 * rng.standard_normal(x.shape).astype(np.float32)
+    mean = rng.random((8, 8, 1)).astype(np.float32)
+    s = metrics.score(x, rec, np.zeros((2, 1), int), np.zeros((2, 1), int), mean)
+    for v in range(2):
+        want = {"ssim": np.clip(rec[v, 0], 0, 1), "ssim_grey": np.full((8, 8, 1), 0.5),
+                "ssim_mean": mean}
+        for k, img in want.items():
+            assert s[k][v, 0] == pytest.approx(float(metrics.ssim(x[v, 0], img)), abs=1e-6), k
+
+
+def test_label_accuracy_hand_values():
+    """Catches: ``!=`` for ``==`` (the share missed)."""
+    assert float(metrics.label_accuracy([1, 2, 3, 4], [1, 0, 3, 4])) == pytest.approx(0.75)
+    assert float(metrics.label_accuracy([[1, 2]], [[2, 1]])) == 0.0
+
+
+def test_match_batch_costs_use_the_clipped_reconstructions():
+    """Two-pixel images: originals A = (1, 0.2), B = (0, 0); reconstructions
+    X = (3, 0), Y = (1, 1). Clipped to [0, 1], X = (1, 0): X -> B, Y -> A
+    costs 1.64 against 2.04 the other way. Unclipped (or clipped at 2) X is
+    nearer A. Catches: the clip's upper bound changed."""
+    ref = np.array([[1.0, 0.2], [0.0, 0.0]]).reshape(2, 1, 2, 1)
+    img = np.array([[3.0, 0.0], [1.0, 1.0]]).reshape(2, 1, 2, 1)
+    np.testing.assert_array_equal(metrics.match_batch(ref, img), [1, 0])
