@@ -61,3 +61,35 @@ def test_total_variation_hand_values():
     x = jnp.zeros((1, 2, 3, 1)).at[0, :, 2, 0].set(1.0)  # right column bright
     # |dx|: per row [0, 1] -> mean over 2x2 = 0.5; |dy| all 0.
     assert float(objectives.total_variation(x)) == pytest.approx(0.5)
+
+
+def test_total_variation_against_numpy():
+    """Both directions, random values, two images and channels: ``mean |x[:, :,
+    j+1] - x[:, :, j]| + mean |x[:, i+1] - x[:, i]|``. Catches: a sum for a
+    difference, neighbours two apart or the first column only, ``dx - dy``."""
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 2)).astype(np.float32)
+    want = np.abs(np.diff(x, axis=2)).mean() + np.abs(np.diff(x, axis=1)).mean()
+    assert float(objectives.total_variation(jnp.asarray(x))) == pytest.approx(want, rel=1e-6)
+
+
+def test_objectives_by_name_and_hand_values():
+    """The registry maps each attack's name to its function; on two-leaf trees
+    the four objectives equal their formulas (``scaled_l2`` with ``k = 3``;
+    the others ignore ``k``). Catches: a registry name changed, a formula's
+    sign or normaliser."""
+    assert objectives.OBJECTIVES == {"l2": objectives.l2, "scaled_l2": objectives.scaled_l2,
+                                     "mean_norm_l2": objectives.mean_norm_l2,
+                                     "cosine": objectives.cosine}
+    rng = np.random.default_rng(1)
+    g = {"a": rng.standard_normal((3, 2)), "b": rng.standard_normal(4)}
+    o = {"a": rng.standard_normal((3, 2)), "b": rng.standard_normal(4)}
+    gf = np.concatenate([g["a"].ravel(), g["b"]])
+    of = np.concatenate([o["a"].ravel(), o["b"]])
+    ng = np.mean([np.linalg.norm(g["a"]), np.linalg.norm(g["b"])])
+    no = np.mean([np.linalg.norm(o["a"]), np.linalg.norm(o["b"])])
+    want = {"l2": np.sum((gf - of) ** 2), "scaled_l2": np.sum((gf - 3.0 * of) ** 2),
+            "mean_norm_l2": np.sum((gf / ng - of / no) ** 2),
+            "cosine": 1 - gf @ of / (np.linalg.norm(gf) * np.linalg.norm(of))}
+    gj, oj = jax.tree_util.tree_map(jnp.float32, g), jax.tree_util.tree_map(jnp.float32, o)
+    for name, fn in objectives.OBJECTIVES.items():
+        assert float(fn(gj, oj, 3.0)) == pytest.approx(want[name], rel=1e-5), name

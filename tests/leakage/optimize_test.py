@@ -34,3 +34,36 @@ def test_box_projection_and_signed_decay():
     proj = lambda p: {"x": jnp.clip(p["x"], 0.0, 1.0)}
     res = minimize(loss, {"x": jnp.zeros(3)}, opt, 100, proj)
     np.testing.assert_allclose(res.params["x"], 1.0)
+
+
+def test_signed_decay_steps_by_hand():
+    """On ``f(x) = x`` Adam on the gradient's sign moves ``x`` by exactly
+    ``-lr`` a step; with the decay the step is ``x0.1`` from 3/8 of the
+    steps, ``x0.01`` from 5/8 and ``x0.001`` from 7/8 (16 steps: 6, 4, 4, 2
+    of each). Catches: the bounds at ``num_steps / f`` or another fraction,
+    a factor other than 0.1."""
+    opt = make_optimizer("adam", 0.5, 16, signed=True, decay=True)
+    res = minimize(lambda p: p["x"], {"x": jnp.float32(0.0)}, opt, 16)
+    want = -0.5 * (6 + 4 * 0.1 + 4 * 0.01 + 2 * 0.001)
+    assert float(res.params["x"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_make_optimizer_defaults():
+    """``make_optimizer()`` is Adam at 0.1 for 1000 steps, not signed, no
+    decay (the same 400 steps as the explicit call, past the first decay
+    bound); L-BFGS keeps 20 pairs and allows 10 line-search evaluations
+    (the same 25 steps on an ill-conditioned quadratic; 11 evaluations a
+    step). Catches: any default changed."""
+    c = jnp.logspace(0, 3, 40)
+    loss = lambda p: jnp.sum(c * (p["w"] - 1.0) ** 2)  # noqa: E731
+    init = {"w": jnp.zeros(40)}
+    run = lambda opt, n: jax.jit(lambda p: minimize(loss, p, opt, n))(init).params["w"]  # noqa: E731
+    explicit = make_optimizer("adam", 0.1, 1000, signed=False, decay=False)
+    slope = lambda p: jnp.sum(c * p["w"])  # noqa: E731  (no minimum: every step counts)
+    walk = lambda opt: jax.jit(lambda p: minimize(slope, p, opt, 400))(init).params["w"]  # noqa: E731
+    np.testing.assert_array_equal(walk(make_optimizer()), walk(explicit))
+    np.testing.assert_allclose(walk(explicit), -40.0, rtol=1e-4)
+    lbfgs = make_optimizer("lbfgs")
+    assert lbfgs.evals_per_step == 11 and lbfgs.needs_value_fn
+    explicit = make_optimizer("lbfgs", memory_size=20, linesearch_steps=10)
+    np.testing.assert_array_equal(run(lbfgs, 25), run(explicit, 25))
