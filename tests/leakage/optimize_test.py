@@ -63,6 +63,8 @@ def test_make_optimizer_defaults():
     walk = lambda opt: jax.jit(lambda p: minimize(slope, p, opt, 400))(init).params["w"]  # noqa: E731
     np.testing.assert_array_equal(walk(make_optimizer()), walk(explicit))
     np.testing.assert_allclose(walk(explicit), -40.0, rtol=1e-4)
+    adam = make_optimizer()
+    assert adam.evals_per_step == 1 and not adam.needs_value_fn
     lbfgs = make_optimizer("lbfgs")
     assert lbfgs.evals_per_step == 11 and lbfgs.needs_value_fn
     explicit = make_optimizer("lbfgs", memory_size=20, linesearch_steps=10)
