@@ -84,10 +84,10 @@ TESTS = {
         "tests/leakage/optimize_test.py", "tests/leakage/attacks_test.py"],
     "fljax/attacks/leakage/observe.py": [
         "tests/leakage/objectives_test.py", "tests/leakage/idlg_test.py",
-        "tests/leakage/attacks_test.py"],
+        "tests/leakage/engine_test.py", "tests/leakage/attacks_test.py"],
     **{f"fljax/attacks/leakage/{m}.py": [
-        "tests/leakage/idlg_test.py", "tests/leakage/attacks_test.py",
-        "tests/leakage/leak_test.py"]
+        "tests/leakage/engine_test.py", "tests/leakage/idlg_test.py",
+        "tests/leakage/attacks_test.py", "tests/leakage/leak_test.py"]
        for m in ("__init__", "base", "dlg", "idlg", "dlm", "inverting_gradients")},
     "fljax/aggregators/krum.py": [
         _AGG + "stats_test.py", _AGG + "conformance_test.py", "-k",
