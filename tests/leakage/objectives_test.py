@@ -51,6 +51,11 @@ def test_objectives_are_zero_at_the_truth():
     model, params, x, y = _setup()
     g = observe.observe(model, params, x, y, kind="gradient")
     dw = observe.observe(model, params, x, y, kind="delta", lr=0.05)
+    # observe's defaults: a weight difference after one step of 0.1 (catches another default).
+    want = jax.tree_util.tree_map(lambda a: 0.1 * a, g)
+    for got, w in zip(jax.tree_util.tree_leaves(observe.observe(model, params, x, y)),
+                      jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-6)
     assert float(objectives.l2(g, g)) == 0.0
     assert float(objectives.scaled_l2(g, dw, 1 / 0.05)) == pytest.approx(0.0, abs=1e-10)
     assert float(objectives.mean_norm_l2(g, dw)) == pytest.approx(0.0, abs=1e-10)
