@@ -188,3 +188,30 @@ def test_each_attack_passes_its_papers_settings(monkeypatch, name):
     seen.clear()
     leakage.ATTACKS[name](None, name="mine", memory_size=7, restarts=3)
     assert seen["name"] == "mine" and seen["restarts"] == 3 and seen["memory_size"] == 7
+
+
+def test_gradient_matching_defaults(monkeypatch):
+    """The engine's documented defaults (its docstring and docs/leakage.md):
+    one image, L2, learned labels, Adam at 0.1 for 1,000 steps (L-BFGS: 20
+    pairs, 10 line-search evaluations), one restart, no prior, box, sign,
+    decay or scale, ``k_init`` 1 (linear), no learning-rate guess, N(0, 1)
+    images, no unrolling (0.1 if on), iDLG sign +1. The optimizer is built
+    from them. Catches: any default changed."""
+    import inspect
+
+    from fljax.attacks.leakage import base
+
+    want = dict(name="gradient_matching", batch_size=1, objective="l2", label="learn",
+                optimizer="adam", learning_rate=0.1, num_steps=1000, restarts=1, tv=0.0,
+                box=False, signed=False, decay=False, learn_scale=False, k_init=1.0,
+                scale_param="linear", assumed_lr=None, init="randn", unroll_steps=0,
+                unroll_lr=0.1, label_sign=1.0, memory_size=20, linesearch_steps=10)
+    params = inspect.signature(base.gradient_matching).parameters
+    assert {k: p.default for k, p in params.items() if k != "model"} == want
+    seen = []
+    monkeypatch.setattr(base, "make_optimizer", lambda *a, **kw: seen.append((a, kw)))
+    attack = base.gradient_matching(mlp((8, 8, 1), C, hidden=(4,)))
+    assert attack.name == "gradient_matching" and attack.batch_size == 1
+    assert seen == [(("adam", 0.1, 1000), dict(signed=False, decay=False, memory_size=20,
+                                               linesearch_steps=10))]
+
