@@ -183,3 +183,23 @@ def test_match_batch_costs_use_the_clipped_reconstructions():
     ref = np.array([[1.0, 0.2], [0.0, 0.0]]).reshape(2, 1, 2, 1)
     img = np.array([[3.0, 0.0], [1.0, 1.0]]).reshape(2, 1, 2, 1)
     np.testing.assert_array_equal(metrics.match_batch(ref, img), [1, 0])
+
+
+def test_score_of_single_images_and_its_columns():
+    """One image per victim: labels compared one to one, the MSE of the
+    reconstruction clipped to [0, 1], every documented column present.
+    Catches: ``!=`` or no value for single labels, another clip, a column
+    renamed."""
+    rng = np.random.default_rng(8)
+    x = rng.random((2, 1, 8, 8, 1)).astype(np.float32)
+    rec = x + rng.choice([-2.0, 0.0, 2.0], x.shape).astype(np.float32)
+    mean = rng.random((8, 8, 1)).astype(np.float32)
+    s = metrics.score(x, rec, np.array([[3], [5]]), np.array([[3], [4]]), mean)
+    assert set(s) == {"mse", "psnr", "ssim", "label_correct", "psnr_grey", "ssim_grey",
+                      "psnr_mean", "ssim_mean"}
+    np.testing.assert_array_equal(s["label_correct"], [[1.0], [0.0]])
+    want = ((np.clip(rec, 0, 1) - x) ** 2).mean(axis=(2, 3, 4))
+    np.testing.assert_allclose(s["mse"], want, rtol=1e-5)
+    np.testing.assert_allclose(s["psnr_mean"], 10 * np.log10(1 / ((x - mean) ** 2).mean(
+        axis=(2, 3, 4))), rtol=1e-5)
+
