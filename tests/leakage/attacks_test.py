@@ -93,7 +93,11 @@ def test_dlg_with_the_wrong_learning_rate_fails_on_weights(setup):
 
 def test_attack_settings_are_checked_when_built():
     """Counts, the step size, the optimizer and the init are checked at
-    construction, not when the attack first runs inside ``jit``."""
+    construction, not when the attack first runs inside ``jit``; each
+    message names the setting. The smallest allowed values build (one
+    image, step, restart, L-BFGS pair and line-search evaluation; no
+    unrolling). Catches: a bound moved by one, a learning rate of 0
+    accepted, a message naming another setting."""
     import pytest
 
     from fljax.attacks import leakage
@@ -103,7 +107,14 @@ def test_attack_settings_are_checked_when_built():
     for kwargs, pattern in [({"num_steps": 0}, "num_steps=0"), ({"restarts": 0}, "restarts=0"),
                             ({"num_steps": 10.0}, "num_steps=10.0"),
                             ({"learning_rate": -0.1}, "learning_rate=-0.1"),
+                            ({"learning_rate": 0.0}, "learning_rate=0.0 must be > 0"),
+                            ({"batch_size": 0}, "batch_size=0 must be an int >= 1"),
+                            ({"unroll_steps": -1}, "unroll_steps=-1 must be an int >= 0"),
+                            ({"memory_size": 0}, "memory_size=0 must be an int >= 1"),
+                            ({"linesearch_steps": 0}, "linesearch_steps=0 must be an int >= 1"),
                             ({"optimizer": "sgd"}, "optimizer='sgd'"),
                             ({"init": "zeros"}, "init='zeros'")]:
         with pytest.raises(ValueError, match=pattern):
             leakage.get_attack("dlm_plus", model, **kwargs)
+    leakage.get_attack("dlm_plus", model, batch_size=1, num_steps=1, restarts=1, memory_size=1,
+                       linesearch_steps=1, unroll_steps=0)
