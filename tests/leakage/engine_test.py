@@ -81,6 +81,7 @@ CASES = {
     "idlg-unrolled-log-scale": dict(objective="scaled_l2", label="idlg", init="grey",
                                     learn_scale=True, k_init=2.0, scale_param="log",
                                     unroll_steps=2, unroll_lr=0.05, assumed_lr=0.5),
+    "one-unrolled-step": dict(objective="l2", label="known", unroll_steps=1, unroll_lr=0.3),
 }
 
 
@@ -98,7 +99,8 @@ def test_first_loss_and_first_step_match_the_hand_loop(setup, case):
     the wrong labels (known / inferred), the scale (``k_init``, its log
     form, not learned), another objective, the prior's weight or sign, the
     box not applied to the start, the guess not dividing the observation,
-    the unrolled update's steps, sign or learning rate, the best restart."""
+    the unrolled update's steps, sign or learning rate (one unrolled step is
+    ``lr g``, not the gradient: ``unroll_steps > 1``), the best restart."""
     model, params, obs, y = setup
     cfg = CASES[case]
     restarts = cfg.get("restarts", 1)
