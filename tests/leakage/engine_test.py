@@ -213,6 +213,8 @@ def test_gradient_matching_defaults(monkeypatch):
                 box=False, signed=False, decay=False, learn_scale=False, k_init=1.0,
                 scale_param="linear", assumed_lr=None, init="randn", unroll_steps=0,
                 unroll_lr=0.1, label_sign=1.0, memory_size=20, linesearch_steps=10)
+    assert leakage.ATTACKS["gradient_matching"] is base.gradient_matching  # the CLI's name
+    assert set(leakage.ATTACKS) == set(PAPERS) | {"gradient_matching"}
     params = inspect.signature(base.gradient_matching).parameters
     assert {k: p.default for k, p in params.items() if k != "model"} == want
     seen = []
