@@ -57,6 +57,12 @@ TESTS = {
         "or chunk_norms or diagnostics_name or bad_configs or err_scores or streamed_rules "
         "or per_tensor or only_sampled_malicious or streamed_round_reports or search_in_the_round "
         "or (every_rule_traces and (fltrust or flame or foolsgold))"],
+    # The host driver: programs, run keys, cells, history, resume, evaluation cadence.
+    "fljax/simulate.py": [
+        "tests/simulate_test.py", "tests/sweep_test.py", "tests/scale_test.py", "-k",
+        "resume or same_seed or non_finite or partial_last_batch or new_hyperparameters "
+        "or matches_independent_reference or interrupted or cells_per_program "
+        "or vmapped_group or turns_nan or rerun_skips or history_and_late"],
     # The client axis over devices (chunking, the dispatch, the streamed psum,
     # the buffer): the same, then the 8-fake-device subprocess.
     "fljax/round.py:158-166,322-370,400-432,445-453": [
