@@ -56,7 +56,6 @@ from fljax.round import RoundInfo, SimState, ServerState, make_round  # noqa: F4
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
 
 prepare_out_dir = results_lib.prepare_out_dir
-plot_history = results_lib.plot_history
 
 
 class Compiled(NamedTuple):
