@@ -63,6 +63,10 @@ TESTS = {
         "resume or same_seed or non_finite or partial_last_batch or new_hyperparameters "
         "or matches_independent_reference or interrupted or cells_per_program "
         "or vmapped_group or turns_nan or rerun_skips or history_and_late"],
+    # Its mesh (several devices): only the 8-fake-device subprocess reaches it.
+    "fljax/simulate.py:60-115": [
+        "tests/simulate_test.py", "tests/sharded_test.py", "-k",
+        "resume_is_exact or sharded_rounds"],
     # The client axis over devices (chunking, the dispatch, the streamed psum,
     # the buffer): the same, then the 8-fake-device subprocess.
     "fljax/round.py:158-166,322-370,400-432,445-453": [
