@@ -46,9 +46,7 @@ import numpy as np
 
 from fljax import checkpoint as ckpt_lib
 from fljax import memory as memory_lib
-from fljax import plan as plan_lib
 from fljax import results as results_lib
-from fljax.config import ConfigError
 from fljax.execution import CELLS, CLIENTS
 from fljax.plan import DEFAULTS, prepare  # noqa: F401  (the public entry points)
 from fljax.round import RoundInfo, SimState, ServerState, make_round  # noqa: F401
@@ -56,6 +54,11 @@ from fljax.round import RoundInfo, SimState, ServerState, make_round  # noqa: F4
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
 
 prepare_out_dir = results_lib.prepare_out_dir
+
+# The evaluation's names -> the history's (the model's metrics on the test set are "main_";
+# an attacker's metrics, e.g. backdoor_accuracy, keep their names).
+MAIN_METRICS = {"accuracy": "main_accuracy", "loss": "main_loss",
+                "error_rate": "main_error_rate"}
 
 
 class Compiled(NamedTuple):
@@ -310,8 +313,7 @@ def run_cells(comp: Compiled, hparams, data, seeds: list[int], rounds: int, eval
             for name, v in ev.items():
                 v = np.asarray(v).reshape(width, *np.shape(v)[1:])[c] if comp.batched \
                     else np.asarray(v)
-                key = {"accuracy": "main_accuracy", "loss": "main_loss", "error_rate": "main_error_rate"}.get(name, name)
-                rec[key] = v.tolist()
+                rec[MAIN_METRICS.get(name, name)] = v.tolist()
             rec.update(acc.means(c, names))
             rec["peak_memory_gb"] = memory_lib.gb(peak_since_eval)
             loss = rec.get("main_loss")

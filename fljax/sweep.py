@@ -221,7 +221,7 @@ def _metric_names(group: Group) -> list[str]:
     buf = jax.eval_shape(rnd.new_buffer)
     _, info, _ = jax.eval_shape(rnd.step, plan.hparams, state, plan.data, k_rounds, buf)
     scal = jax.eval_shape(lambda i: simulate._round_scalars(i, bool(group.spec.attack)), info)
-    names = [{"accuracy": "main_accuracy", "loss": "main_loss", "error_rate": "main_error_rate"}.get(k, k) for k in ev]
+    names = [simulate.MAIN_METRICS.get(k, k) for k in ev]
     return names + sorted(scal)
 
 

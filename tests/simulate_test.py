@@ -141,9 +141,13 @@ def test_every_backend_gives_the_same_params(aggregation, transformed, hidden):
 
 
 def test_same_seed_is_bit_identical_and_other_seed_differs():
-    """Catches: any host-side randomness or a key not derived from the seed."""
+    """Catches: any host-side randomness or a key not derived from the seed; the
+    evaluation's metrics under other names in the history."""
     cfg = small_cfg("rounds=3")
     a = simulate.run(cfg, progress=False, log=None).history
+    # The evaluation's names in the history (catches one renamed):
+    assert all(r["main_error_rate"] == pytest.approx(1 - r["main_accuracy"]) and "main_loss" in r
+               for r in a if "main_accuracy" in r)
     b = simulate.run(cfg, progress=False, log=None).history
     strip = lambda h: [{k: v for k, v in r.items() if k not in MEASURED} for r in h]  # noqa: E731
     assert strip(a) == strip(b)
