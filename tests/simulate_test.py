@@ -772,3 +772,21 @@ def test_a_streamed_round_reports_what_the_dense_round_reports(population, one_h
     honest = 6 - int(dinfo.malicious.sum())
     assert honest == 1 if one_honest else 0 < honest < 6
     assert_same_round_report(dense, dinfo, streamed, sinfo)
+
+
+def test_throughput_leaves_out_the_first_round(monkeypatch):
+    """``client_updates_per_s`` over rounds 1 and 2 of three (round 0
+    compiles): with a clock reading 1, 2, 4, 8, ... the loop's readings are
+    1 (round 0's start), 2 and 4 (round 1), 8 and 16 (round 2): 10 s for 2 x 4
+    updates, 0.8 a second. Catches: round 0 counted (``r >= start``: 21 s,
+    12 updates), the time or the count overwritten or subtracted, the end
+    reading plus the start, updates divided by the clients."""
+    import types
+
+    clock = iter(2.0 ** i for i in range(100))
+    plan = plan_lib.prepare(small_cfg("clients_per_round=4"))
+    comp = simulate.compiled(plan.spec)
+    monkeypatch.setattr(simulate, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    _, stats = simulate.run_cells(comp, plan.hparams, plan.data, [0], 3, 3,
+                                  on_eval=lambda *a: None)
+    assert stats["client_updates_per_s"] == pytest.approx(0.8)
