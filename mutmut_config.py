@@ -62,7 +62,8 @@ TESTS = {
         "tests/simulate_test.py", "tests/sweep_test.py", "tests/scale_test.py", "-k",
         "resume or same_seed or non_finite or partial_last_batch or new_hyperparameters "
         "or matches_independent_reference or interrupted or cells_per_program "
-        "or vmapped_group or turns_nan or rerun_skips or history_and_late or throughput"],
+        "or vmapped_group or turns_nan or rerun_skips or history_and_late or throughput "
+        "or schedule_ends or skip_nan"],
     # Its mesh (several devices): only the 8-fake-device subprocess reaches it.
     "fljax/simulate.py:60-115": [
         "tests/simulate_test.py", "tests/sharded_test.py", "-k",

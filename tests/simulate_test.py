@@ -790,3 +790,29 @@ def test_throughput_leaves_out_the_first_round(monkeypatch):
     _, stats = simulate.run_cells(comp, plan.hparams, plan.data, [0], 3, 3,
                                   on_eval=lambda *a: None)
     assert stats["client_updates_per_s"] == pytest.approx(0.8)
+
+
+def test_the_evaluation_and_checkpoint_schedule_ends_on_the_last_round():
+    """Three rounds, evaluating and checkpointing every 2: evaluations after
+    rounds 0, 2 and 3 (the last, which 2 does not divide), checkpoints after
+    2 and 3. Catches: the last round not recognised (``r - 1 == rounds``),
+    the final checkpoint only when the run also stops (``last and stop``)."""
+    plan = plan_lib.prepare(small_cfg("clients_per_round=4"))
+    comp = simulate.compiled(plan.spec)
+    evals, ckpts = [], []
+    simulate.run_cells(comp, plan.hparams, plan.data, [0], 3, 2,
+                       on_eval=lambda s, r, recs: evals.append(r), checkpoint_every=2,
+                       on_checkpoint=lambda s, r, carry: ckpts.append(r))
+    assert evals == [0, 2, 3] and ckpts == [2, 3]
+
+
+def test_round_means_skip_nan_per_cell():
+    """The per-round scalars are averaged per cell over the rounds since the
+    last evaluation, a NaN left out of its own cell only. Catches: a NaN in
+    one cell dropping the later cells' values (``break``)."""
+    acc = simulate._Accumulator(3)
+    acc.add({"x": [np.nan, 1.0, 2.0]})
+    acc.add({"x": [4.0, 3.0, np.nan]})
+    assert [acc.means(c, ["x"])["x"] for c in range(3)] == [4.0, 2.0, 2.0]
+    acc.reset()
+    assert acc.means(0, ["x"]) == {"x": None}
