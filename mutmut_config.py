@@ -64,8 +64,9 @@ TESTS = {
         "or matches_independent_reference or interrupted or cells_per_program "
         "or vmapped_group or turns_nan or rerun_skips or history_and_late or throughput "
         "or schedule_ends or skip_nan"],
-    # Its mesh (several devices): only the 8-fake-device subprocess reaches it.
-    "fljax/simulate.py:60-115": [
+    # Its mesh (several devices): only the 8-fake-device subprocess reaches it
+    # (the batched mesh, a sweep's cells over devices, only its slow test).
+    "fljax/simulate.py:64-169": [
         "tests/simulate_test.py", "tests/sharded_test.py", "-k",
         "resume_is_exact or sharded_rounds"],
     # The client axis over devices (chunking, the dispatch, the streamed psum,
