@@ -210,7 +210,7 @@ def test_server_transforms_reach_the_rule(aggregation):
     ("aggregator={'name': 'foolsgold'}", "attack.name='sign_flip'", "attack.num_malicious=4",
      "server.optimizer='momentum'"),
 ], ids=["adam+centered_clipping", "foolsgold+momentum+attack"])
-def test_resume_is_exact(tmp_path, assignments):
+def test_resume_is_exact(tmp_path, monkeypatch, assignments):
     """Resuming after an interruption gives bit-identical parameters, states
     and metrics to an uninterrupted run, with stateful server optimizers and
     stateful rules.
@@ -223,12 +223,44 @@ def test_resume_is_exact(tmp_path, assignments):
     full = simulate.run(cfg, str(tmp_path / "full"), progress=False, log=None)
     part = config.resolve(simulate.DEFAULTS, cfg, ["rounds=2"])
     simulate.run(part, str(tmp_path / "r"), progress=False, log=None)
+    restore = simulate.ckpt_lib.restore  # the checkpoint says 10,000 s more ran before
+
+    def older(*args, **kwargs):
+        state, meta = restore(*args, **kwargs)
+        return state, {**meta, "elapsed": meta["elapsed"] + 1e4}
+
+    monkeypatch.setattr(simulate.ckpt_lib, "restore", older)
     resumed = simulate.run(cfg, str(tmp_path / "r"), progress=False, log=None, resume=True)
     assert_trees_equal(full.state, resumed.state)
     drop = lambda h: [{k: v for k, v in r.items() if k not in MEASURED} for r in h]  # noqa: E731
     assert drop(full.history) == drop(resumed.history)
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["round"] for l in lines] == [0, 2, 4]
+    # The elapsed time carries on from the checkpoint (catches it read as 0).
+    assert resumed.history[-1]["elapsed"] >= 1e4
+
+
+def test_resume_reads_an_earlier_versions_msgpack_checkpoint(tmp_path):
+    """A run folder of an earlier version (``checkpoint.msgpack`` beside
+    metrics.jsonl, no orbax folder) resumes to the uninterrupted run's
+    parameters and history, and its elapsed time carries on. Catches: the
+    legacy file not looked for, its template or its elapsed time."""
+    import shutil
+
+    from flax import serialization
+
+    cfg = small_cfg("rounds=4", "eval_every=2")
+    full = simulate.run(cfg, str(tmp_path / "full"), progress=False, log=None)
+    part = config.resolve(simulate.DEFAULTS, cfg, ["rounds=2"])
+    half = simulate.run(part, str(tmp_path / "r"), progress=False, log=None)
+    shutil.rmtree(tmp_path / "r" / "checkpoints")
+    blob = {"state": serialization.to_state_dict(jax.device_get(half.state)), "elapsed": 1e4}
+    (tmp_path / "r" / "checkpoint.msgpack").write_bytes(serialization.msgpack_serialize(blob))
+    resumed = simulate.run(cfg, str(tmp_path / "r"), progress=False, log=None, resume=True)
+    assert_trees_equal(full.state.params, resumed.state.params)
+    drop = lambda h: [{k: v for k, v in r.items() if k not in MEASURED} for r in h]  # noqa: E731
+    assert drop(full.history) == drop(resumed.history)
+    assert resumed.history[-1]["elapsed"] >= 1e4
 
 
 def test_resume_refuses_another_config(tmp_path):
@@ -776,20 +808,22 @@ def test_a_streamed_round_reports_what_the_dense_round_reports(population, one_h
 
 def test_throughput_leaves_out_the_first_round(monkeypatch):
     """``client_updates_per_s`` over rounds 1 and 2 of three (round 0
-    compiles): with a clock reading 1, 2, 4, 8, ... the loop's readings are
-    1 (round 0's start), 2 and 4 (round 1), 8 and 16 (round 2): 10 s for 2 x 4
-    updates, 0.8 a second. Catches: round 0 counted (``r >= start``: 21 s,
-    12 updates), the time or the count overwritten or subtracted, the end
-    reading plus the start, updates divided by the clients."""
+    compiles): with a clock reading (1, 2, 4, 8, ...) / 32 the loop's readings
+    are 1 (round 0's start), 2 and 4 (round 1), 8 and 16 (round 2), in 1/32 s:
+    10/32 s for 2 x 4 updates, 25.6 a second. Catches: round 0 counted
+    (``r >= start``: 21/32 s, 12 updates), the time or the count overwritten or
+    subtracted, the end reading plus the start, updates divided by the
+    clients, under a second of training reported as no figure."""
     import types
 
-    clock = iter(2.0 ** i for i in range(100))
+    clock = iter(2.0 ** i / 32 for i in range(100))
     plan = plan_lib.prepare(small_cfg("clients_per_round=4"))
     comp = simulate.compiled(plan.spec)
     monkeypatch.setattr(simulate, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     _, stats = simulate.run_cells(comp, plan.hparams, plan.data, [0], 3, 3,
                                   on_eval=lambda *a: None)
-    assert stats["client_updates_per_s"] == pytest.approx(0.8)
+    assert stats["client_updates_per_s"] == pytest.approx(0.8 * 32)
+    assert set(stats) == {"client_updates_per_s", "diverged", "peak_memory_bytes", "round_peaks"}
 
 
 def test_the_evaluation_and_checkpoint_schedule_ends_on_the_last_round():
@@ -816,3 +850,29 @@ def test_round_means_skip_nan_per_cell():
     assert [acc.means(c, ["x"])["x"] for c in range(3)] == [4.0, 2.0, 2.0]
     acc.reset()
     assert acc.means(0, ["x"]) == {"x": None}
+
+
+def test_round_scalars_keep_scalars_and_per_cell_values():
+    """What a round writes to metrics.jsonl: the training loss; with an attack
+    also whether it acted, the diagnostics and the attack's scalar info as
+    ``attack_<k>`` (per-cell vectors in a batched round, where the loss is a
+    vector too; per-client vectors are left out); without an attack, the
+    loss only (the default is attacked). Catches: the attack's keys renamed
+    or dropped, another rank kept or left out, ``attacked`` ignored or its
+    default."""
+    def info(loss, attack_info):
+        return simulate.RoundInfo(
+            client_ids=jnp.arange(4), train_loss=loss, update_norms=jnp.ones(4),
+            malicious=jnp.zeros(4, bool), attack_active=jnp.asarray(True), agg_info={},
+            attack_info=attack_info, diagnostics={"benign_norm": jnp.asarray(2.0)})
+
+    one = simulate._round_scalars(info(jnp.asarray(0.5), {"lam": jnp.asarray(3.0),
+                                                          "per_client": jnp.ones(4)}))
+    assert set(one) == {"train_loss", "attack_active", "benign_norm", "attack_lam"}
+    assert float(one["attack_active"]) == 1.0 and float(one["attack_lam"]) == 3.0
+    cells = simulate._round_scalars(info(jnp.ones(3), {"lam": jnp.arange(3.0),
+                                                       "per_client": jnp.ones((3, 4))}))
+    assert set(cells) == {"train_loss", "attack_active", "benign_norm", "attack_lam"}
+    np.testing.assert_array_equal(np.asarray(cells["attack_lam"]), [0.0, 1.0, 2.0])
+    clean = simulate._round_scalars(info(jnp.asarray(0.5), {"lam": jnp.asarray(3.0)}), False)
+    assert set(clean) == {"train_loss"}
