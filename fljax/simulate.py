@@ -47,6 +47,7 @@ import numpy as np
 from fljax import checkpoint as ckpt_lib
 from fljax import memory as memory_lib
 from fljax import results as results_lib
+from fljax.config import ConfigError
 from fljax.execution import CELLS, CLIENTS
 from fljax.plan import DEFAULTS, prepare  # noqa: F401  (the public entry points)
 from fljax.round import RoundInfo, SimState, ServerState, make_round  # noqa: F401
@@ -394,6 +395,21 @@ def _resume(out_dir: str, comp: Compiled, plan, cfg: dict, log):
     return None, None, 0.0
 
 
+def _refuse_a_used_folder(out_dir: str) -> None:
+    """A run without ``resume`` does not write over another run's results:
+    its metrics, its checkpoints (orbax or msgpack) stay as they are."""
+    metrics_path = os.path.join(out_dir, "metrics.jsonl")
+    held = [name for name, there in (
+        ("checkpoints", ckpt_lib.latest(os.path.join(out_dir, "checkpoints")) is not None),
+        ("checkpoint.msgpack", os.path.exists(os.path.join(out_dir, "checkpoint.msgpack"))),
+        ("metrics.jsonl", os.path.exists(metrics_path) and os.path.getsize(metrics_path) > 0))
+        if there]
+    if held:
+        raise ConfigError(f"--out {out_dir!r} already holds a run ({', '.join(held)}); pass "
+                          "--resume (resume=True) to continue it, or another --out; nothing "
+                          "was changed")
+
+
 def run(cfg: dict, out_dir: Optional[str] = None, progress: bool = True,
         resume: bool = False, log: Callable[[str], None] | None = print) -> RunResult:
     """Runs a resolved config: the Python entry point behind ``fljax run``.
@@ -415,6 +431,8 @@ def run(cfg: dict, out_dir: Optional[str] = None, progress: bool = True,
     primary = jax.process_index() == 0
     if out_dir is not None:
         prepare_out_dir(out_dir)
+        if not resume:
+            _refuse_a_used_folder(out_dir)
     plan = prepare(cfg)
     comp = compiled(plan.spec, False)
     metrics_path = os.path.join(out_dir, "metrics.jsonl") if out_dir else None

@@ -876,3 +876,30 @@ def test_round_scalars_keep_scalars_and_per_cell_values():
     np.testing.assert_array_equal(np.asarray(cells["attack_lam"]), [0.0, 1.0, 2.0])
     clean = simulate._round_scalars(info(jnp.asarray(0.5), {"lam": jnp.asarray(3.0)}), False)
     assert set(clean) == {"train_loss"}
+
+
+def test_a_run_without_resume_refuses_a_used_folder_and_changes_nothing(tmp_path, monkeypatch):
+    """A second run into a folder that holds a run, without ``resume``, fails
+    before any work with a message that says what to do, and leaves the
+    first run's metrics and checkpoints as they were (it used to truncate
+    metrics.jsonl, then fail inside orbax: step already exists). A fresh
+    folder gets its config.json, a history from round 0 and, with a clock
+    that never moves, elapsed times of 0.
+
+    Catches: config.json renamed, a fresh run's elapsed time not starting at
+    0. (``resume or out_dir`` is equivalent since: without ``resume`` the
+    folder is new or refused.)"""
+    import types
+
+    simulate.run(small_cfg("rounds=2"), str(tmp_path / "a"), progress=False, log=None)
+    before = (tmp_path / "a" / "metrics.jsonl").read_text()
+    other = small_cfg("rounds=1", "client.learning_rate=0.3")
+    with pytest.raises(config.ConfigError, match=r"already holds a run \(checkpoints, "
+                       r"metrics.jsonl\); pass --resume .* nothing was changed"):
+        simulate.run(other, str(tmp_path / "a"), progress=False, log=None)
+    assert (tmp_path / "a" / "metrics.jsonl").read_text() == before
+    monkeypatch.setattr(simulate, "time", types.SimpleNamespace(perf_counter=lambda: 0.0))
+    res = simulate.run(other, str(tmp_path / "b"), progress=False, log=None)
+    assert [h["round"] for h in res.history] == [0, 1]
+    assert [h["elapsed"] for h in res.history] == [0.0, 0.0]
+    assert json.loads((tmp_path / "b" / "config.json").read_text()) == json.loads(json.dumps(other))
