@@ -887,7 +887,7 @@ def test_a_run_without_resume_refuses_a_used_folder_and_changes_nothing(tmp_path
     that never moves, elapsed times of 0.
 
     Catches: config.json renamed, a fresh run's elapsed time not starting at
-    0. (``resume or out_dir`` is equivalent since: without ``resume`` the
+    0 or not the clock's difference (the clock reads 5 s). (``resume or out_dir`` is equivalent since: without ``resume`` the
     folder is new or refused.)"""
     import types
 
@@ -898,7 +898,7 @@ def test_a_run_without_resume_refuses_a_used_folder_and_changes_nothing(tmp_path
                        r"metrics.jsonl\); pass --resume .* nothing was changed"):
         simulate.run(other, str(tmp_path / "a"), progress=False, log=None)
     assert (tmp_path / "a" / "metrics.jsonl").read_text() == before
-    monkeypatch.setattr(simulate, "time", types.SimpleNamespace(perf_counter=lambda: 0.0))
+    monkeypatch.setattr(simulate, "time", types.SimpleNamespace(perf_counter=lambda: 5.0))
     res = simulate.run(other, str(tmp_path / "b"), progress=False, log=None)
     assert [h["round"] for h in res.history] == [0, 1]
     assert [h["elapsed"] for h in res.history] == [0.0, 0.0]
