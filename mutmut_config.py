@@ -63,7 +63,8 @@ TESTS = {
         "resume or same_seed or non_finite or partial_last_batch or new_hyperparameters "
         "or matches_independent_reference or interrupted or cells_per_program "
         "or vmapped_group or turns_nan or rerun_skips or history_and_late or throughput "
-        "or schedule_ends or skip_nan or round_scalars or msgpack or used_folder"],
+        "or schedule_ends or skip_nan or round_scalars or msgpack or used_folder "
+        "or summary_json"],
     # Its mesh (several devices): only the 8-fake-device subprocess reaches it
     # (the batched mesh, a sweep's cells over devices, only its slow test).
     "fljax/simulate.py:64-169": [

@@ -903,3 +903,36 @@ def test_a_run_without_resume_refuses_a_used_folder_and_changes_nothing(tmp_path
     assert [h["round"] for h in res.history] == [0, 1]
     assert [h["elapsed"] for h in res.history] == [0.0, 0.0]
     assert json.loads((tmp_path / "b" / "config.json").read_text()) == json.loads(json.dumps(other))
+
+
+def test_summary_json_and_params(tmp_path, monkeypatch):
+    """summary.json holds the final evaluation (``final_<name>``, without its
+    round, time, divergence and memory), the run's facts (strategy, chunk,
+    parameters, local steps, devices, processes, device kind, memory figures)
+    and the wall time (0 with a clock that never moves); params.msgpack holds
+    the final parameters. Catches: a field renamed or dropped, the wrong
+    record taken as final, the parameters' file renamed."""
+    import types
+
+    from flax import serialization
+
+    monkeypatch.setattr(simulate, "time", types.SimpleNamespace(perf_counter=lambda: 5.0))
+    cfg = small_cfg("rounds=2")
+    res = simulate.run(cfg, str(tmp_path), progress=False, log=None)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(res.summary))
+    last = res.history[-1]
+    finals = {f"final_{k}": v for k, v in last.items()
+              if k not in ("round", "elapsed", "diverged", "peak_memory_gb")}
+    plan = plan_lib.prepare(cfg)
+    dim = sum(np.size(p) for p in jax.tree_util.tree_leaves(res.state.params))
+    want = {"final_round": 2, **finals, "diverged": False, "diverged_round": None,
+            "wall_time_s": 0.0, "client_updates_per_s": None, "strategy": plan.spec.strategy,
+            "client_chunk": plan.spec.chunk, "aggregation": plan.spec.aggregation,
+            "devices": 1, "processes": 1, "device": jax.devices()[0].device_kind,
+            "num_params": dim, "local_steps": plan.spec.steps}
+    assert {k: saved.get(k, "missing") for k in want} == json.loads(json.dumps(want))
+    assert set(saved) == set(want) | {"peak_memory_gb", "memory_estimate_gb", "memory_budget_gb"}
+    assert saved["memory_estimate_gb"] > 0
+    params = serialization.from_bytes(res.state.params, (tmp_path / "params.msgpack").read_bytes())
+    assert_trees_equal(params, res.state.params)
