@@ -67,7 +67,7 @@ TESTS = {
         "or summary_json"],
     # Its mesh (several devices): only the 8-fake-device subprocess reaches it
     # (the batched mesh, a sweep's cells over devices, only its slow test).
-    "fljax/simulate.py:64-169": [
+    "fljax/simulate.py:64-185,233-242,278-285": [
         "tests/simulate_test.py", "tests/sharded_test.py", "-k",
         "resume_is_exact or sharded_rounds"],
     # The client axis over devices (chunking, the dispatch, the streamed psum,
