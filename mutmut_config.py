@@ -59,12 +59,12 @@ TESTS = {
         "or (every_rule_traces and (fltrust or flame or foolsgold))"],
     # The host driver: programs, run keys, cells, history, resume, evaluation cadence.
     "fljax/simulate.py": [
-        "tests/simulate_test.py", "tests/sweep_test.py", "tests/scale_test.py", "-k",
+        "tests/simulate_driver_test.py", "tests/simulate_test.py", "tests/sweep_test.py",
+        "tests/scale_test.py", "-k",
         "resume or same_seed or non_finite or partial_last_batch or new_hyperparameters "
         "or matches_independent_reference or interrupted or cells_per_program "
         "or vmapped_group or turns_nan or rerun_skips or history_and_late or throughput "
-        "or schedule_ends or skip_nan or round_scalars or msgpack or used_folder "
-        "or summary_json"],
+        "or simulate_driver_test"],
     # Its mesh (several devices): only the 8-fake-device subprocess reaches it
     # (the batched mesh, a sweep's cells over devices, only its slow test).
     "fljax/simulate.py:64-185,233-242,278-285": [

@@ -15,6 +15,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 # alone at the end while the other idles. Within a file the order is unchanged.
 _HEAVY_FIRST = (
     "tests/simulate_test.py",
+    "tests/simulate_driver_test.py",
     "tests/aggregators/round2_edges_test.py",
     "tests/attacks/backdoor_test.py",
     "tests/sweep_test.py",
