@@ -21,7 +21,8 @@ import pytest
 
 from fljax import aggregators, config, execution, memory, plan as plan_lib, results, simulate, sweep
 from fljax.aggregators.base import AggregationContext
-from tests.simulate_test import MEASURED, assert_same_round_report, assert_trees_equal, small_cfg
+from tests.simulate_test import (assert_same_round_report, assert_trees_equal, small_cfg,
+                                 unmeasured)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -291,8 +292,7 @@ def test_an_interrupted_run_resumes_from_orbax_exactly(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / "r" / "checkpoints")) == ["3"]
     resumed = simulate.run(cfg, str(tmp_path / "r"), progress=False, log=None, resume=True)
     assert_trees_equal(full.state, resumed.state)
-    drop = lambda h: [{k: v for k, v in r.items() if k not in MEASURED} for r in h]  # noqa: E731
-    assert drop(full.history) == drop(resumed.history)
+    assert unmeasured(full.history) == unmeasured(resumed.history)
     lines = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [l["round"] for l in lines] == [0, 2, 4, 6]
     assert full.summary["final_train_loss"] == resumed.summary["final_train_loss"]

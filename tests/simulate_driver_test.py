@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fljax import config, plan as plan_lib, simulate
-from tests.simulate_test import MEASURED, assert_trees_equal, small_cfg
+from tests.simulate_test import assert_trees_equal, small_cfg, unmeasured
 
 
 def test_resume_reads_an_earlier_versions_msgpack_checkpoint(tmp_path):
@@ -35,8 +35,7 @@ def test_resume_reads_an_earlier_versions_msgpack_checkpoint(tmp_path):
     (tmp_path / "r" / "checkpoint.msgpack").write_bytes(serialization.msgpack_serialize(blob))
     resumed = simulate.run(cfg, str(tmp_path / "r"), progress=False, log=None, resume=True)
     assert_trees_equal(full.state.params, resumed.state.params)
-    drop = lambda h: [{k: v for k, v in r.items() if k not in MEASURED} for r in h]  # noqa: E731
-    assert drop(full.history) == drop(resumed.history)
+    assert unmeasured(full.history) == unmeasured(resumed.history)
     assert resumed.history[-1]["elapsed"] >= 1e4
 
 

@@ -23,6 +23,11 @@ from tests import simulate_reference
 MEASURED = ("elapsed", "peak_memory_gb")
 
 
+def unmeasured(history):
+    """A history without its measured fields (times, memory peaks)."""
+    return [{k: v for k, v in r.items() if k not in MEASURED} for r in history]
+
+
 def small_cfg(*assignments, **base_over):
     base = {
         "rounds": 2,
@@ -149,10 +154,9 @@ def test_same_seed_is_bit_identical_and_other_seed_differs():
     assert all(r["main_error_rate"] == pytest.approx(1 - r["main_accuracy"]) and "main_loss" in r
                for r in a if "main_accuracy" in r)
     b = simulate.run(cfg, progress=False, log=None).history
-    strip = lambda h: [{k: v for k, v in r.items() if k not in MEASURED} for r in h]  # noqa: E731
-    assert strip(a) == strip(b)
+    assert unmeasured(a) == unmeasured(b)
     c = simulate.run(small_cfg("rounds=3", "seed=1"), progress=False, log=None).history
-    assert strip(a) != strip(c)
+    assert unmeasured(a) != unmeasured(c)
 
 
 def test_attack_changes_exactly_the_sampled_malicious_rows():
@@ -232,8 +236,7 @@ def test_resume_is_exact(tmp_path, monkeypatch, assignments):
     monkeypatch.setattr(simulate.ckpt_lib, "restore", older)
     resumed = simulate.run(cfg, str(tmp_path / "r"), progress=False, log=None, resume=True)
     assert_trees_equal(full.state, resumed.state)
-    drop = lambda h: [{k: v for k, v in r.items() if k not in MEASURED} for r in h]  # noqa: E731
-    assert drop(full.history) == drop(resumed.history)
+    assert unmeasured(full.history) == unmeasured(resumed.history)
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["round"] for l in lines] == [0, 2, 4]
     # The elapsed time carries on from the checkpoint (catches it read as 0).
