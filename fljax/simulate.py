@@ -501,9 +501,10 @@ def run(cfg: dict, out_dir: Optional[str] = None, progress: bool = True,
 
     wall = elapsed()
     final = history[-1] if history else {}
-    diverged_round = stats["diverged"][0]
-    if diverged_round is None and history:  # a resumed run that had diverged before
-        diverged_round = next((h["round"] for h in history if h.get("diverged")), None)
+    # The first evaluation that found the model non-finite, from the whole history: a
+    # resumed run's record from before its checkpoint counts (an earlier version's
+    # msgpack checkpoint keeps no divergence record of its own).
+    diverged_round = next((h["round"] for h in history if h.get("diverged")), None)
     summary = {
         "final_round": int(to_host(state.round)),
         **{f"final_{k}": v for k, v in final.items()

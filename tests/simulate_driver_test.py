@@ -169,3 +169,33 @@ def test_summary_json_and_params(tmp_path, monkeypatch):
     assert saved["memory_estimate_gb"] > 0
     params = serialization.from_bytes(res.state.params, (tmp_path / "params.msgpack").read_bytes())
     assert_trees_equal(params, res.state.params)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["orbax", "msgpack"])
+def test_a_resumed_run_keeps_the_round_it_diverged_at(tmp_path, legacy):
+    """A run that turned non-finite at round 1 and went on
+    (``stop_on_divergence=False``), checkpointed at round 2 and resumed to
+    round 3, reports ``diverged_round`` 1 in its summary, as the run does
+    uninterrupted, from either kind of checkpoint. Catches: the round taken
+    from the resumed part alone (3: an earlier version's msgpack checkpoint
+    carries no divergence record)."""
+    from flax import serialization
+
+    cfg = small_cfg("rounds=3", "eval_every=1", "attack.name='gaussian'",
+                    "attack.num_malicious=40", "attack.kwargs={'mean': 3e38, 'stddev': 0.0}",
+                    "execution.stop_on_divergence=False")
+    full = simulate.run(cfg, str(tmp_path / "full"), progress=False, log=None)
+    assert full.summary["diverged_round"] == 1 and full.summary["final_round"] == 3
+    half = simulate.run(config.resolve(simulate.DEFAULTS, cfg, ["rounds=2"]),
+                        str(tmp_path / "r"), progress=False, log=None)
+    if legacy:
+        import shutil
+
+        shutil.rmtree(tmp_path / "r" / "checkpoints")
+        blob = {"state": serialization.to_state_dict(jax.device_get(half.state)), "elapsed": 0.0}
+        (tmp_path / "r" / "checkpoint.msgpack").write_bytes(serialization.msgpack_serialize(blob))
+    resumed = simulate.run(cfg, str(tmp_path / "r"), progress=False, log=None, resume=True)
+    assert resumed.summary["final_round"] == 3
+    assert resumed.summary["diverged"] is True and resumed.summary["diverged_round"] == 1
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["diverged_round"] == 1
