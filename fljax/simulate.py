@@ -243,8 +243,8 @@ def _pad_cells(tree, n: int):
 
 def run_cells(comp: Compiled, hparams, data, seeds: list[int], rounds: int, eval_every: int, *,
               state=None, on_eval: Callable, bar=None, stop_on_divergence: bool = True,
-              skip_first_eval: bool = False, checkpoint_every: int = 0,
-              on_checkpoint: Optional[Callable] = None, carry: Optional[dict] = None
+              checkpoint_every: int = 0, on_checkpoint: Optional[Callable] = None,
+              carry: Optional[dict] = None
               ) -> tuple[Any, dict]:
     """Runs one cell (``comp.batched`` False) or a group of cells (True) to ``rounds``.
 
@@ -255,10 +255,11 @@ def run_cells(comp: Compiled, hparams, data, seeds: list[int], rounds: int, eval
       seeds: one seed per cell.
       state: a restored state to continue from (None: initialise); over
         devices, a batched state keeps the padded cell axis it was saved with.
-      on_eval: ``on_eval(state, round, records)`` with one metrics dict per cell.
+      on_eval: ``on_eval(state, round, records)`` with one metrics dict per cell;
+        round 0 is evaluated when ``state`` starts there (a restored state
+        is past it: checkpoints follow a round).
       bar: a tqdm bar advanced by one per cell-round.
       stop_on_divergence: stop once every cell's model is non-finite.
-      skip_first_eval: do not evaluate at round 0 (a resumed run has it).
       checkpoint_every: call ``on_checkpoint`` every this many rounds (0: after
         every evaluation), and after the last round.
       on_checkpoint: ``on_checkpoint(state, round, carry)``; ``carry`` (JSON)
@@ -332,7 +333,7 @@ def run_cells(comp: Compiled, hparams, data, seeds: list[int], rounds: int, eval
                                      "diverged": diverged, "names": names,
                                      "peak_since_eval": peak_since_eval, "peak_all": peak_all})
 
-    if start == 0 and not skip_first_eval:
+    if start == 0:  # a restored state is past round 0 (checkpoints follow a round)
         evaluate(0)
     for r in range(start, rounds):
         t = time.perf_counter()
@@ -492,7 +493,7 @@ def run(cfg: dict, out_dir: Optional[str] = None, progress: bool = True,
             comp, plan.hparams, plan.data, [cfg["seed"]], rounds, cfg["eval_every"],
             state=state, on_eval=on_eval, bar=bar,
             stop_on_divergence=cfg["execution"]["stop_on_divergence"],
-            skip_first_eval=bool(history), checkpoint_every=cfg["execution"]["checkpoint_every"],
+            checkpoint_every=cfg["execution"]["checkpoint_every"],
             on_checkpoint=on_checkpoint, carry=carry)
     finally:
         bar.close()

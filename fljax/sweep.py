@@ -428,7 +428,7 @@ def _run_chunk(spec, chunk, out, csv_path, columns, bar, resume_from: Optional[s
                            cfg0["eval_every"], state=state, on_eval=on_eval, bar=bar,
                            stop_on_divergence=cfg0["execution"]["stop_on_divergence"],
                            checkpoint_every=cfg0["execution"]["checkpoint_every"],
-                           on_checkpoint=on_checkpoint, carry=carry, skip_first_eval=bool(done))
+                           on_checkpoint=on_checkpoint, carry=carry)
     finally:
         mgr.close()
     if not primary:
