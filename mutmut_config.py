@@ -65,11 +65,11 @@ TESTS = {
         "or matches_independent_reference or interrupted or cells_per_program "
         "or vmapped_group or turns_nan or rerun_skips or history_and_late or throughput "
         "or simulate_driver_test"],
-    # Its mesh (several devices): only the 8-fake-device subprocess reaches it
-    # (the batched mesh, a sweep's cells over devices, only its slow test).
-    "fljax/simulate.py:64-185,233-242,278-285": [
-        "tests/simulate_test.py", "tests/sharded_test.py", "-k",
-        "resume_is_exact or sharded_rounds"],
+    # Its mesh (several devices): only the 8-fake-device subprocesses reach it;
+    # a sweep's cells over devices only in the slow one (``-m`` lets it run).
+    "fljax/simulate.py:64-185,233-242,279-286": [
+        "tests/simulate_test.py", "tests/sharded_test.py", "-m", "not notebooks", "-k",
+        "resume_is_exact or sharded_paths or sharded_rounds"],
     # The client axis over devices (chunking, the dispatch, the streamed psum,
     # the buffer): the same, then the 8-fake-device subprocess.
     "fljax/round.py:158-166,322-370,400-432,445-453": [
