@@ -8,6 +8,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # that takes over a second to compile is compiled once. The mutation runner sets its own.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"fljax-tests-jax-cache-{os.getuid()}"))
+# The tests' shapes are small, so their time is nearly all compilation. LLVM at -O0
+# generates XLA:CPU's code about a third faster (a whole run: see docs/testing.md); the
+# HLO passes are the same, and XLA:CPU keeps IEEE semantics at any level (no fast
+# math), so only the machine code's speed changes. A level set by the caller is kept.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_backend_optimization_level=0").strip()
 
 # The heaviest files first (per-file CPU from ``pytest --durations``, 2026-12-01). With
 # ``--dist loadfile`` each worker takes whole files in collection order, so a heavy file
