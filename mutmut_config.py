@@ -67,7 +67,7 @@ TESTS = {
         "or simulate_driver_test"],
     # Its mesh (several devices): only the 8-fake-device subprocesses reach it;
     # a sweep's cells over devices only in the slow one (``-m`` lets it run).
-    "fljax/simulate.py:64-185,233-242,279-286": [
+    "fljax/simulate.py:64-186,234-243,280-287": [
         "tests/simulate_test.py", "tests/sharded_test.py", "-m", "not notebooks", "-k",
         "resume_is_exact or sharded_paths or sharded_rounds"],
     # The client axis over devices (chunking, the dispatch, the streamed psum,

@@ -99,8 +99,9 @@ class Compiled(NamedTuple):
 
         return jax.tree_util.tree_map(one, tree)
 
-    def new_buffer(self, cells: int = 0):
-        """The donated update buffer, created where it lives (None: none)."""
+    def new_buffer(self, cells: int):
+        """The donated update buffer, created where it lives (None: none),
+        with a leading cell axis of ``cells`` (0: a single run's, none)."""
         shape = jax.eval_shape(self.round.new_buffer)
         if shape is None:
             return None

@@ -57,6 +57,8 @@ METRICS = ("final_main_accuracy", "final_main_loss", "final_train_loss",
 def run_case(name: str) -> dict:
     if name == "sweep_cells":
         return sweep_case()
+    if name == "resume":
+        return resume_case()
     if name == "two_devices":
         return two_devices_case()
     if name == "column_rules":
@@ -141,6 +143,29 @@ def two_devices_case() -> dict:
     return {"case": "two_devices", "devices": [s1.devices, s2.devices],
             "aggregation": s2.aggregation, "max_param_diff": diff,
             "metrics": {k: (float(g1[k]), float(g2[k])) for k in keys if k in g1}}
+
+
+def resume_case() -> dict:
+    """Three rounds on 1 device, and on 8 devices two rounds, a checkpoint and
+    a resumed third (the state restored onto the mesh), with a stateful server
+    optimizer and rule."""
+    extra = LABEL_FLIP + ["rounds=3", "eval_every=1", "server.optimizer='adam'",
+                          "server.learning_rate=0.01",
+                          "aggregator={'name': 'centered_clipping', 'kwargs': {'tau': 1.0}}"]
+    one = simulate.run(config.resolve(simulate.DEFAULTS, BASE, extra + ["execution.devices=1"]),
+                       progress=False, log=None)
+    cfg = config.resolve(simulate.DEFAULTS, BASE, extra + ["execution.devices=8"])
+    out = tempfile.mkdtemp()
+    simulate.run(config.resolve(simulate.DEFAULTS, cfg, ["rounds=2"]), out, progress=False,
+                 log=None)
+    res = simulate.run(cfg, out, progress=False, log=None, resume=True)
+    leaves = [jax.tree_util.tree_leaves(simulate.to_host(r.state)) for r in (one, res)]
+    return {"case": "resume", "devices": [one.summary["devices"], res.summary["devices"]],
+            "aggregation": res.summary["aggregation"],
+            "max_param_diff": max(float(np.max(np.abs(np.asarray(a, np.float64) - b)))
+                                  for a, b in zip(*leaves)),
+            "metrics": {k: (one.summary.get(k), res.summary.get(k)) for k in METRICS
+                        if k in one.summary}}
 
 
 def sweep_case() -> dict:

@@ -71,13 +71,17 @@ def test_more_sharded_paths_equal_one_device():
     blocks and (with a server transform) on whole rows, vmap chunks per
     device, the whole-matrix fallback (an attack that crafts rows), a
     streamed rule in chunks of 3, and a sweep whose cell axis is split over
-    the 8 devices (3 cells: padded to 8).
+    the 8 devices (3 cells: padded to 8), and a run over 8 devices resumed
+    from its checkpoint (Adam's moments and centred clipping's centre
+    restored onto the mesh).
 
     Catches: a Gram matrix summed over one block, norms of one block used
     for clipping, a crafted matrix gathered with its padding, cells mixed up
     when the cell axis is padded and split, a server transform skipped
-    because the rule works on column blocks (``clip_server_tf``).
+    because the rule works on column blocks (``clip_server_tf``), the
+    restored state laid out for a sweep's cell axis (``Compiled.sharding``'s
+    default ``cells=True``).
     """
     for r in _check("multi_krum_columns", "clip_columns", "clip_server_tf", "median_vmap",
-                    "trimmed_fallback", "weak_dp_chunks", "sweep_cells").values():
+                    "trimmed_fallback", "weak_dp_chunks", "sweep_cells", "resume").values():
         _assert_same(r)
