@@ -1,5 +1,6 @@
 """Runs configs on 1 and on 8 devices and prints one JSON line per case
 (run by ``tests/sharded_test.py`` with 8 fake CPU devices; not a test module).
+A line's ``devices`` are how many devices hold each run's state.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharded_check.py CASE ...
 """
@@ -54,6 +55,12 @@ METRICS = ("final_main_accuracy", "final_main_loss", "final_train_loss",
            "final_cosine_to_honest", "final_norm_ratio_to_honest", "final_malicious_kept")
 
 
+def placed(tree) -> int:
+    """On how many devices a state's first array lives (a run over a mesh
+    keeps its parameters replicated on every device of it)."""
+    return len(jax.tree_util.tree_leaves(tree)[0].sharding.device_set)
+
+
 def run_case(name: str) -> dict:
     if name == "sweep_cells":
         return sweep_case()
@@ -68,9 +75,9 @@ def run_case(name: str) -> dict:
         cfg = config.resolve(simulate.DEFAULTS, BASE, CASES[name] + [f"execution.devices={d}"])
         res = simulate.run(cfg, progress=False, log=None)
         params = jax.tree_util.tree_leaves(simulate.to_host(res.state.params))
-        outs.append((res.summary, params))
-    (s1, p1), (s8, p8) = outs
-    return {"case": name, "devices": [s1["devices"], s8["devices"]],
+        outs.append((res.summary, params, placed(res.state.params)))
+    (s1, p1, d1), (s8, p8, d8) = outs
+    return {"case": name, "devices": [d1, d8],
             "aggregation": s8["aggregation"],
             "max_param_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(p1, p8)),
             "metrics": {k: (s1.get(k), s8.get(k)) for k in METRICS if k in s1}}
@@ -134,13 +141,14 @@ def two_devices_case() -> dict:
         cfg = config.resolve(simulate.DEFAULTS, BASE, LABEL_FLIP + [
             "aggregator={'name': 'coordinate_median'}", f"execution.devices={d}"])
         state, info, plan = run_rounds(cfg, 2)
-        outs.append((plan.spec, jax.tree_util.tree_leaves(simulate.to_host(state.params)),
-                     np.asarray(info.update_norms), simulate.to_host(info.diagnostics)))
-    (s1, p1, n1, g1), (s2, p2, n2, g2) = outs
+        leaves = jax.tree_util.tree_leaves(simulate.to_host(state.params))
+        outs.append((placed(state.params), leaves, np.asarray(info.update_norms),
+                     simulate.to_host(info.diagnostics), plan.spec))
+    (d1, p1, n1, g1, _), (d2, p2, n2, g2, s2) = outs
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(p1, p2))
     diff = max(diff, float(np.max(np.abs(n1 - n2) / np.maximum(1.0, np.abs(n1)))))
     keys = ("cosine_to_honest", "norm_ratio_to_honest", "malicious_rows", "num_nonfinite")
-    return {"case": "two_devices", "devices": [s1.devices, s2.devices],
+    return {"case": "two_devices", "devices": [d1, d2],
             "aggregation": s2.aggregation, "max_param_diff": diff,
             "metrics": {k: (float(g1[k]), float(g2[k])) for k in keys if k in g1}}
 
@@ -160,7 +168,7 @@ def resume_case() -> dict:
                  log=None)
     res = simulate.run(cfg, out, progress=False, log=None, resume=True)
     leaves = [jax.tree_util.tree_leaves(simulate.to_host(r.state)) for r in (one, res)]
-    return {"case": "resume", "devices": [one.summary["devices"], res.summary["devices"]],
+    return {"case": "resume", "devices": [placed(one.state), placed(res.state)],
             "aggregation": res.summary["aggregation"],
             "max_param_diff": max(float(np.max(np.abs(np.asarray(a, np.float64) - b)))
                                   for a, b in zip(*leaves)),

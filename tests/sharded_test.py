@@ -56,7 +56,9 @@ def test_sharded_rounds_equal_one_device():
     a round sharded only from 3 devices on (``shards > 2``: the unsharded
     round's buffer does not fit the 2-device layout), the dense column
     path's row norms (``RoundInfo.update_norms``) taken over one block or
-    dropped.
+    dropped. In every case the state lives on the mesh's devices (catches a
+    run over devices compiled for one: ``if d == 1`` as ``d != 1`` gives
+    the same numbers on one device).
     """
     got = _check("stream_mean_attack", "median_columns", "column_rules", "two_devices")
     for name, r in got.items():
