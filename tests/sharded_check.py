@@ -66,6 +66,8 @@ def run_case(name: str) -> dict:
         return sweep_case()
     if name == "resume":
         return resume_case()
+    if name == "donation":
+        return donation_case()
     if name == "two_devices":
         return two_devices_case()
     if name == "column_rules":
@@ -174,6 +176,20 @@ def resume_case() -> dict:
                                   for a, b in zip(*leaves)),
             "metrics": {k: (one.summary.get(k), res.summary.get(k)) for k in METRICS
                         if k in one.summary}}
+
+
+def donation_case() -> dict:
+    """Which arguments a run's and a sweep's step donate over 8 devices."""
+    from fljax import plan as plan_lib
+    from tests.simulate_driver_test import donated_args
+
+    cfg = config.resolve(simulate.DEFAULTS, BASE, [
+        "execution.devices=8", "execution.aggregation='dense'",
+        "aggregator={'name': 'coordinate_median'}"])
+    plan = plan_lib.prepare(cfg)
+    return {"case": "donation",
+            "donated": [donated_args(simulate.compiled(plan.spec), plan),
+                        donated_args(simulate.compiled(plan.spec, True), plan, cells=8)]}
 
 
 def sweep_case() -> dict:

@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+from tests.simulate_driver_test import DONATED
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -82,8 +84,11 @@ def test_more_sharded_paths_equal_one_device():
     when the cell axis is padded and split, a server transform skipped
     because the rule works on column blocks (``clip_server_tf``), the
     restored state laid out for a sweep's cell axis (``Compiled.sharding``'s
-    default ``cells=True``).
+    default ``cells=True``), the data donated instead of the state over
+    devices (see ``test_a_round_donates_its_state_and_buffer_only``).
     """
-    for r in _check("multi_krum_columns", "clip_columns", "clip_server_tf", "median_vmap",
-                    "trimmed_fallback", "weak_dp_chunks", "sweep_cells", "resume").values():
+    got = _check("multi_krum_columns", "clip_columns", "clip_server_tf", "median_vmap",
+                 "trimmed_fallback", "weak_dp_chunks", "sweep_cells", "resume", "donation")
+    assert got.pop("donation")["donated"] == [DONATED, DONATED]
+    for r in got.values():
         _assert_same(r)

@@ -199,3 +199,35 @@ def test_a_resumed_run_keeps_the_round_it_diverged_at(tmp_path, legacy):
     assert resumed.summary["diverged"] is True and resumed.summary["diverged_round"] == 1
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["diverged_round"] == 1
+
+
+def donated_args(comp, plan, cells: int = 0) -> list:
+    """For each of ``comp.step``'s five arguments (hparams, state, data, round
+    keys, update buffer), the set of its arrays' donation flags, from the
+    lowered program (no compilation); ``cells``: a batched program's width."""
+    def stack(tree):
+        return jax.tree_util.tree_map(lambda x: jnp.stack([jnp.asarray(x)] * cells), tree) \
+            if cells else tree
+
+    hparams = stack(plan.hparams)
+    k_init, k_rounds = (stack(k) for k in simulate.run_keys(0))
+    state = jax.eval_shape(comp.init, hparams, plan.data, k_init)
+    args, _ = comp.step.lower(hparams, state, plan.data, k_rounds,
+                              comp.new_buffer(cells)).args_info
+    return [sorted({a.donated for a in jax.tree_util.tree_leaves(x)}) for x in args]
+
+
+DONATED = [[False], [True], [False], [False], [True]]  # the state and the buffer only
+
+
+def test_a_round_donates_its_state_and_buffer_only():
+    """A single run's and a batched program's step donate the state and the
+    update buffer (reused every round) and nothing else. Catches: the data
+    donated instead of the state (``donate_argnums=(2, 4)``): no output has
+    the data's shape, so JAX only warns and keeps it, and the state, no
+    longer donated, is held twice every round: the same numbers (every other
+    test passes), more memory."""
+    plan = plan_lib.prepare(small_cfg("execution.strategy='map'", "execution.aggregation='dense'",
+                                      "aggregator={'name': 'coordinate_median'}"))
+    assert donated_args(simulate.compiled(plan.spec), plan) == DONATED
+    assert donated_args(simulate.compiled(plan.spec, True), plan, cells=3) == DONATED
