@@ -142,16 +142,18 @@ def test_summary_json_and_params(tmp_path, monkeypatch):
     """summary.json holds the final evaluation (``final_<name>``, without its
     round, time, divergence and memory), the run's facts (strategy, chunk,
     parameters, local steps, devices, processes, device kind, memory figures)
-    and the wall time (0 with a clock that never moves); params.msgpack holds
-    the final parameters. Catches: a field renamed or dropped, the wrong
-    record taken as final, the parameters' file renamed."""
+    and the wall time (0 with a clock that never moves, also with ``resume``
+    into a folder that holds no run yet); params.msgpack holds the final
+    parameters. Catches: a field renamed or dropped, the wrong record taken
+    as final, the parameters' file renamed, a resume without a checkpoint
+    starting its clock above 0 (``_resume``'s ``(None, None, 1.0)``)."""
     import types
 
     from flax import serialization
 
     monkeypatch.setattr(simulate, "time", types.SimpleNamespace(perf_counter=lambda: 5.0))
     cfg = small_cfg("rounds=2")
-    res = simulate.run(cfg, str(tmp_path), progress=False, log=None)
+    res = simulate.run(cfg, str(tmp_path), progress=False, log=None, resume=True)
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved == json.loads(json.dumps(res.summary))
     last = res.history[-1]
