@@ -8,6 +8,8 @@ run as a script::
     nice -n 15 mutmut run --paths-to-mutate fljax/aggregators/krum.py \
         --runner "python mutmut_config.py fljax/aggregators/krum.py"
     mutmut results            # ids of survivors;  mutmut show ID  for the diff
+    python mutmut_config.py --report MODULE            # counts and survivors' diffs
+    python mutmut_config.py --recheck CACHE MODULE     # old survivors against today's tests
 
 What is not run (``pre_mutation`` marks it skipped), each for a reason stated
 in docs/testing.md:
@@ -67,7 +69,7 @@ TESTS = {
         "or simulate_driver_test"],
     # Its mesh (several devices): only the 8-fake-device subprocesses reach it;
     # a sweep's cells over devices only in the slow one (``-m`` lets it run).
-    "fljax/simulate.py:64-186,234-243,280-287": [
+    "fljax/simulate.py:64-186,234-243,280-283": [
         "tests/simulate_test.py", "tests/sharded_test.py", "-m", "not notebooks", "-k",
         "resume_is_exact or sharded_paths or sharded_rounds"],
     # The client axis over devices (chunking, the dispatch, the streamed psum,
@@ -394,6 +396,47 @@ def report(modules) -> None:
             print(f"  {mid} {status} line {number + 1}: " + " | ".join(diff)[:300])
 
 
+def recheck(cache: str, module: str) -> None:
+    """Re-applies the survivors recorded in ``cache`` (a ``.mutmut-cache`` of an
+    earlier run) to ``module`` as it is now, one at a time, and runs each
+    through its selection: one line per mutant (killed, SURVIVED or
+    "line gone"). A mutant is found by its line's text (the nearest such
+    line) and its index there, as mutmut numbers them. It edits ``module``
+    in place and puts it back after each mutant: run it on a clean tree,
+    never beside a mutation run."""
+    import sqlite3
+
+    from mutmut import Context, RelativeMutationID, mutate
+
+    db = sqlite3.connect(f"file:{cache}?mode=ro", uri=True)
+    rows = db.execute(
+        "select m.id, l.line, l.line_number, m.\"index\" from Mutant m "
+        "join Line l on m.line = l.id join SourceFile s on l.sourcefile = s.id "
+        "where s.filename = ? and m.status in "
+        "('bad_survived', 'bad_timeout', 'ok_suspicious') order by m.id", (module,)).fetchall()
+    source = open(module).read()
+    lines = source.split("\n")
+    for mid, text, old, index in rows:
+        found = [i for i, line in enumerate(lines) if line == text]
+        if not found:
+            print(f"{mid} line gone: {text.strip()[:100]}", flush=True)
+            continue
+        number = min(found, key=lambda i: abs(i - old))
+        mutant = mutate(Context(source=source, filename=module, mutation_id=RelativeMutationID(
+            text, index, number, module)))[0]
+        diff = " | ".join(f"{a.strip()} -> {b.strip()}" for a, b in
+                          zip(source.splitlines(), mutant.splitlines()) if a != b)
+        try:
+            with open(module, "w") as f:
+                f.write(mutant)
+            rc = main(_selection(module, number + 1))
+        finally:
+            with open(module, "w") as f:
+                f.write(source)
+        print(f"{mid} line {number + 1} {'killed' if rc else 'SURVIVED'}: {diff[:200]}",
+              flush=True)
+
+
 def main(module: str) -> int:
     env = dict(os.environ)
     env.setdefault("JAX_PLATFORMS", "cpu")
@@ -424,5 +467,7 @@ def _die_with_parent() -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "--report":
         report(sys.argv[2:])
+    elif sys.argv[1] == "--recheck":
+        recheck(sys.argv[2], sys.argv[3])
     else:
         sys.exit(main(sys.argv[1]))
