@@ -139,7 +139,8 @@ def foolsgold(num_clients: int, kappa: float = 1.0, normalize: bool = False) -> 
         total = jnp.sum(w)
         # The weighted mean first (a convex combination cannot overflow), then
         # the reference's sum as total * mean: finite whenever it is representable.
-        unit = (w / jnp.where(total > 0, total, 1.0)) @ x  # float[d]
+        unit = jnp.dot(w / jnp.where(total > 0, total, 1.0), x,
+                       precision=jax.lax.Precision.HIGHEST)  # float[d]
         out = unit if normalize else total * unit
         info = {"weights": w, "accepted": w > 0, "num_nonfinite": n - jnp.sum(finite)}
         return out, FoolsGoldState(history), info

@@ -85,7 +85,8 @@ def subset_max_eigenvalues(gram: jax.Array, kept: np.ndarray) -> jax.Array:
         sub = gram[idx][:, idx]
         ok = jnp.all(jnp.isfinite(sub))
         sub = jnp.where(ok, sub, 0.0)
-        c = centring @ sub @ centring
+        c = jnp.matmul(jnp.matmul(centring, sub, precision=lax.Precision.HIGHEST), centring,
+                       precision=lax.Precision.HIGHEST)
         lam = top_eigen(c)[0] / k
         return jnp.where(ok, lam, jnp.inf)
 

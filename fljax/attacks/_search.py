@@ -163,7 +163,7 @@ def expansion_contraction(evaluate: Callable[[jax.Array], jax.Array], start, del
 
     def con_body(s):
         b, by, dd, left, used = s
-        xs = b + dd * (coef @ powers)  # float32[W]
+        xs = b + dd * jnp.matmul(coef, powers, precision=lax.Precision.HIGHEST)  # float32[W]
         ys = evaluate(xs)
         p = 0 * left
         for level in range(L):  # walk the tree (static, L steps)

@@ -90,7 +90,8 @@ def mimic(target: str = "index", epsilon: int = 0, iters: int = 1,
             mu = _common.mean_of(updates, valid, pool)  # float[d]
             z = jax.random.normal(jax.random.PRNGKey(0), (d,), updates.dtype)
             for _ in range(iters):  # z <- Xc^T (Xc z), Xc the centred pool rows
-                w = _common.row_dots(updates, z[None, :])[:, 0] - jnp.dot(mu, z)  # float[n]
+                w = (_common.row_dots(updates, z[None, :])[:, 0]
+                     - jnp.dot(mu, z, precision=jax.lax.Precision.HIGHEST))  # float[n]
                 w = jnp.where(pool, w, 0.0)
                 z = _linalg.weighted_row_sum(updates, w, valid) - jnp.sum(w) * mu
                 z = z / jnp.where(_common.l2_norm(z) > 0, _common.l2_norm(z), 1.0)

@@ -52,7 +52,8 @@ def _min_max_gamma(updates, valid, known, mu, delta, dd):
     t = jnp.max(jnp.where(pair, dist, 0.0))
     # b_i = delta.mu - delta.x_i: one matvec (a fused row reduction of the
     # centred rows ran ~3x slower on XLA:CPU).
-    b = jnp.where(known, jnp.dot(delta, mu) - _common.row_dots(updates, delta[None, :])[:, 0], 0.0)
+    b = jnp.where(known, jnp.dot(delta, mu, precision=jax.lax.Precision.HIGHEST)
+                  - _common.row_dots(updates, delta[None, :])[:, 0], 0.0)
     a = jnp.minimum(sq, t)  # rounding may put a_i a hair above T
     root = jnp.sqrt(jnp.square(b) + dd * (t - a))
     plus = (b + root) / jnp.where(dd > 0, dd, 1.0)

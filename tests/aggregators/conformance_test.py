@@ -215,6 +215,51 @@ def test_one_trace_per_build_and_shape(entry):
             assert isinstance(value, jax.Array), entry.name
 
 
+def _dot_precisions(jaxpr) -> list:
+    """The ``precision`` of every ``dot_general`` in a jaxpr and its sub-jaxprs
+    (``jit``, ``cond``, ``while``, ``scan``, ``map`` bodies)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += _dot_precisions(inner)
+    return found
+
+
+def _every_rule():
+    """A ``pytest.param(rule, n, context)`` for every row of both tables (the
+    statistics table holds the second round's rules too)."""
+    from fljax.aggregators import AggregationContext
+
+    for entry in TABLE:
+        n = entry.ns[-1]
+        f = entry.f_max(n)
+        ctx = entry.make_context(n, D, np.random.default_rng(1)) if entry.make_context else None
+        yield pytest.param(entry.build(n, f), n, ctx, id=entry.name)
+    for case in table_model.TABLE:
+        yield pytest.param(case.build(12, D, 2), 12,
+                           AggregationContext(params=jnp.zeros(D, jnp.float32)), id=case.name)
+
+
+@pytest.mark.parametrize("rule,n,ctx", list(_every_rule()))
+def test_every_matrix_product_is_at_highest_precision(rule, n, ctx):
+    """Every matrix product a rule traces runs at ``Precision.HIGHEST``, read
+    from its jaxpr (no compilation). XLA:CPU multiplies float32 exactly at any
+    precision, so no value on this machine can tell; a GPU's default for
+    float32 is TF32 (10-bit mantissas), which would change Krum's distances,
+    a weighted mean, an eigenvalue. Catches: ``_HIGHEST = None`` in
+    ``_linalg`` / ``_spectral`` / ``_ops`` / a rule. (ERR / LFR's validation
+    function is the table's own, written at HIGHEST too.)"""
+    jaxpr = jax.make_jaxpr(rule.aggregate)(jnp.asarray(_data(n)), rule.init(D), KEY, ctx)
+    precisions = _dot_precisions(jaxpr.jaxpr)
+    highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+    assert [p for p in precisions if p != highest] == [], precisions
+
+
 @pytest.mark.parametrize("entry", TABLE, ids=lambda e: e.name)
 def test_on_pytree_matches_flat(entry):
     n = entry.ns[0]

@@ -105,6 +105,27 @@ def test_benign_rows_bit_identical_and_malicious_rows_crafted(name, knowledge):
     assert np.all(np.any(out[mal] != x32[mal], axis=1))
 
 
+@pytest.mark.parametrize("name,knowledge,extra", [(n, k, {}) for n, k in CASES] + [
+    ("mimic", "full", {"target": "direction"})])
+def test_every_matrix_product_is_at_highest_precision(name, knowledge, extra):
+    """As for the rules (``conformance_test.py``): every matrix product an
+    attack traces runs at ``Precision.HIGHEST`` (a GPU's float32 default is
+    TF32). Catches: ``_common.row_dots`` at the default precision, or a
+    product beside it at the default (Min-Max's ``delta . mu`` minus the
+    rows' products: a difference of near-equal terms)."""
+    from tests.aggregators.conformance_test import _dot_precisions
+
+    kwargs = dict(TABLE[name][0], **extra)
+    if name in KNOWLEDGE:
+        kwargs["knowledge"] = knowledge
+    attack = attacks.UPDATE_ATTACKS[name](**kwargs)
+    x, mal = _problem(8)
+    jaxpr = jax.make_jaxpr(lambda u, m, k: attack.craft(u, m, k, None))(
+        jnp.asarray(x, jnp.float32), jnp.asarray(mal), KEY)
+    highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+    assert [p for p in _dot_precisions(jaxpr.jaxpr) if p != highest] == []
+
+
 @pytest.mark.parametrize("name,knowledge", CASES)
 def test_no_retrace_on_new_mask_count_or_value(name, knowledge):
     """Catches Python control flow on the mask, its count or a value argument
