@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -63,10 +64,10 @@ def prepare_out_dir(out_dir: str) -> str:
         raise ConfigError(f"--out {out_dir!r} is a file, not a folder; pass a folder")
     try:
         os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, ".write_test")
-        with open(probe, "w") as f:
-            f.write("")
-        os.remove(probe)
+        # A probe of its own name (several processes of one run check the same
+        # folder at once: a shared name was removed by one under another).
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
     except OSError as e:
         raise ConfigError(f"output folder {out_dir!r} is not writable ({e.strerror}); pass "
                           "--out with a folder you can write to") from None

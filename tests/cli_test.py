@@ -38,6 +38,25 @@ def test_cli_rejects_unwritable_output(tmp_path):
     assert rc == 2
 
 
+def test_the_writability_probe_has_a_name_of_its_own(tmp_path):
+    """The processes of one run check the same output folder at once; a probe
+    file of one fixed name was removed by one process under another, which
+    then stopped with "not writable" (and the other timed out waiting for
+    it). With that name taken (here by a folder) the check still passes, and
+    it leaves nothing behind; a read-only folder still fails clearly."""
+    import os
+
+    from fljax import config, results
+
+    (tmp_path / ".write_test").mkdir()
+    assert results.prepare_out_dir(str(tmp_path)) == str(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == [".write_test"]
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "ro").mkdir(mode=0o500)
+        with pytest.raises(config.ConfigError, match="not writable"):
+            results.prepare_out_dir(str(tmp_path / "ro"))
+
+
 import pytest
 
 BAD_RUN = [
