@@ -248,7 +248,7 @@ def _every_rule():
 @pytest.mark.parametrize("rule,n,ctx", list(_every_rule()))
 def test_every_matrix_product_is_at_highest_precision(rule, n, ctx):
     """Every matrix product a rule traces runs at ``Precision.HIGHEST``, read
-    from its jaxpr (no compilation). XLA:CPU multiplies float32 exactly at any
+    from its jaxpr (no compilation). XLA:CPU multiplies float32 the same at any
     precision, so no value on this machine can tell; a GPU's default for
     float32 is TF32 (10-bit mantissas), which would change Krum's distances,
     a weighted mean, an eigenvalue. Catches: ``_HIGHEST = None`` in
