@@ -364,36 +364,55 @@ def _selection(filename: str, line: int) -> str:
     return filename
 
 
+_LEFT = ("bad_survived", "ok_suspicious", "bad_timeout")  # what a run leaves to read
+
+
+def _mutants(cache: str, filename: str) -> list:
+    """``(id, status, line text, 0-based line number, index)`` of every mutant
+    of ``filename`` in a ``.mutmut-cache`` (opened read-only)."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{cache}?mode=ro", uri=True)
+    return db.execute(
+        "select m.id, m.status, l.line, l.line_number, m.\"index\" from Mutant m "
+        "join Line l on m.line = l.id join SourceFile s on l.sourcefile = s.id "
+        "where s.filename = ? order by m.id", (filename,)).fetchall()
+
+
+def _apply(source: str, filename: str, text: str, index: int, number: int) -> tuple:
+    """``(mutated source, its changed lines as "old -> new | ...")`` of the
+    mutant ``index`` on line ``number`` (0-based, holding ``text``), as mutmut
+    numbers them."""
+    from mutmut import Context, RelativeMutationID, mutate
+
+    mutant = mutate(Context(source=source, filename=filename, mutation_id=RelativeMutationID(
+        text, index, number, filename)))[0]
+    diff = " | ".join(f"{a.strip()}  ->  {b.strip()}" for a, b in
+                      zip(source.splitlines(), mutant.splitlines()) if a != b)
+    return mutant, diff
+
+
 def report(modules) -> None:
     """Counts per module from ``.mutmut-cache`` and each survivor's diff
     (read-only; run it after the run has finished: the diffs are computed
     against the module as it is now)."""
     import sqlite3
 
-    from mutmut import Context, RelativeMutationID, mutate
-
     db = sqlite3.connect("file:.mutmut-cache?mode=ro", uri=True)
     files = [f for (f,) in db.execute("select filename from SourceFile order by filename")]
     for filename in files:
         if modules and filename not in modules:
             continue
-        rows = db.execute(
-            "select m.id, m.status, l.line, l.line_number, m.\"index\" from Mutant m "
-            "join Line l on m.line = l.id join SourceFile s on l.sourcefile = s.id "
-            "where s.filename = ? order by m.id", (filename,)).fetchall()
+        rows = _mutants(".mutmut-cache", filename)
         counts = {}
         for _, status, *_ in rows:
             counts[status] = counts.get(status, 0) + 1
         print(f"{filename}: {len(rows)} mutants {counts}")
         source = open(filename).read()
         for mid, status, line, number, index in rows:
-            if status not in ("bad_survived", "ok_suspicious", "bad_timeout"):
-                continue
-            ctx = Context(source=source, filename=filename,
-                          mutation_id=RelativeMutationID(line, index, number, filename))
-            old, new = source.splitlines(), mutate(ctx)[0].splitlines()
-            diff = [f"{a.strip()}  ->  {b.strip()}" for a, b in zip(old, new) if a != b]
-            print(f"  {mid} {status} line {number + 1}: " + " | ".join(diff)[:300])
+            if status in _LEFT:
+                diff = _apply(source, filename, line, index, number)[1]
+                print(f"  {mid} {status} line {number + 1}: {diff[:300]}")
 
 
 def recheck(cache: str, module: str) -> None:
@@ -404,28 +423,17 @@ def recheck(cache: str, module: str) -> None:
     line) and its index there, as mutmut numbers them. It edits ``module``
     in place and puts it back after each mutant: run it on a clean tree,
     never beside a mutation run."""
-    import sqlite3
-
-    from mutmut import Context, RelativeMutationID, mutate
-
-    db = sqlite3.connect(f"file:{cache}?mode=ro", uri=True)
-    rows = db.execute(
-        "select m.id, l.line, l.line_number, m.\"index\" from Mutant m "
-        "join Line l on m.line = l.id join SourceFile s on l.sourcefile = s.id "
-        "where s.filename = ? and m.status in "
-        "('bad_survived', 'bad_timeout', 'ok_suspicious') order by m.id", (module,)).fetchall()
     source = open(module).read()
     lines = source.split("\n")
-    for mid, text, old, index in rows:
+    for mid, status, text, old, index in _mutants(cache, module):
+        if status not in _LEFT:
+            continue
         found = [i for i, line in enumerate(lines) if line == text]
         if not found:
             print(f"{mid} line gone: {text.strip()[:100]}", flush=True)
             continue
         number = min(found, key=lambda i: abs(i - old))
-        mutant = mutate(Context(source=source, filename=module, mutation_id=RelativeMutationID(
-            text, index, number, module)))[0]
-        diff = " | ".join(f"{a.strip()} -> {b.strip()}" for a, b in
-                          zip(source.splitlines(), mutant.splitlines()) if a != b)
+        mutant, diff = _apply(source, module, text, index, number)
         try:
             with open(module, "w") as f:
                 f.write(mutant)
