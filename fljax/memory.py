@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -158,7 +158,9 @@ def device_budget(devices: list, memory_gb: float = 0.0) -> tuple[int, int]:
 # What a computation needs, from its jaxpr
 
 
-def _sub_jaxprs(eqn):
+def sub_jaxprs(eqn):
+    """The jaxprs an equation holds (the bodies of ``jit``, ``cond``, ``while``,
+    ``scan``, custom derivatives)."""
     for p in eqn.params.values():
         for q in (p if isinstance(p, (list, tuple)) else [p]):
             if hasattr(q, "jaxpr") and hasattr(q, "consts"):
@@ -198,7 +200,7 @@ def jaxpr_peak_bytes(jaxpr) -> int:
     inputs = set(jaxpr.invars) | set(jaxpr.constvars)
     live = top = 0
     for i, eqn in enumerate(jaxpr.eqns):
-        inner = max((jaxpr_peak_bytes(s) for s in _sub_jaxprs(eqn)), default=0)
+        inner = max((jaxpr_peak_bytes(s) for s in sub_jaxprs(eqn)), default=0)
         out = sum(_aval_bytes(v) for v in eqn.outvars if v in last)
         top = max(top, live + out + inner)
         live += out

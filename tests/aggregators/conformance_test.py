@@ -216,17 +216,16 @@ def test_one_trace_per_build_and_shape(entry):
 
 
 def _dot_precisions(jaxpr) -> list:
-    """The ``precision`` of every ``dot_general`` in a jaxpr and its sub-jaxprs
-    (``jit``, ``cond``, ``while``, ``scan``, ``map`` bodies)."""
+    """The ``precision`` of every ``dot_general`` in a jaxpr and the jaxprs it
+    holds (``memory.sub_jaxprs``)."""
+    from fljax import memory
+
     found = []
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "dot_general":
             found.append(eqn.params["precision"])
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    found += _dot_precisions(inner)
+        for sub in memory.sub_jaxprs(eqn):
+            found += _dot_precisions(sub)
     return found
 
 
