@@ -17,22 +17,28 @@ from fljax import config, plan as plan_lib, simulate
 from tests.simulate_test import assert_trees_equal, small_cfg, unmeasured
 
 
+def as_earlier_version(folder, state, elapsed: float) -> None:
+    """Turns a run folder into an earlier version's: its orbax checkpoints
+    replaced by ``checkpoint.msgpack`` holding ``state`` and ``elapsed``."""
+    import shutil
+
+    from flax import serialization
+
+    shutil.rmtree(folder / "checkpoints")
+    blob = {"state": serialization.to_state_dict(jax.device_get(state)), "elapsed": elapsed}
+    (folder / "checkpoint.msgpack").write_bytes(serialization.msgpack_serialize(blob))
+
+
 def test_resume_reads_an_earlier_versions_msgpack_checkpoint(tmp_path):
     """A run folder of an earlier version (``checkpoint.msgpack`` beside
     metrics.jsonl, no orbax folder) resumes to the uninterrupted run's
     parameters and history, and its elapsed time carries on. Catches: the
     legacy file not looked for, its template or its elapsed time."""
-    import shutil
-
-    from flax import serialization
-
     cfg = small_cfg("rounds=4", "eval_every=2")
     full = simulate.run(cfg, str(tmp_path / "full"), progress=False, log=None)
     part = config.resolve(simulate.DEFAULTS, cfg, ["rounds=2"])
     half = simulate.run(part, str(tmp_path / "r"), progress=False, log=None)
-    shutil.rmtree(tmp_path / "r" / "checkpoints")
-    blob = {"state": serialization.to_state_dict(jax.device_get(half.state)), "elapsed": 1e4}
-    (tmp_path / "r" / "checkpoint.msgpack").write_bytes(serialization.msgpack_serialize(blob))
+    as_earlier_version(tmp_path / "r", half.state, elapsed=1e4)
     resumed = simulate.run(cfg, str(tmp_path / "r"), progress=False, log=None, resume=True)
     assert_trees_equal(full.state.params, resumed.state.params)
     assert unmeasured(full.history) == unmeasured(resumed.history)
@@ -120,8 +126,9 @@ def test_a_run_without_resume_refuses_a_used_folder_and_changes_nothing(tmp_path
     that never moves, elapsed times of 0.
 
     Catches: config.json renamed, a fresh run's elapsed time not starting at
-    0 or not the clock's difference (the clock reads 5 s). (``resume or out_dir`` is equivalent since: without ``resume`` the
-    folder is new or refused.)"""
+    0 or not the clock's difference (the clock reads 5 s). (``resume or
+    out_dir`` is equivalent since: without ``resume`` the folder is new or
+    refused.)"""
     import types
 
     simulate.run(small_cfg("rounds=2"), str(tmp_path / "a"), progress=False, log=None)
@@ -181,8 +188,6 @@ def test_a_resumed_run_keeps_the_round_it_diverged_at(tmp_path, legacy):
     uninterrupted, from either kind of checkpoint. Catches: the round taken
     from the resumed part alone (3: an earlier version's msgpack checkpoint
     carries no divergence record)."""
-    from flax import serialization
-
     cfg = small_cfg("rounds=3", "eval_every=1", "attack.name='gaussian'",
                     "attack.num_malicious=40", "attack.kwargs={'mean': 3e38, 'stddev': 0.0}",
                     "execution.stop_on_divergence=False")
@@ -191,11 +196,7 @@ def test_a_resumed_run_keeps_the_round_it_diverged_at(tmp_path, legacy):
     half = simulate.run(config.resolve(simulate.DEFAULTS, cfg, ["rounds=2"]),
                         str(tmp_path / "r"), progress=False, log=None)
     if legacy:
-        import shutil
-
-        shutil.rmtree(tmp_path / "r" / "checkpoints")
-        blob = {"state": serialization.to_state_dict(jax.device_get(half.state)), "elapsed": 0.0}
-        (tmp_path / "r" / "checkpoint.msgpack").write_bytes(serialization.msgpack_serialize(blob))
+        as_earlier_version(tmp_path / "r", half.state, elapsed=0.0)
     resumed = simulate.run(cfg, str(tmp_path / "r"), progress=False, log=None, resume=True)
     assert resumed.summary["final_round"] == 3
     assert resumed.summary["diverged"] is True and resumed.summary["diverged_round"] == 1
