@@ -61,6 +61,11 @@ def placed(tree) -> int:
     return len(jax.tree_util.tree_leaves(tree)[0].sharding.device_set)
 
 
+def max_diff(a, b) -> float:
+    """The largest absolute difference between two lists of host arrays."""
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - y))) for x, y in zip(a, b))
+
+
 def run_case(name: str) -> dict:
     if name == "sweep_cells":
         return sweep_case()
@@ -81,7 +86,7 @@ def run_case(name: str) -> dict:
     (s1, p1, d1), (s8, p8, d8) = outs
     return {"case": name, "devices": [d1, d8],
             "aggregation": s8["aggregation"],
-            "max_param_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(p1, p8)),
+            "max_param_diff": max_diff(p1, p8),
             "metrics": {k: (s1.get(k), s8.get(k)) for k in METRICS if k in s1}}
 
 
@@ -147,7 +152,7 @@ def two_devices_case() -> dict:
         outs.append((placed(state.params), leaves, np.asarray(info.update_norms),
                      simulate.to_host(info.diagnostics), plan.spec))
     (d1, p1, n1, g1, _), (d2, p2, n2, g2, s2) = outs
-    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(p1, p2))
+    diff = max_diff(p1, p2)
     diff = max(diff, float(np.max(np.abs(n1 - n2) / np.maximum(1.0, np.abs(n1)))))
     keys = ("cosine_to_honest", "norm_ratio_to_honest", "malicious_rows", "num_nonfinite")
     return {"case": "two_devices", "devices": [d1, d2],
@@ -172,8 +177,7 @@ def resume_case() -> dict:
     leaves = [jax.tree_util.tree_leaves(simulate.to_host(r.state)) for r in (one, res)]
     return {"case": "resume", "devices": [placed(one.state), placed(res.state)],
             "aggregation": res.summary["aggregation"],
-            "max_param_diff": max(float(np.max(np.abs(np.asarray(a, np.float64) - b)))
-                                  for a, b in zip(*leaves)),
+            "max_param_diff": max_diff(*leaves),
             "metrics": {k: (one.summary.get(k), res.summary.get(k)) for k in METRICS
                         if k in one.summary}}
 
